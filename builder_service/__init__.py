@@ -1,0 +1,1 @@
+"""builder_service: compiles checkpoints into engines and keeps them in the artifact store."""

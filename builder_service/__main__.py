@@ -1,0 +1,5 @@
+import sys
+
+from builder_service.main import main
+
+sys.exit(main())

@@ -1,0 +1,150 @@
+"""The one server interceptor: error mapping, drain, in-flight tracking and a span per call.
+
+- Exceptions become gRPC statuses: an LLMServeError carries its own code and message; any
+  other exception is INTERNAL with its type and message, and is logged with its traceback.
+- While draining, every call except health and reflection is refused with UNAVAILABLE.
+- Calls in flight are counted so that a drain can wait for them.
+- Each call runs inside a SERVER span that continues the caller's trace (W3C traceparent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+
+from llmserve.errors import LLMServeError
+from llmserve.telemetry import context_from_metadata
+
+log = logging.getLogger(__name__)
+
+# Calls that keep working while draining and are not waited for.
+_EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+def _status(code_name: str) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, code_name, grpc.StatusCode.UNKNOWN)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Ends the call with the status that `exc` maps to (raises grpc.aio.AbortError)."""
+    if isinstance(exc, LLMServeError):
+        if exc.metadata:
+            context.set_trailing_metadata(exc.metadata)
+        await context.abort(_status(exc.code), exc.message)
+    if isinstance(exc, NotImplementedError):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc) or "not implemented")
+    log.error("internal error", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """See the module docstring. One instance per server."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._num_in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tracer = trace.get_tracer("llmserve.server")
+
+    @property
+    def num_in_flight(self) -> int:
+        return self._num_in_flight
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Waits until no call is in flight, up to `timeout` seconds; True if idle."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(_EXEMPT_PREFIXES):
+            return handler
+        method = details.method
+        if handler.request_streaming:
+            # The contract has no client-streaming calls; serve them unwrapped if one appears.
+            return handler
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap_unary(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _enter(self) -> None:
+        self._num_in_flight += 1
+        self._idle.clear()
+
+    def _exit(self) -> None:
+        self._num_in_flight -= 1
+        if self._num_in_flight == 0:
+            self._idle.set()
+
+    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext) -> None:
+        if self.draining:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "server is draining; retry on another replica"
+            )
+
+    def _span(self, method: str, context: grpc.aio.ServicerContext) -> Any:
+        parent = context_from_metadata(context.invocation_metadata())
+        return self._tracer.start_as_current_span(
+            method.lstrip("/"),
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.method": method},
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
+    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._refuse_if_draining(context)
+            self._enter()
+            try:
+                with self._span(method, context):
+                    try:
+                        return await behavior(request, context)
+                    except (asyncio.CancelledError, grpc.aio.AbortError):
+                        raise
+                    except Exception as e:
+                        await abort_with(context, e)
+            finally:
+                self._exit()
+
+        return wrapped
+
+    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self._refuse_if_draining(context)
+            self._enter()
+            try:
+                with self._span(method, context):
+                    try:
+                        async for response in behavior(request, context):
+                            yield response
+                    except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
+                        raise
+                    except Exception as e:
+                        await abort_with(context, e)
+            finally:
+                self._exit()
+
+        return wrapped

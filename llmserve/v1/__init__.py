@@ -1,0 +1,1 @@
+"""Generated stubs of the public contract `llmserve.v1` (do not edit; run `make protos`)."""
