@@ -24,39 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmserve/v1/common.proto\x12\x0bllmserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"v\n\nChatPrompt\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.llmserve.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xad\x01\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12*\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x15.llmserve.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.llmserve.v1.ChatPromptH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x06\n\x04kindB\x15\n\x13_add_special_tokens\"\xba\x04\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x07\x88\x01\x01\x12\x17\n\nmax_tokens\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\n \x01(\x05H\t\x88\x01\x01\x12\x0c\n\x04stop\x18\x0b \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0c \x03(\r\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x15\n\x08logprobs\x18\x0e \x01(\x05H\n\x88\x01\x01\x12 \n\x13skip_special_tokens\x18\x0f \x01(\x08H\x0b\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seedB\r\n\x0b_max_tokensB\r\n\x0b_min_tokensB\x0b\n\t_logprobsB\x16\n\x14_skip_special_tokens\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"c\n\rTokenLogprobs\x12*\n\x07sampled\x18\x01 \x01(\x0b\x32\x19.llmserve.v1.TokenLogprob\x12&\n\x03top\x18\x02 \x03(\x0b\x32\x19.llmserve.v1.TokenLogprob\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\x05\"T\n\x07Timings\x12\x10\n\x08queue_ns\x18\x01 \x01(\x03\x12\x12\n\nprefill_ns\x18\x02 \x01(\x03\x12\x11\n\tdecode_ns\x18\x03 \x01(\x03\x12\x10\n\x08total_ns\x18\x04 \x01(\x03\"\xbe\x01\n\x07\x41\x64\x61pter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nadapter_id\x18\x02 \x01(\t\x12\x19\n\x11\x62\x61se_model_digest\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\r\n\x05\x61lpha\x18\x05 \x01(\x02\x12\x16\n\x0etarget_modules\x18\x06 \x03(\t\x12(\n\x05state\x18\x07 \x01(\x0e\x32\x19.llmserve.v1.AdapterState\x12\x17\n\x0f\x61\x63tive_requests\x18\x08 \x01(\x05*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*X\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03*\x9f\x01\n\x0cQuantization\x12\x1c\n\x18QUANTIZATION_UNSPECIFIED\x10\x00\x12\x15\n\x11QUANTIZATION_NONE\x10\x01\x12!\n\x1dQUANTIZATION_INT8_WEIGHT_ONLY\x10\x02\x12!\n\x1dQUANTIZATION_INT4_WEIGHT_ONLY\x10\x03\x12\x14\n\x10QUANTIZATION_FP8\x10\x04*_\n\x0c\x41\x64\x61pterState\x12\x1d\n\x19\x41\x44\x41PTER_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x44\x41PTER_STATE_HOST\x10\x01\x12\x18\n\x14\x41\x44\x41PTER_STATE_DEVICE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmserve/v1/common.proto\x12\x0bllmserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x90\x01\n\nChatPrompt\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.llmserve.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10truncate_history\x18\x03 \x01(\x08\x42\x18\n\x16_add_generation_prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xad\x01\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12*\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x15.llmserve.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.llmserve.v1.ChatPromptH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x06\n\x04kindB\x15\n\x13_add_special_tokens\"\xba\x04\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x07\x88\x01\x01\x12\x17\n\nmax_tokens\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\n \x01(\x05H\t\x88\x01\x01\x12\x0c\n\x04stop\x18\x0b \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0c \x03(\r\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x15\n\x08logprobs\x18\x0e \x01(\x05H\n\x88\x01\x01\x12 \n\x13skip_special_tokens\x18\x0f \x01(\x08H\x0b\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seedB\r\n\x0b_max_tokensB\r\n\x0b_min_tokensB\x0b\n\t_logprobsB\x16\n\x14_skip_special_tokens\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"c\n\rTokenLogprobs\x12*\n\x07sampled\x18\x01 \x01(\x0b\x32\x19.llmserve.v1.TokenLogprob\x12&\n\x03top\x18\x02 \x03(\x0b\x32\x19.llmserve.v1.TokenLogprob\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\x05\"T\n\x07Timings\x12\x10\n\x08queue_ns\x18\x01 \x01(\x03\x12\x12\n\nprefill_ns\x18\x02 \x01(\x03\x12\x11\n\tdecode_ns\x18\x03 \x01(\x03\x12\x10\n\x08total_ns\x18\x04 \x01(\x03\"\xbe\x01\n\x07\x41\x64\x61pter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nadapter_id\x18\x02 \x01(\t\x12\x19\n\x11\x62\x61se_model_digest\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\r\n\x05\x61lpha\x18\x05 \x01(\x02\x12\x16\n\x0etarget_modules\x18\x06 \x03(\t\x12(\n\x05state\x18\x07 \x01(\x0e\x32\x19.llmserve.v1.AdapterState\x12\x17\n\x0f\x61\x63tive_requests\x18\x08 \x01(\x05*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*X\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03*\x9f\x01\n\x0cQuantization\x12\x1c\n\x18QUANTIZATION_UNSPECIFIED\x10\x00\x12\x15\n\x11QUANTIZATION_NONE\x10\x01\x12!\n\x1dQUANTIZATION_INT8_WEIGHT_ONLY\x10\x02\x12!\n\x1dQUANTIZATION_INT4_WEIGHT_ONLY\x10\x03\x12\x14\n\x10QUANTIZATION_FP8\x10\x04*_\n\x0c\x41\x64\x61pterState\x12\x1d\n\x19\x41\x44\x41PTER_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x44\x41PTER_STATE_HOST\x10\x01\x12\x18\n\x14\x41\x44\x41PTER_STATE_DEVICE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmserve.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1516
-  _globals['_FINISHREASON']._serialized_end=1636
-  _globals['_DTYPE']._serialized_start=1638
-  _globals['_DTYPE']._serialized_end=1726
-  _globals['_QUANTIZATION']._serialized_start=1729
-  _globals['_QUANTIZATION']._serialized_end=1888
-  _globals['_ADAPTERSTATE']._serialized_start=1890
-  _globals['_ADAPTERSTATE']._serialized_end=1985
+  _globals['_FINISHREASON']._serialized_start=1543
+  _globals['_FINISHREASON']._serialized_end=1663
+  _globals['_DTYPE']._serialized_start=1665
+  _globals['_DTYPE']._serialized_end=1753
+  _globals['_QUANTIZATION']._serialized_start=1756
+  _globals['_QUANTIZATION']._serialized_end=1915
+  _globals['_ADAPTERSTATE']._serialized_start=1917
+  _globals['_ADAPTERSTATE']._serialized_end=2012
   _globals['_CHATMESSAGE']._serialized_start=41
   _globals['_CHATMESSAGE']._serialized_end=85
-  _globals['_CHATPROMPT']._serialized_start=87
-  _globals['_CHATPROMPT']._serialized_end=205
-  _globals['_TOKENIDS']._serialized_start=207
-  _globals['_TOKENIDS']._serialized_end=230
-  _globals['_PROMPT']._serialized_start=233
-  _globals['_PROMPT']._serialized_end=406
-  _globals['_SAMPLINGPARAMS']._serialized_start=409
-  _globals['_SAMPLINGPARAMS']._serialized_end=979
-  _globals['_TOKENLOGPROB']._serialized_start=981
-  _globals['_TOKENLOGPROB']._serialized_end=1045
-  _globals['_TOKENLOGPROBS']._serialized_start=1047
-  _globals['_TOKENLOGPROBS']._serialized_end=1146
-  _globals['_USAGE']._serialized_start=1148
-  _globals['_USAGE']._serialized_end=1235
-  _globals['_TIMINGS']._serialized_start=1237
-  _globals['_TIMINGS']._serialized_end=1321
-  _globals['_ADAPTER']._serialized_start=1324
-  _globals['_ADAPTER']._serialized_end=1514
+  _globals['_CHATPROMPT']._serialized_start=88
+  _globals['_CHATPROMPT']._serialized_end=232
+  _globals['_TOKENIDS']._serialized_start=234
+  _globals['_TOKENIDS']._serialized_end=257
+  _globals['_PROMPT']._serialized_start=260
+  _globals['_PROMPT']._serialized_end=433
+  _globals['_SAMPLINGPARAMS']._serialized_start=436
+  _globals['_SAMPLINGPARAMS']._serialized_end=1006
+  _globals['_TOKENLOGPROB']._serialized_start=1008
+  _globals['_TOKENLOGPROB']._serialized_end=1072
+  _globals['_TOKENLOGPROBS']._serialized_start=1074
+  _globals['_TOKENLOGPROBS']._serialized_end=1173
+  _globals['_USAGE']._serialized_start=1175
+  _globals['_USAGE']._serialized_end=1262
+  _globals['_TIMINGS']._serialized_start=1264
+  _globals['_TIMINGS']._serialized_end=1348
+  _globals['_ADAPTER']._serialized_start=1351
+  _globals['_ADAPTER']._serialized_end=1541
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,1 @@
+"""Attention backends: the torch reference (CPU, any device) and Triton kernels for CUDA."""

@@ -1,0 +1,64 @@
+"""Paged attention: per-step metadata, the KV cache write, and backend dispatch.
+
+The KV cache of one layer is a tensor [2, num_blocks, block_size, num_kv_heads, head_dim]
+(keys, then values). A request's tokens live in the blocks its block table lists, in order;
+token t of a request is at slot block_table[t // block_size] * block_size + t % block_size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from runtime_service.kernels.torch_attention import paged_attention_reference
+
+
+@dataclass
+class AttentionMetadata:
+    """Where this step's tokens come from and go to, for a flattened batch of T tokens."""
+
+    slot_mapping: torch.Tensor  # [T] int64: cache slot of each new token's K/V
+    block_tables: torch.Tensor  # [B, max_blocks] int32 (rows padded with 0)
+    query_start_loc: torch.Tensor  # [B + 1] int32: request i owns tokens [qsl[i], qsl[i+1])
+    seq_lens: torch.Tensor  # [B] int32: tokens in the cache after this step
+    # Host copies, for the reference backend and kernel launch sizes.
+    query_lens_cpu: list[int]
+    seq_lens_cpu: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_cpu)
+
+    @property
+    def max_query_len(self) -> int:
+        return max(self.query_lens_cpu, default=0)
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(self.seq_lens_cpu, default=0)
+
+
+def write_kv(
+    kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Stores k, v [T, num_kv_heads, head_dim] at their slots."""
+    _, num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape
+    flat = kv_cache.view(2, num_blocks * block_size, num_kv_heads, head_dim)
+    flat[0].index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
+    flat[1].index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
+
+
+def paged_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """Causal attention of q [T, num_heads, head_dim] over each request's cached K/V."""
+    if q.is_cuda:
+        from runtime_service.kernels.triton_attention import paged_attention_triton
+
+        return paged_attention_triton(q, kv_cache, meta, scale, sliding_window)
+    return paged_attention_reference(q, kv_cache, meta, scale, sliding_window)

@@ -1,0 +1,100 @@
+"""Linear layers: dense, or weight-only quantized (int8, int4, fp8) as the builder writes them.
+
+Tensor layout of one linear layer named `p` in an engine's weights (out = output features,
+in = input features, G = in / INT4_GROUP_SIZE):
+
+| quantization | tensors |
+| --- | --- |
+| none | `p.weight` [out, in] (engine dtype) |
+| int8 | `p.weight` int8 [out, in]; `p.scales` float32 [out]: W = weight * scales[:, None] |
+| int4 | `p.weight` uint8 [out, in/2] (see below); `p.scales`, `p.zeros` float32 [out, G] |
+| fp8  | `p.weight` float8_e4m3fn [out, in]; `p.scales` float32 [out] |
+
+int4: input channel 2j is in the low nibble of byte j and 2j+1 in the high one; values q are
+0..15 and W[:, k] = (q[:, k] - zeros[:, k // 128]) * scales[:, k // 128].
+
+Any layer may also have `p.bias` [out] (engine dtype) and `p.act_scale` [in] (float32), an
+activation-aware scale the input is multiplied by before the product (the builder's int4
+search; where it can fold the scale into the preceding RMSNorm it does, and writes none).
+
+On CPU the quantized weights are dequantized on the fly, in the activation dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUANTIZATIONS = ("none", "int8", "int4", "fp8")
+INT4_GROUP_SIZE = 128
+
+
+class Linear(nn.Module):
+    """y = (x * act_scale) @ W^T + b, with W stored as `quantization` describes."""
+
+    def __init__(self, quantization: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+        self.quantization = quantization
+        self.weight = nn.Buffer(tensors["weight"], persistent=False)
+        self.scales = _buffer(tensors.get("scales"))
+        self.zeros = _buffer(tensors.get("zeros"))
+        self.bias = _buffer(tensors.get("bias"))
+        self.act_scale = _buffer(tensors.get("act_scale"))
+        if quantization == "int4":
+            self.out_features, half_in = self.weight.shape
+            self.in_features = half_in * 2
+        else:
+            self.out_features, self.in_features = self.weight.shape
+
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight as a dense [out, in] tensor of `dtype`."""
+        if self.quantization == "none":
+            return self.weight.to(dtype)
+        if self.quantization in ("int8", "fp8"):
+            return (self.weight.to(torch.float32) * self.scales[:, None]).to(dtype)
+        return dequantize_int4(self.weight, self.scales, self.zeros).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_scale is not None:
+            x = x * self.act_scale.to(x.dtype)
+        if self.quantization == "none":
+            return F.linear(x, self.weight, self.bias)
+        if self.quantization in ("int8", "fp8"):
+            # Per-output-channel scales commute with the product: scale after it.
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+
+
+def _buffer(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else nn.Buffer(t, persistent=False)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [out, in/2] -> uint8 [out, in] with values 0..15 (low nibble first)."""
+    low = packed & 0x0F
+    high = packed >> 4
+    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """uint8 [out, in] with values 0..15 -> uint8 [out, in/2] (low nibble first)."""
+    q = q.to(torch.uint8).reshape(q.shape[0], -1, 2)
+    return q[..., 0] | (q[..., 1] << 4)
+
+
+def dequantize_int4(
+    packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
+) -> torch.Tensor:
+    """float32 [out, in] from the int4 layout described in the module docstring."""
+    q = unpack_int4(packed).to(torch.float32)
+    out, num_in = q.shape
+    groups = scales.shape[1]
+    q = q.reshape(out, groups, num_in // groups)
+    w = (q - zeros[:, :, None]) * scales[:, :, None]
+    return w.reshape(out, num_in)
