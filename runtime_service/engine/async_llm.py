@@ -1,0 +1,196 @@
+"""AsyncLLM: the streaming interface. The engine steps on its own thread; each request's
+outputs reach an asyncio consumer through a RequestStream.
+
+A RequestStream holds at most one pending output: when the consumer reads slower than tokens
+arrive, new deltas are merged into the pending one (coalesced) instead of queueing without
+bound. Leaving the iterator early (a cancelled or disconnected client) aborts the request; its
+KV blocks are back in the pool within one engine step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llmserve.errors import Unavailable
+from runtime_service.engine.config import EngineConfig
+from runtime_service.engine.engine import LLMEngine
+from runtime_service.engine.inputs import PromptInput
+from runtime_service.engine.outputs import RequestOutput
+from runtime_service.engine.params import SamplingParams
+
+log = logging.getLogger(__name__)
+THROUGHPUT_WINDOW_S = 5.0
+
+
+class RequestStream:
+    """One request's outputs, handed from the engine thread to one asyncio consumer."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self._pending: RequestOutput | None = None
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+        self.finished = False
+
+    def put(self, out: RequestOutput) -> None:  # on the event loop
+        if self._pending is None:
+            self._pending = out
+        else:
+            self._pending.merge(out)
+        self._ready.set()
+
+    def fail(self, error: BaseException) -> None:  # on the event loop
+        self._error = error
+        self._ready.set()
+
+    async def get(self) -> RequestOutput:
+        await self._ready.wait()
+        self._ready.clear()
+        if self._pending is None and self._error is not None:
+            raise self._error
+        out, self._pending = self._pending, None
+        assert out is not None
+        if out.finished:
+            self.finished = True
+        return out
+
+
+class AsyncLLM:
+    """Owns an LLMEngine and the thread that steps it."""
+
+    def __init__(self, config: EngineConfig | LLMEngine) -> None:
+        self.engine = config if isinstance(config, LLMEngine) else LLMEngine(config)
+        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._streams: dict[str, RequestStream] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+        self._dead: BaseException | None = None
+        self._ids = itertools.count()
+        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) per step
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._thread.start()
+
+    # Public, on the event loop.
+    def add_request(
+        self,
+        prompt: PromptInput,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        adapter: str | None = None,
+    ) -> RequestStream:
+        """Validates (raising InvalidArgument at once) and queues a request."""
+        if self._dead is not None:
+            raise Unavailable(f"the engine stopped after an error: {self._dead}")
+        if self._stopped:
+            raise Unavailable("the engine is shutting down")
+        self._loop = self._loop or asyncio.get_running_loop()
+        request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self._streams:
+            from llmserve.errors import AlreadyExists
+
+            raise AlreadyExists(f"request_id {request_id!r} is already in progress")
+        params = params or SamplingParams()
+        request = self.engine.prepare_request(request_id, prompt, params, adapter)
+        stream = RequestStream(request_id)
+        self._streams[request_id] = stream
+        self._commands.put(("add", request))
+        self._wakeup.set()
+        return stream
+
+    async def generate(
+        self,
+        prompt: PromptInput,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        adapter: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Streams a request's outputs; stopping early aborts it."""
+        stream = self.add_request(prompt, params, request_id, adapter)
+        async for out in self.iterate(stream):
+            yield out
+
+    async def iterate(self, stream: RequestStream) -> AsyncIterator[RequestOutput]:
+        try:
+            while not stream.finished:
+                yield await stream.get()
+        finally:
+            if not stream.finished:
+                self.abort(stream.request_id)
+            self._streams.pop(stream.request_id, None)
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+        self._wakeup.set()
+
+    def tokens_per_second(self) -> float:
+        now = time.monotonic()
+        recent = [(t, n) for t, n in list(self._recent) if now - t <= THROUGHPUT_WINDOW_S]
+        return sum(n for _, n in recent) / THROUGHPUT_WINDOW_S
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._streams)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stops the engine thread (requests still running are abandoned)."""
+        self._stopped = True
+        self._wakeup.set()
+        self._thread.join(timeout)
+
+    # The engine thread.
+    def _run(self) -> None:
+        while not self._stopped:
+            self._apply_commands()
+            if not self.engine.has_unfinished_requests:
+                self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as e:
+                log.exception("engine step failed")
+                self._dead = e
+                self._post(self._fail_all, Unavailable(f"engine step failed: {e}"))
+                return
+            tokens = sum(len(o.token_ids) for o in outputs)
+            if tokens:
+                now = time.monotonic()
+                self._recent.append((now, tokens))
+                while self._recent and now - self._recent[0][0] > THROUGHPUT_WINDOW_S:
+                    self._recent.popleft()
+            if outputs:
+                self._post(self._dispatch, outputs)
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                kind, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                self.engine.add_prepared(arg)
+            else:
+                self.engine.abort([arg])
+
+    def _post(self, fn: Any, arg: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, arg)
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is not None:
+                stream.put(out)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for stream in self._streams.values():
+            stream.fail(error)

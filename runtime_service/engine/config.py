@@ -1,0 +1,56 @@
+"""EngineConfig: the engine's settings, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmserve.errors import InvalidArgument
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    """Settings of one engine instance (one model on one device)."""
+
+    model: Path  # Hugging Face directory or built engine directory
+    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bf16 on CUDA, fp32 on CPU)
+    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    block_size: int = 16
+    # KV pool size: an explicit block count, else GPU memory fraction, else CPU bytes.
+    num_kv_blocks: int | None = None
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_bytes: int = 256 * 1024 * 1024
+    max_model_len: int | None = None  # default: the model's limit
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 4096
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self) -> None:
+        self.model = Path(self.model)
+        checks = [
+            (
+                self.block_size in (8, 16, 32, 64, 128),
+                f"block_size must be one of 8, 16, 32, 64, 128, got {self.block_size}",
+            ),
+            (
+                self.num_kv_blocks is None or self.num_kv_blocks >= 1,
+                f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}",
+            ),
+            (
+                0 < self.gpu_memory_utilization <= 1,
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
+            ),
+            (
+                self.max_model_len is None or self.max_model_len >= 2,
+                f"max_model_len must be >= 2, got {self.max_model_len}",
+            ),
+            (self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}"),
+            (
+                self.max_num_batched_tokens >= 1,
+                f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidArgument(message)

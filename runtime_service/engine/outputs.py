@@ -1,0 +1,75 @@
+"""What the engine hands back: per-step deltas (RequestOutput) and finished Completions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime_service.engine.request import Request, TokenLogprobs
+
+
+@dataclass(slots=True)
+class Timings:
+    """Nanoseconds: arrival to first scheduling, to first token, to last token, in all."""
+
+    queue_ns: int
+    prefill_ns: int
+    decode_ns: int
+    total_ns: int
+
+    @classmethod
+    def of(cls, req: Request) -> Timings:
+        t = req.times
+        scheduled = t.first_scheduled if t.first_scheduled is not None else t.arrival
+        first = t.first_token if t.first_token is not None else scheduled
+        end = t.finished if t.finished is not None else first
+
+        def ns(seconds: float) -> int:
+            return max(0, int(seconds * 1e9))
+
+        return cls(
+            ns(scheduled - t.arrival), ns(first - scheduled), ns(end - first), ns(end - t.arrival)
+        )
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """What one request gained in one step (or several, once merged)."""
+
+    request_id: str
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_reason: str | int | None = None  # the stop string or stop token id
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+    num_cached_tokens: int = 0
+    timings: Timings | None = None
+
+    def merge(self, later: RequestOutput) -> None:
+        """Appends a later delta of the same request (to coalesce for a slow reader)."""
+        self.token_ids.extend(later.token_ids)
+        self.text += later.text
+        self.logprobs.extend(later.logprobs)
+        self.finished = later.finished
+        self.finish_reason = later.finish_reason
+        self.stop_reason = later.stop_reason
+        self.num_output_tokens = later.num_output_tokens
+        self.num_cached_tokens = later.num_cached_tokens
+        self.timings = later.timings
+
+
+@dataclass(slots=True)
+class Completion:
+    """A finished request, as the offline API returns it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprobs]
+    finish_reason: str | None
+    stop_reason: str | int | None
+    num_cached_tokens: int
+    timings: Timings | None

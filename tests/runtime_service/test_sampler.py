@@ -1,0 +1,142 @@
+"""The sampler against transformers' logits processors and warpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from runtime_service.engine.params import SamplingParams
+from runtime_service.engine.request import Request
+from runtime_service.engine.sampler import _apply_penalties, _truncate, sample
+
+VOCAB = 50
+
+
+def req(prompt: list[int], outputs: list[int] = (), eos: tuple[int, ...] = (), **kw) -> Request:
+    r = Request("r", prompt, SamplingParams(**kw), eos, 1000)
+    for t in outputs:
+        r.append_output_token(t, None)
+    return r
+
+
+def hf_warped(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float
+) -> torch.Tensor:
+    scores = logits[None].clone()
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    for warper in (
+        TemperatureLogitsWarper(temperature),
+        TopKLogitsWarper(top_k) if top_k else None,
+        TopPLogitsWarper(top_p) if top_p < 1 else None,
+        MinPLogitsWarper(min_p) if min_p else None,
+    ):
+        if warper is not None:
+            scores = warper(ids, scores)
+    return scores[0]
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p", "min_p"),
+    [
+        (1.0, 5, 1.0, 0.0),
+        (0.7, 0, 0.8, 0.0),
+        (1.3, 0, 1.0, 0.1),
+        (0.5, 10, 0.9, 0.05),
+        (1.0, 0, 0.3, 0.0),
+    ],
+)
+def test_truncation_keeps_the_same_tokens_as_transformers(
+    temperature: float, top_k: int, top_p: float, min_p: float
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(VOCAB, generator=g) * 3
+        r = req([1], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        ours = _truncate(logits[None].clone(), [r])[0]
+        theirs = hf_warped(logits, temperature, top_k, top_p, min_p)
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+        kept = torch.isfinite(ours)
+        torch.testing.assert_close(ours[kept], theirs[kept])
+
+
+def test_repetition_penalty_matches_transformers() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, VOCAB, generator=g)
+    r = req([3, 4, 4, 9], outputs=[9, 17], repetition_penalty=1.7)
+    ours = logits.clone()
+    _apply_penalties(ours, [r])
+    theirs = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor([r.all_token_ids]), logits.clone())
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_presence_and_frequency_penalties_follow_the_openai_formula() -> None:
+    logits = torch.zeros(1, VOCAB)
+    r = req([5, 5, 6], outputs=[7, 7, 7, 8], presence_penalty=0.5, frequency_penalty=0.25)
+    _apply_penalties(logits, [r])
+    expected = torch.zeros(VOCAB)
+    expected[7] = -(0.5 + 3 * 0.25)
+    expected[8] = -(0.5 + 0.25)  # prompt tokens 5 and 6 are not penalized
+    torch.testing.assert_close(logits[0], expected)
+
+
+def test_greedy_rows_take_the_argmax_and_others_respect_their_mask() -> None:
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, VOCAB, generator=g)
+    reqs = [
+        req([1], temperature=0),
+        req([1], temperature=1.0, top_k=3, seed=5),
+        req([1], temperature=1.0, top_p=0.5, seed=6),
+    ]
+    out = sample(logits, reqs)
+    assert out.token_ids[0] == int(logits[0].argmax())
+    assert out.token_ids[1] in logits[1].topk(3).indices.tolist()
+    probs = logits[2].softmax(-1)
+    order = probs.argsort(descending=True)
+    nucleus = order[: int((probs[order].cumsum(0) < 0.5).sum()) + 1].tolist()
+    assert out.token_ids[2] in nucleus
+
+
+def test_sampling_follows_the_distribution() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    r = req([1], temperature=1.0, seed=42)
+    counts = torch.zeros(4)
+    for _ in range(4000):
+        counts[sample(logits, [r]).token_ids[0]] += 1
+    torch.testing.assert_close(counts / 4000, logits[0].softmax(-1), atol=0.03, rtol=0)
+
+
+def test_seeded_draws_do_not_depend_on_batch_neighbours() -> None:
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, VOCAB, generator=g)
+    solo = [sample(logits[1:2], [req([1], seed=7)]).token_ids[0] for _ in range(1)]
+    batch_req = req([1], seed=7)
+    reqs = [req([1], temperature=1.0), batch_req, req([1], seed=8), req([1], temperature=0)]
+    assert sample(logits, reqs).token_ids[1] == solo[0]
+
+
+def test_min_tokens_masks_stop_tokens_until_reached() -> None:
+    logits = torch.zeros(1, VOCAB)
+    logits[0, 2] = 10.0  # EOS would win
+    r = req([1], outputs=[4], eos=(2,), temperature=0, min_tokens=3)
+    assert sample(logits, [r]).token_ids[0] != 2
+    r.append_output_token(4, None)
+    r.append_output_token(4, None)
+    assert sample(logits, [r]).token_ids[0] == 2
+
+
+def test_logprobs_are_the_raw_distribution() -> None:
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(1, VOCAB, generator=g)
+    r = req([1], temperature=0.5, top_k=2, logprobs=3, seed=1)
+    out = sample(logits, [r]).logprobs[0]
+    raw = logits[0].log_softmax(-1)
+    assert out is not None
+    assert out.logprob == pytest.approx(float(raw[out.token_id]), abs=1e-6)
+    assert [t for t, _ in out.top] == raw.topk(3).indices.tolist()
