@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
-from llmserve.processes import REPO_ROOT
+# Without CUDA, Triton kernels run in Triton's interpreter. Triton reads this when it is first
+# imported (transformers imports it early), so it is set here, before any test module loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from llmserve.testing import smollm2, tiny_models
 
-MODEL_CACHE = REPO_ROOT / ".cache" / "models"
+MODEL_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "models"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

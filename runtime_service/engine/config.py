@@ -25,6 +25,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 4096
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
+    load_format: str = "auto"  # auto: read the weights; dummy: random weights (benchmarks)
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)

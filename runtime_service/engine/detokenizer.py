@@ -28,7 +28,9 @@ class Detokenizer:
         prompt_token_ids: list[int],
         skip_special_tokens: bool,
         stop: list[str],
+        enabled: bool = True,
     ) -> None:
+        self._enabled = enabled
         self._tokenizer = tokenizer
         self._skip = skip_special_tokens
         self._ids = list(prompt_token_ids[-PRIMING_TOKENS:])
@@ -54,6 +56,8 @@ class Detokenizer:
 
     def push(self, token_id: int) -> str | None:
         """Adds one token. Returns the stop string it completed, if any."""
+        if not self._enabled:
+            return None
         self._ids.append(token_id)
         if self.matched_stop is not None:
             return None

@@ -47,7 +47,7 @@ class LLMEngine:
         self.device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, self.device)
         self.model, self.tokenizer, self.info = load_model_and_tokenizer(
-            config.model, dtype, self.device, config.max_model_len
+            config.model, dtype, self.device, config.max_model_len, config.load_format
         )
         mc = self.model.config
         self.max_model_len = min(
@@ -116,7 +116,11 @@ class LLMEngine:
             request_id, prompt_ids, params, self.eos_token_ids, self.max_model_len, adapter
         )
         req.detokenizer = Detokenizer(
-            self.tokenizer._tokenizer, prompt_ids, params.skip_special_tokens, params.stop
+            self.tokenizer._tokenizer,
+            prompt_ids,
+            params.skip_special_tokens,
+            params.stop,
+            params.detokenize,
         )
         return req
 

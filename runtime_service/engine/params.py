@@ -35,6 +35,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # top-n alternatives; None: no logprobs at all
     skip_special_tokens: bool = True
+    detokenize: bool = True  # False: token ids only, no text (and no stop strings)
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
@@ -76,6 +77,7 @@ class SamplingParams:
             all(t >= 0 for t in self.stop_token_ids),
             "stop_token_ids must be >= 0",
         )
+        _check(self.detokenize or not self.stop, "stop strings need detokenize")
         _check(
             self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
             f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}",

@@ -7,7 +7,8 @@ token t of a request is at slot block_table[t // block_size] * block_size + t % 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -25,6 +26,8 @@ class AttentionMetadata:
     # Host copies, for the reference backend and kernel launch sizes.
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
+    # Per-step values a backend derives once and reuses in every layer.
+    backend_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_seqs(self) -> int:

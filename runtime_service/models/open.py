@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from llmserve.errors import FailedPrecondition, NotFound
+from runtime_service.models.config import ModelConfig
 from runtime_service.models.llama import LlamaModel
-from runtime_service.models.loader import load_hf_model
+from runtime_service.models.loader import load_hf_model, read_hf_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +37,47 @@ def load_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
+def dummy_weights(
+    config: ModelConfig, dtype: torch.dtype, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Random weights of the checkpoint's shapes, made on the device (benchmarks: no
+    checkpoint on disk needed for an 8B-shaped model)."""
+    c = config
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape: int, std: float = 0.02) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, device=device, dtype=dtype) * std
+
+    weights = {
+        "embed.weight": rand(c.vocab_size, c.hidden_size),
+        "norm.weight": torch.ones(c.hidden_size, device=device, dtype=dtype),
+    }
+    if not c.tie_word_embeddings:
+        weights["lm_head.weight"] = rand(c.vocab_size, c.hidden_size)
+    for i in range(c.num_layers):
+        p = f"layers.{i}."
+        for norm in ("attn_norm", "mlp_norm"):
+            weights[p + norm + ".weight"] = torch.ones(c.hidden_size, device=device, dtype=dtype)
+        if c.qk_norm:
+            for norm in ("q_norm", "k_norm"):
+                weights[p + norm + ".weight"] = torch.ones(c.head_dim, device=device, dtype=dtype)
+        weights[p + "qkv.weight"] = rand(c.q_size + 2 * c.kv_size, c.hidden_size)
+        if c.qkv_bias:
+            weights[p + "qkv.bias"] = rand(c.q_size + 2 * c.kv_size)
+        weights[p + "o.weight"] = rand(c.hidden_size, c.q_size)
+        weights[p + "gate_up.weight"] = rand(2 * c.intermediate_size, c.hidden_size)
+        weights[p + "down.weight"] = rand(c.hidden_size, c.intermediate_size)
+    return weights
+
+
 def load_model_and_tokenizer(
-    path: Path, dtype: torch.dtype, device: torch.device, max_model_len: int | None = None
+    path: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_model_len: int | None = None,
+    load_format: str = "auto",
 ) -> tuple[LlamaModel, Any, ModelInfo]:
+    """load_format "auto" reads the weights; "dummy" makes random ones of the same shapes."""
     path = Path(path)
     if not path.is_dir():
         raise NotFound(f"model directory {path} does not exist")
@@ -46,6 +85,10 @@ def load_model_and_tokenizer(
         raise FailedPrecondition(f"{path} is a built engine; engine loading is not wired yet")
     if not (path / "config.json").exists():
         raise FailedPrecondition(f"{path} has no config.json (not a Hugging Face checkpoint)")
-    model = load_hf_model(path, dtype, device, max_model_len)
+    if load_format == "dummy":
+        config = read_hf_config(path)
+        model = LlamaModel(config, dummy_weights(config, dtype, device), "none", max_model_len)
+    else:
+        model = load_hf_model(path, dtype, device, max_model_len)
     info = ModelInfo(name=path.name, path=path, quantization="none")
     return model, load_tokenizer(path), info

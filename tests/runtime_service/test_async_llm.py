@@ -24,6 +24,7 @@ def llm(tiny_model_dir: Callable[[str], Path]):
     engine = AsyncLLM(
         EngineConfig(
             model=tiny_model_dir("qwen2"),
+            dtype="float32",
             num_kv_blocks=128,
             max_num_batched_tokens=64,
             max_model_len=256,

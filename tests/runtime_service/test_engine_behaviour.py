@@ -23,7 +23,13 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 
 
 def make_engine(path: Path, **settings: object) -> LLMEngine:
-    base: dict = dict(model=path, max_num_batched_tokens=128, num_kv_blocks=128, max_model_len=256)
+    base: dict = dict(
+        model=path,
+        dtype="float32",
+        max_num_batched_tokens=128,
+        num_kv_blocks=128,
+        max_model_len=256,
+    )
     base.update(settings)
     return LLMEngine(EngineConfig(**base))
 

@@ -44,6 +44,7 @@ def mixed_prompts(path: Path, n: int, seed: int, max_len: int) -> list[list[int]
 def engine_for(path: Path, chunked: bool, prefix: bool, **overrides: object) -> LLMEngine:
     settings: dict = dict(
         model=path,
+        dtype="float32",
         enable_chunked_prefill=chunked,
         enable_prefix_caching=prefix,
         max_num_batched_tokens=64 if chunked else 512,

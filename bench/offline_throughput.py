@@ -1,0 +1,278 @@
+"""Offline throughput: N requests of fixed input/output length, output tokens per second.
+
+The engine runs every request to exactly --output-len tokens (ignore_eos). The same prompts go
+through Hugging Face transformers in the same run, as peers:
+  hf-cb      generate_batch (continuous batching; paged attention where transformers has it)
+  hf-static  generate in static batches of --static-batch
+
+  python bench/offline_throughput.py                          # CPU: SmolLM2, 32 x 64 in/32 out
+  python bench/offline_throughput.py --shape llama3-8b \\
+      --num-requests 256 --input-len 128 --output-len 128    # CUDA: Llama-3-8B shape, random bf16
+
+--shape builds the model's config with random weights in place (no checkpoint needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SHAPES = {
+    "llama3-8b": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_id=128001,
+        hidden_act="silu",
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
+}
+
+
+@dataclass
+class Result:
+    system: str
+    tokens: int
+    seconds: float
+    note: str = ""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+def shaped_model_dir(shape: str) -> Path:
+    """A directory with the shape's config.json and a (tiny) tokenizer; weights are dummy."""
+    from llmserve.testing.tiny_models import tiny_model
+
+    out = Path(tempfile.mkdtemp(prefix=f"{shape}-"))
+    (out / "config.json").write_text(json.dumps(SHAPES[shape]))
+    tok_src = tiny_model("llama", REPO / ".cache" / "models")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (out / name).write_bytes((tok_src / name).read_bytes())
+    return out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_engine(args: argparse.Namespace, model: Path, prompts: list[list[int]]) -> Result:
+    from runtime_service.engine.llm import LLM
+    from runtime_service.engine.params import SamplingParams
+
+    llm = LLM(
+        str(model),
+        dtype=args.dtype,
+        device=args.device,
+        load_format="dummy" if args.shape else "auto",
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.input_len + args.output_len + 16,
+        enable_prefix_caching=False,
+    )
+    params = SamplingParams(
+        temperature=0, max_tokens=args.output_len, ignore_eos=True, detokenize=False
+    )
+    llm.generate(
+        prompts[:4], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, detokenize=False)
+    )  # warm-up
+    sync(args.device)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params)
+    sync(args.device)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.token_ids) for o in outputs)
+    assert tokens == len(prompts) * args.output_len, tokens
+    blocks = llm.engine.block_manager.num_blocks
+    del llm
+    return Result("llmserve", tokens, seconds, f"{blocks} KV blocks")
+
+
+def hf_model(model: Path, args: argparse.Namespace, attn: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = {
+        "auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float32": torch.float32,
+    }[args.dtype]
+    if args.shape:
+        config = AutoConfig.from_pretrained(model)
+        with torch.device(args.device):
+            m = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    else:
+        m = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation=attn)
+        m.to(args.device)
+    m.eval()
+    m.generation_config.eos_token_id = None  # forced output length, like ignore_eos
+    m.generation_config.pad_token_id = 0
+    return m
+
+
+def run_hf_cb(args: argparse.Namespace, model: Path, prompts: list[list[int]]) -> Result:
+    from transformers import GenerationConfig
+
+    attn = "paged|sdpa" if args.device.startswith("cuda") else "sdpa"
+    try:
+        m = hf_model(model, args, attn)
+    except (ValueError, KeyError):
+        attn = "sdpa"
+        m = hf_model(model, args, attn)
+    config = GenerationConfig(
+        max_new_tokens=args.output_len, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    m.generate_batch(inputs=prompts[:4], generation_config=config)  # warm-up
+    sync(args.device)
+    start = time.perf_counter()
+    outputs = m.generate_batch(inputs=prompts, generation_config=config)
+    sync(args.device)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.generated_tokens) for o in outputs.values())
+    del m
+    return Result("transformers generate_batch", tokens, seconds, f"attn={attn}")
+
+
+def run_hf_static(args: argparse.Namespace, model: Path, prompts: list[list[int]]) -> Result:
+    m = hf_model(model, args, "sdpa")
+    n = args.output_len
+    with torch.inference_mode():
+        m.generate(torch.tensor(prompts[:2], device=args.device), max_new_tokens=4)  # warm-up
+        sync(args.device)
+        start = time.perf_counter()
+        tokens = 0
+        for i in range(0, len(prompts), args.static_batch):
+            batch = torch.tensor(prompts[i : i + args.static_batch], device=args.device)
+            out = m.generate(
+                batch,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                attention_mask=torch.ones_like(batch),
+            )
+            tokens += (out.shape[1] - batch.shape[1]) * batch.shape[0]
+        sync(args.device)
+    seconds = time.perf_counter() - start
+    del m
+    return Result(
+        f"transformers generate (static, batch {args.static_batch})", tokens, seconds, "attn=sdpa"
+    )
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def dtype_name(args: argparse.Namespace) -> str:
+    if args.dtype != "auto":
+        return args.dtype
+    return "bfloat16" if args.device.startswith("cuda") else "float32"
+
+
+def report(args: argparse.Namespace, model_desc: str, results: list[Result]) -> str:
+    import transformers
+
+    lines = [
+        f"### Offline throughput: {model_desc}",
+        "",
+        f"Device: {device_name(args.device)}; torch {torch.__version__}, transformers "
+        f"{transformers.__version__}; {time.strftime('%Y-%m-%d')}.",
+        f"Workload: {args.num_requests} requests x {args.input_len} prompt tokens (random ids) "
+        f"-> {args.output_len} output tokens each (forced length), dtype {dtype_name(args)}.",
+        "",
+        "| system | output tokens | seconds | output tok/s | notes |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        note = r.note.replace("|", "\\|")  # a literal | would split the table cell
+        lines.append(
+            f"| {r.system} | {r.tokens} | {r.seconds:.2f} | {r.tokens_per_second:,.0f} | {note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="Hugging Face directory (default: SmolLM2)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this shape")
+    parser.add_argument("--num-requests", type=int, default=32)
+    parser.add_argument("--input-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    parser.add_argument(
+        "--peers", default="hf-cb,hf-static", help="comma-separated: hf-cb, hf-static, or none"
+    )
+    parser.add_argument("--static-batch", type=int, default=64)
+    parser.add_argument("--report", type=Path, help="append the markdown table to this file")
+    args = parser.parse_args()
+
+    if args.shape:
+        model, desc = shaped_model_dir(args.shape), f"{args.shape} shape, random weights"
+    else:
+        from llmserve.testing.smollm2 import hf_dir
+
+        model = args.model or hf_dir(REPO / ".cache" / "models")
+        desc = model.name
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(
+        100, vocab - 100, (args.num_requests, args.input_len), generator=g
+    ).tolist()
+
+    results = [run_engine(args, model, prompts)]
+    runners = {"hf-cb": run_hf_cb, "hf-static": run_hf_static}
+    for peer in [p for p in args.peers.split(",") if p and p != "none"]:
+        gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        try:
+            results.append(runners[peer](args, model, prompts))
+        except Exception as e:
+            results.append(Result(f"{peer} (failed)", 0, float("nan"), repr(e)[:120]))
+        print(results[-1], flush=True)
+    text = report(args, desc, results)
+    print(text)
+    if args.report:
+        with args.report.open("a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

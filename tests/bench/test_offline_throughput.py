@@ -1,0 +1,45 @@
+"""The benchmark script runs end to end (its figures are not checked: timing is for bench/)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from llmserve.processes import REPO_ROOT
+
+
+def test_offline_throughput_runs(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    report = tmp_path / "report.md"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "bench/offline_throughput.py",
+            "--model",
+            str(tiny_model_dir("llama")),
+            "--num-requests",
+            "4",
+            "--input-len",
+            "8",
+            "--output-len",
+            "4",
+            "--peers",
+            "hf-static",
+            "--static-batch",
+            "2",
+            "--device",
+            "cpu",
+            "--report",
+            str(report),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = report.read_text()
+    assert "| llmserve | 16 |" in text
+    assert "| transformers generate (static, batch 2) | 16 |" in text
+    assert "Workload: 4 requests x 8 prompt tokens" in text

@@ -1,0 +1,33 @@
+"""Every engine a test creates must end with all its KV blocks back in the pool."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from runtime_service.engine.engine import LLMEngine
+
+
+@pytest.fixture(autouse=True)
+def engines_end_idle(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[LLMEngine]]:
+    created: list[LLMEngine] = []
+    original = LLMEngine.__init__
+
+    def tracking_init(self: LLMEngine, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(LLMEngine, "__init__", tracking_init)
+    yield created
+    for engine in created:
+        deadline = time.monotonic() + 10  # an AsyncLLM thread may still be applying aborts
+        while engine.has_unfinished_requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        bm = engine.block_manager
+        assert bm.num_free_blocks == bm.num_blocks, (
+            f"{bm.num_blocks - bm.num_free_blocks} KV blocks not returned to the pool"
+        )
+        assert all(b.ref_count == 0 for b in bm.blocks)
+        assert engine.scheduler.num_unfinished == 0 and not engine.requests
