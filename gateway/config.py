@@ -45,6 +45,7 @@ class GatewayConfig(ServerConfig):
         "file of `name:key` lines; each key (stored sha256-hashed in Redis) acts as owner `name`."
         " Unset: the keys already in Redis are used as they are",
     )
+    api_keys_sync_s: float = setting(30.0, "how often the keys file is re-read into Redis")
     rate_limit_rps: float = setting(10.0, "requests per second per API key (0 turns it off)")
     rate_limit_burst: int = setting(20, "requests an API key may make at once (bucket size)")
     # Sessions.
@@ -80,6 +81,7 @@ class GatewayConfig(ServerConfig):
             "runtime_refresh_s": self.runtime_refresh_s,
             "runtime_timeout_s": self.runtime_timeout_s,
             "redis_timeout_s": self.redis_timeout_s,
+            "api_keys_sync_s": self.api_keys_sync_s,
             "session_ttl_s": self.session_ttl_s,
             "session_lock_ttl_s": self.session_lock_ttl_s,
         }
