@@ -86,7 +86,7 @@ async def generate(
                     ) from e
                 if e.code() not in RETRYABLE:
                     raise error_from_runtime(e) from e
-                log.warning("runtime %s refused before the first token: %s", state.address, reason)
+                log.warning("runtime %s failed before the first token: %s", state.address, reason)
                 tried[state.address] = reason
                 exhausted = exhausted or e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 if e.code() == grpc.StatusCode.UNAVAILABLE:

@@ -42,6 +42,7 @@ class StandinConfig(ServerConfig):
     token_delay_s: float = setting(0.0, "pause before each streamed word")
     fail_first: int = setting(0, "refuse this many first Generate calls with UNAVAILABLE")
     die_after_chunks: int = setting(0, "exit abruptly after sending this many chunks (0: never)")
+    reported_waiting: int = setting(0, "added to num_waiting in GetStatus (to steer routing)")
 
 
 def render(messages: Sequence[Any]) -> list[str]:
@@ -148,6 +149,7 @@ class StandinRuntime(runtime_pb2_grpc.RuntimeServicer):
                 prefix_cache_hits=self.hits,
             ),
             num_running=self.num_running,
+            num_waiting=c.reported_waiting,
             adapters=[common_pb2.Adapter(name=a) for a in c.adapters],
             device="cpu (gateway test stand-in)",
         )
