@@ -129,7 +129,7 @@ class StandinRuntime(runtime_pb2_grpc.RuntimeServicer):
                 if not request.final_only or last:
                     yield chunk
                     self.num_chunks += 1
-                if self.num_chunks == self.config.die_after_chunks:
+                if 0 < self.config.die_after_chunks == self.num_chunks:
                     await asyncio.sleep(0.3)  # let the chunk reach the client
                     os._exit(3)
         finally:
