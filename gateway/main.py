@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 DESCRIPTION = "The llmserve gateway: sessions, auth and rate limits, routing to runtimes."
 
 
-async def _sync_keys(keys: ApiKeys) -> None:
+async def _sync_keys(keys: ApiKeys, level: int = logging.INFO) -> None:
     try:
         count = await keys.sync()
-        log.info("API keys: %d from %s", count, keys.keys_file)
+        log.log(level, "API keys: %d from %s", count, keys.keys_file)
     except Unavailable as e:
         log.warning("API keys not synced: %s", e)
     except (OSError, ValueError) as e:
@@ -44,7 +44,7 @@ async def _sync_keys(keys: ApiKeys) -> None:
 async def _sync_keys_forever(keys: ApiKeys, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        await _sync_keys(keys)
+        await _sync_keys(keys, logging.DEBUG)
 
 
 def setup(daemon: Daemon, config: GatewayConfig) -> None:
@@ -78,6 +78,10 @@ def setup(daemon: Daemon, config: GatewayConfig) -> None:
         await _sync_keys(keys)
         await pool.refresh()
         log.info("%r: %d healthy", discovery, sum(s.available for s in pool.states))
+        for state in pool.states:
+            if not state.available:
+                reason = state.last_error or "draining"
+                log.warning("runtime %s not available: %s", state.address, reason)
         pool.start()
         if config.api_keys_file is not None:
             tasks.append(asyncio.create_task(_sync_keys_forever(keys, config.api_keys_sync_s)))
