@@ -37,6 +37,9 @@ class GatewayConfig(ServerConfig):
     )
     # Redis: sessions, hashed API keys, rate-limit buckets.
     redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://)")
+    redis_cluster: bool = setting(
+        False, "the redis URL names one node of a Redis Cluster (keys are hash-tagged for it)"
+    )
     redis_timeout_s: float = setting(2.0, "timeout of one Redis command or connection attempt")
     redis_retries: int = setting(3, "retries (exponential backoff) of a failed Redis command")
     # Auth and rate limits.

@@ -48,7 +48,12 @@ async def _sync_keys_forever(keys: ApiKeys, interval_s: float) -> None:
 
 
 def setup(daemon: Daemon, config: GatewayConfig) -> None:
-    redis = RedisStore(config.redis, timeout_s=config.redis_timeout_s, retries=config.redis_retries)
+    redis = RedisStore(
+        config.redis,
+        timeout_s=config.redis_timeout_s,
+        retries=config.redis_retries,
+        cluster=config.redis_cluster,
+    )
     keys = ApiKeys(redis, config.api_keys_file)
     discovery: Discovery = (
         DnsDiscovery(config.runtime_dns) if config.runtime_dns else StaticDiscovery(config.runtime)

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -71,18 +72,25 @@ class RedisStore:
     and answers calls that need Redis with UNAVAILABLE until it is back.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 2.0, retries: int = 3) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 2.0, retries: int = 3, cluster: bool = False
+    ) -> None:
         self.url = url
         parts = urlsplit(url)
         self.where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port}"
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries),
-            retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
-            health_check_interval=10,
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries),
+            "retry_on_error": [redis_errors.ConnectionError, redis_errors.TimeoutError],
+            "health_check_interval": 10,
+        }
+        # Both clients have the same commands; the cluster one sends each to its key's slot.
+        self.client: aioredis.Redis = (
+            aioredis.RedisCluster.from_url(url, **options)  # type: ignore[assignment]
+            if cluster
+            else aioredis.Redis.from_url(url, **options)
         )
 
     @contextmanager
@@ -91,7 +99,12 @@ class RedisStore:
         (the thing that could not be done: "sessions", "API keys", ...)."""
         try:
             yield
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as e:
+        except (
+            redis_errors.ConnectionError,
+            redis_errors.TimeoutError,
+            redis_errors.ClusterDownError,
+            OSError,
+        ) as e:
             log.warning("redis at %s unreachable: %s", self.where, e)
             raise Unavailable(
                 f"Redis at {self.where} is unreachable ({type(e).__name__}: {e}); {what}"
