@@ -9,6 +9,8 @@ llmserve.server.Daemon) and replies deterministically, with no model:
   prompt leaves room for max_tokens in `--max-model-len` words (else INVALID_ARGUMENT);
 - a prefix cache of recent prompts: `usage.cached_prompt_tokens` is the longest prefix shared
   with an earlier prompt, and GetStatus counts queries and hits like the real one;
+- the text prompt "?deadline" is answered "deadline <seconds left, rounded up>" or
+  "deadline none", to show the caller's deadline reached the runtime;
 - faults for tests: `--fail-first N` refuses the first N Generate calls with UNAVAILABLE before
   any token; `--die-after-chunks N` kills the process after sending N chunks;
   `--token-delay-s` paces the stream.
@@ -20,6 +22,7 @@ llmserve.processes.DaemonProcess exactly as the real `runtime_service` will be.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import zlib
@@ -71,10 +74,13 @@ class StandinRuntime(runtime_pb2_grpc.RuntimeServicer):
         self.hits += best
         return best
 
-    def _prompt_and_reply(self, request: Any) -> tuple[list[str], list[str]]:
+    def _prompt_and_reply(self, request: Any, context: Any) -> tuple[list[str], list[str]]:
         sampling = request.sampling
         room = sampling.max_tokens if sampling.HasField("max_tokens") else 1
         kind = request.prompt.WhichOneof("kind")
+        if request.prompt.text == "?deadline":
+            left = context.time_remaining()
+            return ["?deadline"], ["deadline", "none" if left is None else str(math.ceil(left))]
         if kind == "text":
             prompt = request.prompt.text.split()
             return prompt, ["echo:", *prompt]
@@ -99,7 +105,7 @@ class StandinRuntime(runtime_pb2_grpc.RuntimeServicer):
             raise errors.Unavailable(f"stand-in refuses call {self.num_calls} (--fail-first)")
         if request.adapter and request.adapter not in self.config.adapters:
             raise errors.NotFound(f"adapter {request.adapter!r} is not loaded")
-        prompt, words = self._prompt_and_reply(request)
+        prompt, words = self._prompt_and_reply(request, context)
         cached = self._cached(prompt)
         sampling = request.sampling
         finish = common_pb2.FINISH_REASON_STOP

@@ -16,7 +16,7 @@ import pytest
 from gateway_harness import MODEL, Client, reply_to, start_gateway, start_runtimes
 
 from llmserve.processes import DaemonProcess, RedisServer
-from llmserve.v1 import common_pb2, gateway_pb2
+from llmserve.v1 import common_pb2, gateway_pb2, runtime_pb2, runtime_pb2_grpc
 
 MAX_MESSAGE_BYTES = 4096
 
@@ -34,7 +34,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("chat")
-    runtimes = start_runtimes(tmp, 2, "--token-delay-s", "0.002")
+    runtimes = start_runtimes(tmp, 2, "--token-delay-s", "0.002", "--max-model-len", "4096")
     try:
         gateway, keys = start_gateway(
             tmp, redis_server, runtimes, "--max-chat-message-bytes", str(MAX_MESSAGE_BYTES)
@@ -46,6 +46,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -
     finally:
         for runtime in runtimes:
             runtime.terminate()
+
+
+def runtime_status(runtime: DaemonProcess) -> runtime_pb2.GetStatusResponse:
+    with grpc.insecure_channel(runtime.address) as channel:
+        stub = runtime_pb2_grpc.RuntimeStub(channel)
+        return stub.GetStatus(runtime_pb2.GetStatusRequest(), timeout=5)
 
 
 def code_of(call: object) -> tuple[grpc.StatusCode, str]:
@@ -142,9 +148,14 @@ def test_cancelled_chat_leaves_the_session_as_it_was(stack: Stack) -> None:
     alice = stack.client()
     sid = alice.create().session_id
     alice.chat(sid, "one")
-    call = alice.chat_call(sid, " ".join(["slow"] * 500))
+    call = alice.chat_call(sid, " ".join(["slow"] * 800))  # a reply of 1.6 s
     next(call)  # the reply has started
     call.cancel()
+    cancelled = time.monotonic()
+    # The gateway cancels the runtime's stream at once.
+    while sum(runtime_status(r).num_running for r in stack.runtimes) > 0:
+        assert time.monotonic() - cancelled < 1.0
+        time.sleep(0.02)
     before = alice.get(sid)
     assert [m.content for m in before.messages] == ["one", reply_to("one", 1, 1)]
     # The lock was released at once: the next turn is not busy (retry briefly: the gateway
@@ -266,10 +277,19 @@ def test_stateless_generate_and_list_models(stack: Stack) -> None:
     request.final_only = True
     (only,) = alice.stub.Generate(request, metadata=alice.metadata, timeout=10)
     assert only.usage.completion_tokens == 4
+    # The caller's deadline reaches the runtime (less the time spent on the way).
+    request = gateway_pb2.GatewayGenerateRequest(
+        model=MODEL, prompt=common_pb2.Prompt(text="?deadline")
+    )
+    chunks = list(alice.stub.Generate(request, metadata=alice.metadata, timeout=7))
+    # gRPC sends timeouts with coarse units, rounded up: allow a second either way.
+    assert "".join(c.text for c in chunks) in ("deadline 6", "deadline 7", "deadline 8")
+    chunks = list(alice.stub.Generate(request, metadata=alice.metadata))
+    assert "".join(c.text for c in chunks) == "deadline none"
     (model,) = alice.stub.ListModels(
         gateway_pb2.ListModelsRequest(), metadata=alice.metadata, timeout=10
     ).models
-    assert (model.name, model.num_healthy_runtimes, model.max_model_len) == (MODEL, 2, 512)
+    assert (model.name, model.num_healthy_runtimes, model.max_model_len) == (MODEL, 2, 4096)
     assert list(model.engine_ids) == ["standin-engine"]
 
 
