@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from gateway.redis_store import RedisStore
 from llmserve.processes import RedisServer
-
-T = TypeVar("T")
-
-
-def run(body: Callable[[], Awaitable[T]]) -> T:
-    """Runs an async test body in a fresh event loop."""
-    return asyncio.run(body())  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,12 @@ runtime_args() below; see docs/architecture.md (Gateway) for what else then chan
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -21,6 +22,13 @@ from llmserve.v1 import gateway_pb2, gateway_pb2_grpc
 RUNTIME_MODULE = "tests.gateway.standin_runtime"  # later: "runtime_service"
 MODEL = "standin-model"  # later: the model name of the SmolLM2 engine
 OWNERS = ("alice", "bob", "carol")
+
+T = TypeVar("T")
+
+
+def run(body: Callable[[], Awaitable[T]]) -> T:
+    """Runs an async test body in a fresh event loop."""
+    return asyncio.run(body())  # type: ignore[arg-type]
 
 
 def runtime_args(*extra: str) -> list[str]:

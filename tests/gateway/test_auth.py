@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import run
+from gateway_harness import run
 
 from gateway.auth import ApiKeys, hash_key, parse_keys_file
 from gateway.ratelimit import RateLimiter

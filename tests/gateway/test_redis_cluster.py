@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from conftest import run
-from gateway_harness import Client, reply_to, start_gateway, start_runtimes
+from gateway_harness import Client, reply_to, run, start_gateway, start_runtimes
 
 from gateway.auth import ApiKeys
 from gateway.ratelimit import RateLimiter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from conftest import run
+from gateway_harness import run
 
 from gateway.discovery import DnsDiscovery, StaticDiscovery
 from gateway.routing import RuntimeState, choose_runtime, models_of

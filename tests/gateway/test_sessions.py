@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from conftest import run
+from gateway_harness import run
 from redis.crc import key_slot
 
 from gateway.records import Message, Reply, Usage
