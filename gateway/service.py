@@ -193,10 +193,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         try:
             await self.sessions.commit_turn(turn, user, assistant, reply, address)
         except Unavailable as e:
+            retry = (
+                "a retry with the same request_id never stores it twice"
+                if turn.request_id
+                else "set request_id to make such retries safe"
+            )
             raise Unavailable(
                 f"{e.message}. The reply was generated but could not be stored; GetSession shows"
-                " whether the turn is in the session, and a retry with the same request_id"
-                " never stores it twice"
+                f" whether the turn is in the session; {retry}"
             ) from e
         yield pb.chat_chunk(session.session_id, chunk)
 
