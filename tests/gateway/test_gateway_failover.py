@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from gateway_harness import Client, reply_to, start_gateway, start_runtimes
+from gateway_harness import Client, api_keys, reply_to, start_gateway, start_runtimes
 
 from llmserve.processes import DaemonProcess, RedisServer
 
@@ -99,3 +99,27 @@ def test_runtime_dying_after_the_first_token_leaves_the_session_unchanged(
     assert again.text == reply_to("tell me a long story please", 1, 1)
     assert alice.get(sid).runtime == healthy.address
     assert dying.proc is not None and dying.proc.poll() is not None
+
+
+def test_runtimes_found_by_dns(tmp_path: Path, redis_server: RedisServer) -> None:
+    """--runtime-dns NAME:PORT (the chart's headless Service): "localhost" resolves to the
+    stand-in on 127.0.0.1 (and perhaps ::1, where nothing listens: unhealthy, not routed to)."""
+    (runtime,) = start_runtimes(tmp_path, 1)
+    keys_file, keys = api_keys(redis_server)
+    gateway = DaemonProcess(
+        "gateway",
+        [
+            "--redis", redis_server.url, "--api-keys-file", str(keys_file),
+            "--runtime-dns", f"localhost:{runtime.port}", "--log-format", "text",
+        ],
+        log_path=tmp_path / "gateway.log",
+    ).start()  # fmt: skip
+    try:
+        gateway.wait_serving()
+        alice = Client(gateway.address, keys["alice"])
+        sid = alice.create().session_id
+        assert alice.chat(sid, "found you").text == reply_to("found you", 1, 1)
+        assert alice.get(sid).runtime == f"127.0.0.1:{runtime.port}"
+    finally:
+        gateway.terminate()
+        runtime.terminate()
