@@ -3,13 +3,114 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from llmserve.config import setting
+from llmserve.config import require, setting
 from llmserve.server import ServerConfig
+
+
+def split_host_port(value: str, what: str) -> tuple[str, int]:
+    """("host", port) from "host:port" or "[v6]:port"; ValueError naming `what` otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{what} must be HOST:PORT with a port in [1, 65535], got {value!r}")
+    return host, int(port)
 
 
 @dataclass(kw_only=True)
 class GatewayConfig(ServerConfig):
-    """The gateway's listener."""
+    """The gateway's listener, its runtimes, Redis, API keys, rate limits and sessions."""
 
     port: int = setting(50051, "gRPC port (0 picks a free one)")
+    # Runtimes: a fixed list, or a DNS name re-resolved every runtime_refresh_s.
+    runtime: list[str] = setting([], "runtime addresses HOST:PORT, comma-separated")
+    runtime_dns: str = setting(
+        "", "NAME:PORT resolving to every runtime (a headless Kubernetes Service)"
+    )
+    runtime_refresh_s: float = setting(
+        2.0, "how often runtimes are re-resolved, health-checked and asked for their status"
+    )
+    runtime_timeout_s: float = setting(2.0, "timeout of one health check or GetStatus call")
+    max_route_attempts: int = setting(
+        3, "runtimes tried for one request that fails before its first token"
+    )
+    # Redis: sessions, hashed API keys, rate-limit buckets.
+    redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://)")
+    redis_cluster: bool = setting(
+        False, "the redis URL names one node of a Redis Cluster (keys are hash-tagged for it)"
+    )
+    redis_timeout_s: float = setting(2.0, "timeout of one Redis command or connection attempt")
+    redis_retries: int = setting(3, "retries (exponential backoff) of a failed Redis command")
+    # Auth and rate limits.
+    api_keys_file: Path | None = setting(
+        None,
+        "file of `name:key` lines; each key (stored sha256-hashed in Redis) acts as owner `name`."
+        " Unset: the keys already in Redis are used as they are",
+    )
+    api_keys_sync_s: float = setting(30.0, "how often the keys file is re-read into Redis")
+    rate_limit_rps: float = setting(10.0, "requests per second per API key (0 turns it off)")
+    rate_limit_burst: int = setting(20, "requests an API key may make at once (bucket size)")
+    # Sessions.
+    session_ttl_s: float = setting(86400.0, "idle time after which a session expires")
+    max_session_ttl_s: float = setting(
+        30 * 86400.0, "largest CreateSession.ttl_ns a client may ask for, in seconds"
+    )
+    session_lock_ttl_s: float = setting(
+        30.0,
+        "a Chat holds its session's busy lock this long, renewed while it streams; a gateway"
+        " that dies mid-turn leaves the session busy at most this long",
+    )
+    max_chat_message_bytes: int = setting(
+        65536, "largest user message or system prompt, in UTF-8 bytes"
+    )
+    max_session_turns: int = setting(1000, "turns (user + assistant message) a session holds")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            not (self.runtime and self.runtime_dns),
+            "runtime and runtime_dns are exclusive: give a list or a DNS name",
+        )
+        for address in self.runtime:
+            split_host_port(address, "runtime")
+        if self.runtime_dns:
+            split_host_port(self.runtime_dns, "runtime_dns")
+        require(
+            self.redis.startswith(("redis://", "rediss://", "unix://")),
+            f"redis must be a redis://, rediss:// or unix:// URL, got {self.redis!r}",
+        )
+        positive = {
+            "runtime_refresh_s": self.runtime_refresh_s,
+            "runtime_timeout_s": self.runtime_timeout_s,
+            "redis_timeout_s": self.redis_timeout_s,
+            "api_keys_sync_s": self.api_keys_sync_s,
+            "session_ttl_s": self.session_ttl_s,
+            "session_lock_ttl_s": self.session_lock_ttl_s,
+        }
+        for name, value in positive.items():
+            require(value > 0, f"{name} must be > 0, got {value}")
+        require(self.redis_retries >= 0, f"redis_retries must be >= 0, got {self.redis_retries}")
+        require(
+            self.max_route_attempts >= 1,
+            f"max_route_attempts must be >= 1, got {self.max_route_attempts}",
+        )
+        require(self.rate_limit_rps >= 0, f"rate_limit_rps must be >= 0, got {self.rate_limit_rps}")
+        require(
+            self.rate_limit_burst >= 1,
+            f"rate_limit_burst must be >= 1, got {self.rate_limit_burst}",
+        )
+        require(
+            self.max_session_ttl_s >= self.session_ttl_s,
+            f"max_session_ttl_s ({self.max_session_ttl_s}) must be >= session_ttl_s"
+            f" ({self.session_ttl_s})",
+        )
+        require(
+            1 <= self.max_chat_message_bytes <= self.max_message_bytes,
+            f"max_chat_message_bytes must be in [1, max_message_bytes={self.max_message_bytes}],"
+            f" got {self.max_chat_message_bytes}",
+        )
+        require(
+            self.max_session_turns >= 1,
+            f"max_session_turns must be >= 1, got {self.max_session_turns}",
+        )

@@ -1,29 +1,36 @@
 """`llmserve up`: the local stack that `make run` starts, on embedded defaults.
 
 Starts a local redis-server, the builder, a runtime and the gateway as child processes on
-loopback, waits until each reports SERVING, then waits for Ctrl-C and stops them all
-(SIGTERM, so each drains). Logs go to <workdir>/logs.
+loopback, waits until each reports SERVING, then opens `llmserve chat` when the gateway serves
+a model (else waits for Ctrl-C), and stops them all (SIGTERM, so each drains). Logs go to
+<workdir>/logs; the local API key is in <workdir>/api-keys.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from llmserve.config import parse_config, setting
 from llmserve.processes import REPO_ROOT, DaemonProcess, RedisServer
+from llmserve.v1 import gateway_pb2, gateway_pb2_grpc
 
 # What the stack cannot do yet, and which issue brings it.
 MISSING = (
     "building the SmolLM2 engine (Builder.Build) - builder issue",
     "serving the engine (Runtime.Generate) - runtime engine and runtime daemon issues",
-    "chat sessions and `llmserve chat` (Gateway.Chat) - gateway issue",
 )
+LOCAL_OWNER = "local"
 
 
 @dataclass(kw_only=True)
@@ -34,6 +41,26 @@ class UpConfig:
     gateway_port: int = setting(50051, "gateway gRPC port")
     runtime_port: int = setting(50052, "runtime gRPC port")
     builder_port: int = setting(50053, "builder gRPC port")
+
+
+def local_api_key(workdir: Path) -> tuple[Path, str]:
+    """The stack's keys file, with one key made on first use and kept."""
+    path = workdir / "api-keys"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{LOCAL_OWNER}:{secrets.token_urlsafe(24)}\n")
+        path.chmod(0o600)
+    return path, path.read_text().split(":", 1)[1].strip()
+
+
+def served_models(address: str, api_key: str) -> list[str]:
+    with grpc.insecure_channel(address) as channel:
+        reply = gateway_pb2_grpc.GatewayStub(channel).ListModels(
+            gateway_pb2.ListModelsRequest(),
+            metadata=[("authorization", f"Bearer {api_key}")],
+            timeout=10,
+        )
+    return [m.name for m in reply.models if m.num_healthy_runtimes > 0]
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "llmserve up") -> int:
@@ -49,22 +76,37 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmserve up") -> int:
             log_path=logs / "builder.log",
         ),
         DaemonProcess("runtime_service", port=config.runtime_port, log_path=logs / "runtime.log"),
-        DaemonProcess("gateway", port=config.gateway_port, log_path=logs / "gateway.log"),
     ]
+    keys_file, api_key = local_api_key(config.workdir)
+    gateway_args = ["--redis", redis.url, "--runtime", daemons[1].address]
+    gateway_args += ["--api-keys-file", str(keys_file)]
+    daemons.append(
+        DaemonProcess(
+            "gateway", gateway_args, port=config.gateway_port, log_path=logs / "gateway.log"
+        )
+    )
     try:
         for daemon in daemons:
             daemon.start().wait_serving()
             print(f"{daemon.module:<14} {daemon.address}  (log: {daemon.log_path})")
+        print(f"API key        {keys_file} (owner {LOCAL_OWNER!r})")
+        if served_models(daemons[-1].address, api_key):
+            chat = [sys.executable, "-m", "llmserve", "chat", "--gateway", daemons[-1].address]
+            env = {**os.environ, "LLMSERVE_API_KEY": api_key}
+            with contextlib.suppress(KeyboardInterrupt):
+                return subprocess.run(chat, env=env, check=False).returncode
+            return 0
         print("\nNot available yet:")
         for item in MISSING:
             print(f"  - {item}")
-        print("\nThe daemons answer health checks and reflection. Press Ctrl-C to stop.")
+        print("\nNo model served yet, so no chat. The daemons answer health checks and")
+        print("reflection. Press Ctrl-C to stop.")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
         return 0
-    except (RuntimeError, TimeoutError) as e:
+    except (RuntimeError, TimeoutError, grpc.RpcError) as e:
         print(f"llmserve up: {e}", file=sys.stderr)
         return 1
     finally:

@@ -28,14 +28,7 @@ PENDING = {
         "LLMSERVE_MAX_NUM_SEQS",
         "LLMSERVE_MAX_WAITING",
     },
-    "gateway": {
-        "LLMSERVE_RUNTIME_DNS",
-        "LLMSERVE_REDIS",
-        "LLMSERVE_RATE_LIMIT_RPS",
-        "LLMSERVE_RATE_LIMIT_BURST",
-        "LLMSERVE_SESSION_TTL_S",
-        "LLMSERVE_API_KEYS_FILE",
-    },
+    "gateway": set(),
     "builder": set(),
 }
 BASE_VALUES = {"runtime": {"engineId": "0123abcd"}}

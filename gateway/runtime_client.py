@@ -1,0 +1,106 @@
+"""Sending one generation to a runtime, with retries on another before the first token.
+
+A request that fails before the runtime sent anything (unreachable, draining, queue full,
+cancelled by the server) is sent again to another runtime of the model, up to
+`max_attempts` runtimes. Once a chunk has reached the caller the request cannot move: a
+failure then ends it with UNAVAILABLE. Each attempt runs in a CLIENT span whose W3C trace
+context goes to the runtime in the call's metadata, with the caller's remaining deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from opentelemetry import trace
+
+from gateway.runtime_pool import RuntimePool
+from llmserve import errors
+from llmserve.telemetry import metadata_from_context
+from llmserve.v1 import runtime_pb2
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("llmserve.gateway")
+
+# Failures before the first chunk that another runtime may not have.
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+)
+_ERRORS_BY_CODE: dict[str, type[errors.LLMServeError]] = {
+    cls.code: cls for cls in errors.LLMServeError.__subclasses__()
+}
+
+
+def error_from_runtime(e: grpc.aio.AioRpcError) -> errors.LLMServeError:
+    """The runtime's refusal, passed on with its code (INVALID_ARGUMENT, NOT_FOUND, ...)."""
+    cls = _ERRORS_BY_CODE.get(e.code().name, errors.Unavailable)
+    return cls(f"runtime: {e.details()}")
+
+
+async def generate(
+    pool: RuntimePool,
+    request: runtime_pb2.GenerateRequest,
+    *,
+    model: str,
+    adapter: str = "",
+    pinned: str = "",
+    deadline: float | None = None,
+    max_attempts: int = 3,
+) -> AsyncIterator[tuple[runtime_pb2.GenerateResponse, str]]:
+    """Streams (chunk, runtime address) from the runtime chosen for `model`.
+
+    `deadline` is a time.monotonic() instant after which the call is pointless (the caller's
+    own deadline). Raises Unavailable or ResourceExhausted when no runtime could take it.
+    """
+    tried: dict[str, str] = {}
+    exhausted = False
+    for attempt in range(1, max_attempts + 1):
+        runtime = pool.choose(model, adapter=adapter, pinned=pinned, exclude=tried)
+        if runtime is None:
+            break
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        state = runtime.state
+        started = False
+        with tracer.start_as_current_span(
+            "llmserve.v1.Runtime/Generate",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "net.peer.name": state.address, "attempt": attempt},
+        ):
+            call = runtime.stub.Generate(request, timeout=timeout, metadata=metadata_from_context())
+            state.num_in_flight += 1
+            state.num_sent_since_status += 1
+            try:
+                async for response in call:
+                    started = True
+                    yield response, state.address
+                return
+            except grpc.aio.AioRpcError as e:
+                reason = f"{e.code().name}: {e.details()}"
+                if started:
+                    log.warning("runtime %s failed mid-stream: %s", state.address, reason)
+                    raise errors.Unavailable(
+                        f"the runtime failed after the reply had started ({reason}); the"
+                        " reply is incomplete, send the request again"
+                    ) from e
+                if e.code() not in RETRYABLE:
+                    raise error_from_runtime(e) from e
+                log.warning("runtime %s failed before the first token: %s", state.address, reason)
+                tried[state.address] = reason
+                exhausted = exhausted or e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    pool.mark_failed(state.address, reason)
+            finally:
+                state.num_in_flight -= 1
+                call.cancel()
+    detail = "; ".join(f"{address}: {reason}" for address, reason in tried.items())
+    if exhausted:
+        raise errors.ResourceExhausted(
+            f"every runtime tried for model {model!r} is full ({detail}); retry later"
+        )
+    raise errors.Unavailable(
+        f"no healthy runtime serves model {model!r} now"
+        + (f" (tried {detail})" if detail else "")
+        + "; retry later"
+    )

@@ -1,0 +1,223 @@
+"""The llmserve.v1.Gateway servicer: protobuf in and out, the work done by the other modules.
+
+Every call: API key → owner (auth.py), the key's rate limit (ratelimit.py), then the call.
+
+What a Chat client sees (the session changes only when the last chunk arrives):
+- a stream of chunks whose last one has a finish reason: the user message and the reply are
+  stored, in that order, as one turn;
+- a stream that ends with an error, possibly after some chunks (the runtime failed after the
+  first token, the deadline passed, the call was cancelled, Redis went away): nothing is
+  stored, the session is as it was; sending the turn again is safe;
+- a single chunk with `replayed` set: the request id had completed, its stored reply is sent
+  again and nothing is appended;
+- ABORTED "session busy": another Chat on the session is in progress.
+The final chunk is held back until the turn is stored, so a client that has it knows the turn
+is in the session; if that chunk is lost in transit, a retry with the same request id replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from gateway import pb, runtime_client
+from gateway.auth import ApiKeys, Caller
+from gateway.config import GatewayConfig
+from gateway.ratelimit import RateLimiter
+from gateway.records import Message, Reply, now_ms
+from gateway.runtime_pool import RuntimePool
+from gateway.sessions import SessionStore, Turn
+from gateway.validation import check_model, check_request_id, check_text, check_ttl_ms
+from llmserve.errors import InvalidArgument, LLMServeError, Unavailable
+from llmserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, runtime_pb2
+
+log = logging.getLogger(__name__)
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline as a time.monotonic() instant, or None without one."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e8:
+        return None
+    return time.monotonic() + remaining
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(
+        self,
+        config: GatewayConfig,
+        keys: ApiKeys,
+        limiter: RateLimiter,
+        sessions: SessionStore,
+        pool: RuntimePool,
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.limiter = limiter
+        self.sessions = sessions
+        self.pool = pool
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        caller = await self.keys.authenticate(context.invocation_metadata())
+        await self.limiter.check(caller.key_hash)
+        return caller
+
+    def _check_text(self, field: str, text: str, *, required: bool) -> str:
+        return check_text(field, text, self.config.max_chat_message_bytes, required=required)
+
+    async def CreateSession(self, request: Any, context: Any) -> Any:
+        caller = await self._caller(context)
+        model = check_model(self.pool.models(), request.model, request.adapter)
+        system_prompt = self._check_text("system_prompt", request.system_prompt, required=False)
+        ttl_ms = check_ttl_ms(
+            request.ttl_ns if request.HasField("ttl_ns") else None,
+            self.config.session_ttl_s,
+            self.config.max_session_ttl_s,
+        )
+        session = await self.sessions.create(
+            caller.owner, model.name, request.adapter, system_prompt, ttl_ms
+        )
+        return gateway_pb2.CreateSessionResponse(session=pb.session_pb(session))
+
+    async def GetSession(self, request: Any, context: Any) -> Any:
+        caller = await self._caller(context)
+        session = await self.sessions.get(caller.owner, request.session_id)
+        return gateway_pb2.GetSessionResponse(session=pb.session_pb(session))
+
+    async def ListSessions(self, request: Any, context: Any) -> Any:
+        caller = await self._caller(context)
+        page, token = await self.sessions.list(caller.owner, request.page_size, request.page_token)
+        return gateway_pb2.ListSessionsResponse(
+            sessions=[pb.session_pb(s) for s in page], next_page_token=token
+        )
+
+    async def DeleteSession(self, request: Any, context: Any) -> Any:
+        caller = await self._caller(context)
+        await self.sessions.delete(caller.owner, request.session_id)
+        return gateway_pb2.DeleteSessionResponse()
+
+    async def ListModels(self, request: Any, context: Any) -> Any:
+        await self._caller(context)
+        return gateway_pb2.ListModelsResponse(models=[pb.model_pb(m) for m in self.pool.models()])
+
+    async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        await self._caller(context)
+        check_model(self.pool.models(), request.model, request.adapter)
+        request_id = check_request_id("request_id", request.request_id) or uuid.uuid4().hex
+        if not request.prompt.WhichOneof("kind"):
+            raise InvalidArgument("prompt is required: set prompt.text, token_ids or chat")
+        runtime_request = runtime_pb2.GenerateRequest(
+            request_id=request_id,
+            prompt=request.prompt,
+            sampling=request.sampling,
+            adapter=request.adapter,
+            final_only=request.final_only,
+        )
+        async for chunk, _ in runtime_client.generate(
+            self.pool,
+            runtime_request,
+            model=request.model,
+            adapter=request.adapter,
+            deadline=_deadline(context),
+            max_attempts=self.config.max_route_attempts,
+        ):
+            yield pb.generate_chunk(request_id, chunk)
+
+    async def Chat(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        caller = await self._caller(context)
+        message = self._check_text("message", request.message, required=True)
+        request_id = check_request_id("request_id", request.request_id)
+        started = await self.sessions.begin_turn(caller.owner, request.session_id, request_id)
+        if isinstance(started, Reply):
+            yield pb.chat_replay(request.session_id, started)
+            return
+        turn = started
+        stored = False
+        renewer = asyncio.create_task(self._keep_lock(turn))
+        try:
+            async for chunk in self._chat_turn(turn, message, request.sampling, context):
+                if chunk.finish_reason:
+                    stored = True  # _chat_turn yields the last chunk once the turn is stored
+                yield chunk
+        finally:
+            renewer.cancel()
+            if not stored:
+                await self._release(turn)
+
+    async def _chat_turn(
+        self, turn: Turn, message: str, sampling: Any, context: Any
+    ) -> AsyncIterator[Any]:
+        session = turn.session
+        user = Message("user", message, 0, now_ms())
+        runtime_request = runtime_pb2.GenerateRequest(
+            request_id=turn.request_id or f"chat-{uuid.uuid4().hex}",
+            prompt=pb.chat_prompt(session, message),
+            sampling=sampling,
+            adapter=session.adapter,
+        )
+        text: list[str] = []
+        token_ids: list[int] = []
+        last: tuple[Any, str] | None = None
+        try:
+            async for chunk, address in runtime_client.generate(
+                self.pool,
+                runtime_request,
+                model=session.model,
+                adapter=session.adapter,
+                pinned=session.runtime,
+                deadline=_deadline(context),
+                max_attempts=self.config.max_route_attempts,
+            ):
+                text.append(chunk.text)
+                token_ids.extend(chunk.token_ids)
+                if chunk.finish_reason:
+                    last = (chunk, address)  # held back until the turn is stored
+                else:
+                    yield pb.chat_chunk(session.session_id, chunk)
+            if last is None:
+                raise Unavailable("the runtime ended the reply without a finish reason")
+            if last[0].finish_reason == common_pb2.FINISH_REASON_ABORT:
+                raise Unavailable("the runtime aborted the reply (it may be draining); retry")
+        except LLMServeError as e:
+            raise type(e)(f"{e.message}; the session is unchanged", metadata=e.metadata) from e
+        chunk, address = last
+        reply = pb.reply_of("".join(text), token_ids, chunk)
+        assistant = Message("assistant", reply.text, reply.usage.completion_tokens, now_ms())
+        try:
+            await self.sessions.commit_turn(turn, user, assistant, reply, address)
+        except Unavailable as e:
+            retry = (
+                "a retry with the same request_id never stores it twice"
+                if turn.request_id
+                else "set request_id to make such retries safe"
+            )
+            raise Unavailable(
+                f"{e.message}. The reply was generated but could not be stored; GetSession shows"
+                f" whether the turn is in the session; {retry}"
+            ) from e
+        yield pb.chat_chunk(session.session_id, chunk)
+
+    async def _keep_lock(self, turn: Turn) -> None:
+        """Renews the turn's busy lock while the reply streams."""
+        interval = self.sessions.lock_ttl_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self.sessions.renew(turn):
+                    log.warning("session %s: turn lock lost", turn.session.session_id)
+                    return
+            except LLMServeError as e:
+                log.warning("session %s: lock not renewed: %s", turn.session.session_id, e)
+
+    async def _release(self, turn: Turn) -> None:
+        """Drops the lock of a turn that stored nothing (even while the call is cancelled);
+        if Redis is unreachable the lock expires by itself after session_lock_ttl_s."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.sessions.release(turn))

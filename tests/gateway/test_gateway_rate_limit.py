@@ -1,0 +1,35 @@
+"""The per-key rate limit through a gateway process: refused with retry-after-ms, recovered."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from gateway_harness import Client, start_gateway
+
+from llmserve.processes import RedisServer
+
+
+def test_rate_limit_refuses_then_recovers(tmp_path: Path, redis_server: RedisServer) -> None:
+    gateway, keys = start_gateway(
+        tmp_path, redis_server, [], "--rate-limit-rps", "5", "--rate-limit-burst", "2"
+    )
+    try:
+        bob, carol = Client(gateway.address, keys["bob"]), Client(gateway.address, keys["carol"])
+        bob.list()
+        bob.list()
+        with pytest.raises(grpc.RpcError) as err:
+            bob.list()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "rate limit exceeded" in err.value.details()
+        assert "rate_limit_rps" in err.value.details()
+        trailers = dict(err.value.trailing_metadata())
+        wait_ms = int(trailers["retry-after-ms"])
+        assert 0 < wait_ms <= 200
+        carol.list()  # another key has its own bucket
+        time.sleep(wait_ms / 1000 + 0.05)
+        bob.list()  # recovered
+    finally:
+        gateway.terminate()

@@ -1,0 +1,56 @@
+"""The gateway continues the caller's trace and passes it on to the runtime."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway_harness import Client, start_gateway, start_runtimes
+
+from llmserve.processes import RedisServer
+
+
+def spans(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_one_trace_from_client_through_gateway_to_runtime(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    runtime_trace, gateway_trace = tmp_path / "runtime.jsonl", tmp_path / "gateway.jsonl"
+    (runtime,) = start_runtimes(tmp_path, 1, "--trace-file", str(runtime_trace))
+    gateway, keys = start_gateway(
+        tmp_path, redis_server, [runtime], "--trace-file", str(gateway_trace)
+    )
+    try:
+        alice = Client(gateway.address, keys["alice"])
+        sid = alice.create().session_id
+        trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+        alice.metadata.append(("traceparent", f"00-{trace_id}-{parent}-01"))
+        alice.chat(sid, "trace me")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ours = [s for s in spans(runtime_trace) if s["context"]["trace_id"] == f"0x{trace_id}"]
+            if ours:
+                break
+            time.sleep(0.1)
+        (runtime_span,) = ours
+        assert runtime_span["name"] == "llmserve.v1.Runtime/Generate"
+        by_id = {
+            s["context"]["span_id"]: s
+            for s in spans(gateway_trace)
+            if s["context"]["trace_id"] == f"0x{trace_id}"
+        }
+        client_span = by_id[runtime_span["parent_id"]]
+        assert client_span["kind"] == "SpanKind.CLIENT"
+        server_span = by_id[client_span["parent_id"]]
+        assert server_span["name"] == "llmserve.v1.Gateway/Chat"
+        assert server_span["parent_id"] == f"0x{parent}"
+    finally:
+        gateway.terminate()
+        runtime.terminate()
