@@ -9,12 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from gateway_harness import run
 
 from gateway.auth import ApiKeys, hash_key, parse_keys_file
 from gateway.ratelimit import RateLimiter
 from gateway.redis_store import API_KEYS_KEY, RedisStore
 from llmserve import errors
+from tests.gateway.gateway_harness import run
 
 KEY_A = "key-a-" + "0" * 16
 KEY_B = "key-b-" + "1" * 16

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_harness import MODEL, reply_to, start_gateway, start_runtimes
 
 from llmserve.processes import DaemonProcess, RedisServer
+from tests.gateway.gateway_harness import MODEL, reply_to, start_gateway, start_runtimes
 
 TOKEN_DELAY_S = 0.01
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from gateway_harness import MODEL, Client, reply_to, start_gateway, start_runtimes
 
 from llmserve.processes import DaemonProcess, RedisServer
 from llmserve.v1 import common_pb2, gateway_pb2, runtime_pb2, runtime_pb2_grpc
+from tests.gateway.gateway_harness import MODEL, Client, reply_to, start_gateway, start_runtimes
 
 MAX_MESSAGE_BYTES = 4096
 

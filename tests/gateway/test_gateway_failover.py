@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from gateway_harness import Client, api_keys, reply_to, start_gateway, start_runtimes
 
 from llmserve.processes import DaemonProcess, RedisServer
+from tests.gateway.gateway_harness import Client, api_keys, reply_to, start_gateway, start_runtimes
 
 Stack = tuple[DaemonProcess, list[DaemonProcess], Client]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from gateway_harness import Client, start_gateway
 
 from llmserve.processes import RedisServer
+from tests.gateway.gateway_harness import Client, start_gateway
 
 
 def test_rate_limit_refuses_then_recovers(tmp_path: Path, redis_server: RedisServer) -> None:

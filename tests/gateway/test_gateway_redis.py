@@ -12,9 +12,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from gateway_harness import Client, reply_to, start_gateway, start_runtimes
 
 from llmserve.processes import DaemonProcess, RedisServer
+from tests.gateway.gateway_harness import Client, reply_to, start_gateway, start_runtimes
 
 LOCK_TTL_S = 1.0
 

@@ -15,10 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from gateway_harness import api_keys, reply_to, start_runtimes
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmserve.processes import DaemonProcess, RedisServer
+from tests.gateway.gateway_harness import api_keys, reply_to, start_runtimes
 
 
 def issue(

@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway_harness import Client, start_gateway, start_runtimes
-
 from llmserve.processes import RedisServer
+from tests.gateway.gateway_harness import Client, start_gateway, start_runtimes
 
 
 def spans(path: Path) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from gateway_harness import Client, reply_to, run, start_gateway, start_runtimes
 
 from gateway.auth import ApiKeys
 from gateway.ratelimit import RateLimiter
@@ -20,6 +19,7 @@ from gateway.redis_store import RedisStore, SessionKeys
 from gateway.sessions import SessionStore, Turn
 from llmserve import errors
 from llmserve.processes import RedisServer, free_port
+from tests.gateway.gateway_harness import Client, reply_to, run, start_gateway, start_runtimes
 
 
 @dataclass

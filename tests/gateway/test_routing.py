@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import random
 
-from gateway_harness import run
-
 from gateway.discovery import DnsDiscovery, StaticDiscovery
 from gateway.routing import RuntimeState, choose_runtime, models_of
+from tests.gateway.gateway_harness import run
 
 
 def rt(address: str, **kw: object) -> RuntimeState:

@@ -7,13 +7,13 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from gateway_harness import run
 from redis.crc import key_slot
 
 from gateway.records import Message, Reply, Usage
 from gateway.redis_store import RedisStore, SessionKeys
 from gateway.sessions import SessionStore, Turn
 from llmserve import errors
+from tests.gateway.gateway_harness import run
 
 TTL_MS = 60_000
 
