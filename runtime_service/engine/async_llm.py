@@ -25,6 +25,7 @@ from runtime_service.engine.engine import LLMEngine
 from runtime_service.engine.inputs import PromptInput
 from runtime_service.engine.outputs import RequestOutput
 from runtime_service.engine.params import SamplingParams
+from runtime_service.engine.request import Request
 
 log = logging.getLogger(__name__)
 THROUGHPUT_WINDOW_S = 5.0
@@ -33,8 +34,9 @@ THROUGHPUT_WINDOW_S = 5.0
 class RequestStream:
     """One request's outputs, handed from the engine thread to one asyncio consumer."""
 
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.request_id = request.request_id
         self._pending: RequestOutput | None = None
         self._error: BaseException | None = None
         self._ready = asyncio.Event()
@@ -100,7 +102,7 @@ class AsyncLLM:
             raise AlreadyExists(f"request_id {request_id!r} is already in progress")
         params = params or SamplingParams()
         request = self.engine.prepare_request(request_id, prompt, params, adapter)
-        stream = RequestStream(request_id)
+        stream = RequestStream(request)
         self._streams[request_id] = stream
         self._commands.put(("add", request))
         self._wakeup.set()
@@ -139,6 +141,11 @@ class AsyncLLM:
     @property
     def num_streams(self) -> int:
         return len(self._streams)
+
+    def num_waiting(self) -> int:
+        """Requests accepted but not yet scheduled (queued here or in the scheduler)."""
+        streams = list(self._streams.values())
+        return sum(1 for s in streams if s.request.times.first_scheduled is None)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stops the engine thread (requests still running are abandoned)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +26,21 @@ from runtime_service.engine.scheduler import Scheduler
 from runtime_service.models.open import load_model_and_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Counters another thread may read while the engine steps (ints and lengths only)."""
+
+    num_running: int
+    num_waiting: int
+    block_size: int
+    num_blocks: int
+    num_free_blocks: int
+    num_cached_free_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,6 +165,20 @@ class LLMEngine:
         reqs = [self.requests[r] for r in request_ids if r in self.requests]
         self.scheduler.finish(reqs, RequestStatus.FINISHED_ABORTED)
         self._aborted.extend(reqs)
+
+    def stats(self) -> EngineStats:
+        bm, sched = self.block_manager, self.scheduler
+        return EngineStats(
+            num_running=len(sched.running),
+            num_waiting=len(sched.waiting),
+            block_size=bm.block_size,
+            num_blocks=bm.num_blocks,
+            num_free_blocks=bm.num_free_blocks,
+            num_cached_free_blocks=bm.num_cached_free_blocks,
+            prefix_cache_queries=bm.prefix_cache_queries,
+            prefix_cache_hits=bm.prefix_cache_hits,
+            num_preemptions=sched.num_preemptions,
+        )
 
     @property
     def has_unfinished_requests(self) -> bool:
