@@ -37,6 +37,7 @@ class RuntimeConfig(ServerConfig):
     max_waiting: int = setting(1024, "most requests waiting to start; beyond: RESOURCE_EXHAUSTED")
     enable_prefix_caching: bool = setting(True, "reuse KV blocks of shared prompt prefixes")
     enable_chunked_prefill: bool = setting(True, "split long prompts across steps")
+    load_format: str = setting("auto", "with --model: auto, or dummy (random weights; benchmarks)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,4 +51,8 @@ class RuntimeConfig(ServerConfig):
             f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
         )
         require(self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        require(
+            self.load_format in ("auto", "dummy"),
+            f"load_format must be auto or dummy, got {self.load_format!r}",
+        )
         self.engine_cache_dir = self.engine_cache_dir.expanduser()

@@ -15,14 +15,20 @@ from llmserve.v1 import common_pb2, engine_pb2
 from runtime_service.config import RuntimeConfig
 from runtime_service.engine.async_llm import AsyncLLM
 from runtime_service.engine.config import EngineConfig
-from runtime_service.engine.engine import LLMEngine
+from runtime_service.engine.core import CoreInfo
 
 log = logging.getLogger(__name__)
 
 DTYPES = {
-    torch.float32: common_pb2.DTYPE_FLOAT32,
-    torch.bfloat16: common_pb2.DTYPE_BFLOAT16,
-    torch.float16: common_pb2.DTYPE_FLOAT16,
+    "float32": common_pb2.DTYPE_FLOAT32,
+    "bfloat16": common_pb2.DTYPE_BFLOAT16,
+    "float16": common_pb2.DTYPE_FLOAT16,
+}
+QUANTIZATIONS = {
+    "none": common_pb2.QUANTIZATION_NONE,
+    "int8": common_pb2.QUANTIZATION_INT8_WEIGHT_ONLY,
+    "int4": common_pb2.QUANTIZATION_INT4_WEIGHT_ONLY,
+    "fp8": common_pb2.QUANTIZATION_FP8,
 }
 
 
@@ -54,28 +60,30 @@ def engine_config(config: RuntimeConfig, path: Path) -> EngineConfig:
         max_num_batched_tokens=config.max_num_batched_tokens,
         enable_prefix_caching=config.enable_prefix_caching,
         enable_chunked_prefill=config.enable_chunked_prefill,
+        load_format=config.load_format,
     )
 
 
-def describe(engine: LLMEngine, config: RuntimeConfig, target: str) -> engine_pb2.Engine:
+def describe(info: CoreInfo, config: RuntimeConfig, target: str) -> engine_pb2.Engine:
     """The Engine message of what this runtime serves."""
-    info, mc = engine.info, engine.model.config
     return engine_pb2.Engine(
         engine_id=info.engine_id,
-        model_name=config.served_model_name or info.name,
-        architecture=mc.architecture,
+        model_name=config.served_model_name or info.model_name,
+        architecture=info.architecture,
         target=target,
-        quantization=common_pb2.QUANTIZATION_NONE,
-        dtype=DTYPES[engine.model.dtype],
-        max_model_len=engine.max_model_len,
-        source=str(info.path),
+        quantization=QUANTIZATIONS[info.quantization],
+        dtype=DTYPES[info.dtype],
+        max_model_len=info.max_model_len,
+        source=info.model_path,
     )
 
 
 def load(config: RuntimeConfig) -> tuple[AsyncLLM, engine_pb2.Engine, str]:
-    """Loads the engine (slow: run it off the event loop). Raises llmserve errors naming what
-    is wrong (missing, corrupt, or for another device)."""
+    """Starts the engine core in its own process and waits for the model to load (slow: run
+    it off the event loop). Raises llmserve errors naming what is wrong."""
     path = model_path(config)
-    engine = LLMEngine(engine_config(config, path))
-    name, target = device_description(engine.device)
-    return AsyncLLM(engine), describe(engine, config, target), name
+    llm = AsyncLLM(
+        engine_config(config, path), log_level=config.log_level, log_format=config.log_format
+    )
+    name, target = device_description(torch.device(llm.info.device))
+    return llm, describe(llm.info, config, target), name

@@ -27,7 +27,7 @@ DESCRIPTION = "The llmserve runtime: serves one engine with continuous batching 
 
 
 async def _warm_up(llm: AsyncLLM) -> None:
-    ids = llm.engine.tokenizer.encode("warm up", add_special_tokens=True)
+    ids = llm.tokenizer.encode("warm up", add_special_tokens=True)
     params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
     async for _ in llm.generate(ids, params, request_id="warm-up"):
         pass
@@ -44,7 +44,7 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
         llm, engine, device = await asyncio.to_thread(load, config)
         await _warm_up(llm)
         service.serving = Serving(llm, engine, device)
-        metrics.watch_engine(llm.engine.stats, llm.num_waiting)
+        metrics.watch_engine(llm.stats, llm.num_waiting)
         log.info("serving %s (%s) on %s", engine.model_name, engine.engine_id or "in place", device)
 
     async def stop() -> None:

@@ -16,7 +16,7 @@ from runtime_service.config import RuntimeConfig
 from runtime_service.convert import check_request_id, output_to_pb, prompt_from_pb, sampling_from_pb
 from runtime_service.engine.async_llm import AsyncLLM
 from runtime_service.engine.outputs import RequestOutput
-from runtime_service.engine.request import Request
+from runtime_service.engine.request import RequestTimes
 from runtime_service.metrics import RuntimeMetrics
 
 tracer = trace.get_tracer("llmserve.runtime")
@@ -61,20 +61,19 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         request_id = request.request_id or uuid.uuid4().hex
         wall_ns, mono = time.time_ns(), time.monotonic()
         stream = llm.add_request(prompt, params, request_id)
-        decode = llm.engine.tokenizer.decode
+        decode = llm.tokenizer.decode
         merged: RequestOutput | None = None
-        last_time = None
+        last: RequestOutput | None = None
+        seen_tokens = 0
         try:
             async for out in llm.iterate(stream):
-                now = time.monotonic()
-                if out.token_ids:
-                    if last_time is None:
-                        self.metrics.time_to_first_token.observe(now - mono)
+                last = out
+                for latency in out.token_latencies:
+                    if seen_tokens == 0:
+                        self.metrics.time_to_first_token.observe(latency)
                     else:
-                        per_token = (now - last_time) / len(out.token_ids)
-                        for _ in out.token_ids:
-                            self.metrics.inter_token_latency.observe(per_token)
-                    last_time = now
+                        self.metrics.inter_token_latency.observe(latency)
+                    seen_tokens += 1
                 if request.final_only:
                     if merged is None:
                         merged = out
@@ -85,16 +84,19 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
                 else:
                     yield output_to_pb(out, decode)
         finally:
-            self._record(stream.request, wall_ns, mono)
+            self._record(request_id, last, wall_ns, mono)
 
-    def _record(self, req: Request, wall_ns: int, mono: float) -> None:
+    def _record(
+        self, request_id: str, last: RequestOutput | None, wall_ns: int, mono: float
+    ) -> None:
         """Metrics and queue/prefill/decode spans of a finished (or abandoned) request."""
-        reason = req.status.value if req.is_finished else "abort"
+        finished = last is not None and last.finished
+        reason = (last.finish_reason if finished and last else None) or "abort"
         m = self.metrics
         m.requests.labels(reason).inc()
-        m.prompt_tokens.inc(req.num_prompt_tokens)
-        m.generation_tokens.inc(req.num_output_tokens)
-        t = req.times
+        m.prompt_tokens.inc(last.num_prompt_tokens if last else 0)
+        m.generation_tokens.inc(last.num_output_tokens if last else 0)
+        t = last.times if finished and last and last.times else RequestTimes(arrival=mono)
         end = t.finished or time.monotonic()
         m.e2e_latency.observe(end - t.arrival)
 
@@ -102,10 +104,10 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             return wall_ns + int((moment - mono) * 1e9)
 
         attributes = {
-            "llmserve.request_id": req.request_id,
-            "llmserve.prompt_tokens": req.num_prompt_tokens,
-            "llmserve.completion_tokens": req.num_output_tokens,
-            "llmserve.cached_prompt_tokens": max(req.num_cached_tokens, 0),
+            "llmserve.request_id": request_id,
+            "llmserve.prompt_tokens": last.num_prompt_tokens if last else 0,
+            "llmserve.completion_tokens": last.num_output_tokens if last else 0,
+            "llmserve.cached_prompt_tokens": last.num_cached_tokens if last else 0,
             "llmserve.finish_reason": reason,
         }
         scheduled = t.first_scheduled or end
@@ -123,7 +125,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
     async def GetStatus(self, request: Any, context: Any) -> Any:
         serving = self._ready()
         llm = serving.llm
-        s = llm.engine.stats()
+        s = llm.stats()
         return runtime_pb2.GetStatusResponse(
             engine=serving.engine,
             kv_cache=runtime_pb2.KvCacheStatus(

@@ -1,5 +1,8 @@
-"""AsyncLLM: the streaming interface. The engine steps on its own thread; each request's
-outputs reach an asyncio consumer through a RequestStream.
+"""AsyncLLM: the streaming interface the gRPC daemon uses.
+
+The engine core runs in its own process (or, with in_process=True, on a thread of this one);
+this side validates and tokenizes requests, and turns the core's token ids into text on a
+receiver thread, handing each request's outputs to asyncio through a RequestStream.
 
 A RequestStream holds at most one pending output: when the consumer reads slower than tokens
 arrive, new deltas are merged into the pending one (coalesced) instead of queueing without
@@ -10,33 +13,36 @@ KV blocks are back in the pool within one engine step.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmserve.errors import Unavailable
+from llmserve.errors import AlreadyExists, Unavailable
 from runtime_service.engine.config import EngineConfig
-from runtime_service.engine.engine import LLMEngine
+from runtime_service.engine.core import CoreInfo, EngineStats
+from runtime_service.engine.core_loop import start_core
 from runtime_service.engine.inputs import PromptInput
 from runtime_service.engine.outputs import RequestOutput
 from runtime_service.engine.params import SamplingParams
-from runtime_service.engine.request import Request
+from runtime_service.engine.processor import Processor
+from runtime_service.models.open import load_tokenizer
 
 log = logging.getLogger(__name__)
 THROUGHPUT_WINDOW_S = 5.0
 
 
 class RequestStream:
-    """One request's outputs, handed from the engine thread to one asyncio consumer."""
+    """One request's outputs, handed from the receiver thread to one asyncio consumer."""
 
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.request_id = request.request_id
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.arrival = time.monotonic()
         self._pending: RequestOutput | None = None
         self._error: BaseException | None = None
         self._ready = asyncio.Event()
@@ -66,20 +72,39 @@ class RequestStream:
 
 
 class AsyncLLM:
-    """Owns an LLMEngine and the thread that steps it."""
+    """Starts an engine core and streams its requests' outputs to asyncio."""
 
-    def __init__(self, config: EngineConfig | LLMEngine) -> None:
-        self.engine = config if isinstance(config, LLMEngine) else LLMEngine(config)
-        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._wakeup = threading.Event()
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        in_process: bool = False,
+        log_level: str = "info",
+        log_format: str = "json",
+    ) -> None:
+        self._conn, self._join = start_core(config, in_process, log_level, log_format)
+        message = self._conn.recv()  # blocks while the model loads
+        if message[0] == "failed":
+            self._join(10.0)
+            raise message[1]
+        _, self.info, self._stats = message
+        self.info: CoreInfo
+        self.tokenizer = load_tokenizer(self.info.tokenizer_path)
+        self.processor = Processor(self.tokenizer, self.info)
+        self._send_lock = threading.Lock()
         self._streams: dict[str, RequestStream] = {}
+        self._calls: dict[int, concurrent.futures.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dead: str | None = None
         self._stopped = False
-        self._dead: BaseException | None = None
         self._ids = itertools.count()
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) per step
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self._thread.start()
+        self._receiver = threading.Thread(target=self._receive, name="engine-outputs", daemon=True)
+        self._receiver.start()
+
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            self._conn.send(message)
 
     # Public, on the event loop.
     def add_request(
@@ -97,15 +122,12 @@ class AsyncLLM:
         self._loop = self._loop or asyncio.get_running_loop()
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._streams:
-            from llmserve.errors import AlreadyExists
-
             raise AlreadyExists(f"request_id {request_id!r} is already in progress")
-        params = params or SamplingParams()
-        request = self.engine.prepare_request(request_id, prompt, params, adapter)
-        stream = RequestStream(request)
+        er = self.processor.make_request(request_id, prompt, params, adapter)
+        stream = RequestStream(request_id)
         self._streams[request_id] = stream
-        self._commands.put(("add", request))
-        self._wakeup.set()
+        self.processor.begin(er)
+        self._send(("add", er))
         return stream
 
     async def generate(
@@ -130,63 +152,79 @@ class AsyncLLM:
             self._streams.pop(stream.request_id, None)
 
     def abort(self, request_id: str) -> None:
-        self._commands.put(("abort", request_id))
-        self._wakeup.set()
+        self.processor.forget(request_id)
+        if self._dead is None:
+            self._send(("abort", [request_id]))
+
+    def call(self, method: str, *args: Any) -> concurrent.futures.Future:
+        """Runs EngineCore.<method>(*args) between steps; the future holds its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        call_id = next(self._ids)
+        self._calls[call_id] = future
+        self._send(("call", call_id, method, args))
+        return future
+
+    def stats(self) -> EngineStats:
+        """The core's counters after its latest step."""
+        return self._stats
+
+    def num_waiting(self) -> int:
+        """Requests accepted but not yet scheduled."""
+        return self.processor.num_unscheduled()
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._streams)
 
     def tokens_per_second(self) -> float:
         now = time.monotonic()
         recent = [(t, n) for t, n in list(self._recent) if now - t <= THROUGHPUT_WINDOW_S]
         return sum(n for _, n in recent) / THROUGHPUT_WINDOW_S
 
-    @property
-    def num_streams(self) -> int:
-        return len(self._streams)
-
-    def num_waiting(self) -> int:
-        """Requests accepted but not yet scheduled (queued here or in the scheduler)."""
-        streams = list(self._streams.values())
-        return sum(1 for s in streams if s.request.times.first_scheduled is None)
-
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stops the engine thread (requests still running are abandoned)."""
+        """Stops the core (requests still running are abandoned)."""
         self._stopped = True
-        self._wakeup.set()
-        self._thread.join(timeout)
+        if self._dead is None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._send(("shutdown",))
+        self._join(timeout)
 
-    # The engine thread.
-    def _run(self) -> None:
-        while not self._stopped:
-            self._apply_commands()
-            if not self.engine.has_unfinished_requests:
-                self._wakeup.wait()
-                self._wakeup.clear()
-                continue
-            try:
-                outputs = self.engine.step()
-            except Exception as e:
-                log.exception("engine step failed")
-                self._dead = e
-                self._post(self._fail_all, Unavailable(f"engine step failed: {e}"))
-                return
-            tokens = sum(len(o.token_ids) for o in outputs)
-            if tokens:
-                now = time.monotonic()
-                self._recent.append((now, tokens))
-                while self._recent and now - self._recent[0][0] > THROUGHPUT_WINDOW_S:
-                    self._recent.popleft()
-            if outputs:
-                self._post(self._dispatch, outputs)
-
-    def _apply_commands(self) -> None:
+    # The receiver thread.
+    def _receive(self) -> None:
         while True:
             try:
-                kind, arg = self._commands.get_nowait()
-            except queue.Empty:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                message = ("dead", "the engine core process exited")
+            kind = message[0]
+            if kind == "step":
+                _, outputs, scheduled, self._stats = message
+                self.processor.mark_scheduled(scheduled)
+                results, stopped = self.processor.process(outputs)
+                if stopped:
+                    self._send(("abort", stopped))
+                self._count(results)
+                self._post(self._dispatch, results)
+            elif kind == "reply":
+                _, call_id, ok, value = message
+                future = self._calls.pop(call_id)
+                future.set_result(value) if ok else future.set_exception(value)
+            elif kind == "dead":
+                if not self._stopped:
+                    log.error("engine core died: %s", message[1])
+                self._dead = message[1]
+                self._post(self._fail_all, Unavailable(f"the engine stopped: {message[1]}"))
+                for future in self._calls.values():
+                    future.set_exception(Unavailable(message[1]))
                 return
-            if kind == "add":
-                self.engine.add_prepared(arg)
-            else:
-                self.engine.abort([arg])
+
+    def _count(self, results: list[RequestOutput]) -> None:
+        tokens = sum(len(r.token_ids) for r in results)
+        if tokens:
+            now = time.monotonic()
+            self._recent.append((now, tokens))
+            while self._recent and now - self._recent[0][0] > THROUGHPUT_WINDOW_S:
+                self._recent.popleft()
 
     def _post(self, fn: Any, arg: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():

@@ -302,7 +302,8 @@ def test_queue_overflow_is_refused_with_the_limit(model: Path, tmp_path: Path) -
         results = asyncio.run(main())
         refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
         served = [r for r in results if isinstance(r, list)]
-        assert len(refused) + len(served) == 8 and refused and len(served) >= 3
+        # Admitted: at least the 2 that may wait, at most those plus the 1 that may run.
+        assert len(refused) + len(served) == 8 and 2 <= len(served) <= 3
         for err in refused:
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "limit max_waiting=2" in err.details()
