@@ -110,7 +110,7 @@ def busy(runtime: DaemonProcess) -> Iterator[None]:
     call = runtime_pb2_grpc.RuntimeStub(channel).Generate(request)
     try:
         next(call)  # it runs
-        time.sleep(3 * GATEWAY_REFRESH_S)  # every gateway has read the runtime's status since
+        time.sleep(4 * GATEWAY_REFRESH_S)  # every gateway has read the runtime's status since
         yield
     finally:
         call.cancel()

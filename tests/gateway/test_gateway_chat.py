@@ -315,17 +315,16 @@ def test_the_callers_deadline_reaches_the_runtime(stack: Stack) -> None:
     request = gateway_pb2.GatewayGenerateRequest(
         model=MODEL,
         prompt=common_pb2.Prompt(text="Count to a thousand."),
-        sampling=greedy(1000, ignore_eos=True),  # a minute or more on a CPU
+        sampling=greedy(2000, ignore_eos=True),  # minutes on a CPU
     )
     call = alice.stub.Generate(request, metadata=alice.metadata, timeout=4)
     next(call)  # running
     assert stack.gateway.proc is not None
     stack.gateway.proc.send_signal(signal.SIGSTOP)
     try:
-        took = wait_idle(stack.runtimes, within_s=10)
+        wait_idle(stack.runtimes, within_s=6)  # the 4 s deadline, and some slack
     finally:
         stack.gateway.proc.send_signal(signal.SIGCONT)
-    assert took < 4
     with pytest.raises(grpc.RpcError) as err:
         list(call)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
