@@ -26,6 +26,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     load_format: str = "auto"  # auto: read the weights; dummy: random weights (benchmarks)
+    cpu_threads: int = 0  # torch intra-op threads of the core; 0: torch's default (all cores)
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
