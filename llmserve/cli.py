@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "builder": ("builder_service.main", "run the builder daemon"),
     "runtime": ("runtime_service.main", "run the runtime daemon"),
     "gateway": ("gateway.main", "run the gateway daemon"),
+    "build": ("builder_service.cli", "build an engine into the store, without a daemon"),
     "up": ("llmserve.up", "start a local stack (Redis, builder, runtime, gateway) and chat"),
 }
 
