@@ -16,7 +16,9 @@ import json
 import logging
 import platform
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -85,12 +87,19 @@ class Builder:
         device: DeviceInfo | None = None,
         awq: AwqOptions = AwqOptions(),
         s3_client: Any = None,
+        source_cache_size: int = 0,
     ) -> None:
+        """source_cache_size: checkpoints kept loaded after a build, by digest, so that the
+        next build of the same model (another quantization, say) skips loading it."""
         self.store = store
         self.work_dir = work_dir.expanduser()
         self.device = device or device_info()
         self.awq = awq
         self.s3_client = s3_client
+        self._source_cache_size = source_cache_size
+        self._sources: OrderedDict[str, LoadedSource] = OrderedDict()
+        self._sources_lock = threading.Lock()
+        self._configs: dict[str, dict[str, Any]] = {}  # digest -> config.json contents
 
     def build(self, spec: BuildSpec, emit: Emit = lambda event: None) -> BuildEvent:
         """Builds (or finds) the engine of `spec`; returns the final event, also emitted."""
@@ -103,7 +112,7 @@ class Builder:
             source = open_source(spec.source, Path(tmp), self.s3_client)
             emit(BuildEvent("loading", 1.0, "hashing the checkpoint"))
             digest = source.digest()
-            config = ModelConfig.from_hf(read_hf_config(source))
+            config = ModelConfig.from_hf(self._hf_config(source, digest))
             max_len = spec.max_model_len or config.max_position_embeddings
             if max_len > config.max_position_embeddings:
                 raise InvalidArgument(
@@ -141,6 +150,25 @@ class Builder:
             )
         return options
 
+    def _hf_config(self, source: Source, digest: str) -> dict[str, Any]:
+        """The source's config; remembered by digest (reading a GGUF's takes seconds)."""
+        if digest not in self._configs:
+            self._configs[digest] = read_hf_config(source)
+        return self._configs[digest]
+
+    def _load(self, source: Source, digest: str) -> LoadedSource:
+        with self._sources_lock:
+            if digest in self._sources:
+                self._sources.move_to_end(digest)
+                return self._sources[digest]
+        loaded = load_source(source)
+        if self._source_cache_size > 0:
+            with self._sources_lock:
+                self._sources[digest] = loaded
+                while len(self._sources) > self._source_cache_size:
+                    self._sources.popitem(last=False)
+        return loaded
+
     def _source_perplexity(
         self, loaded: LoadedSource, digest: str, ids: list[int], window: int
     ) -> float:
@@ -170,7 +198,7 @@ class Builder:
         device = torch.device(self.device.torch_device)
         max_len = options["max_model_len"]
         emit(BuildEvent("loading", 3.0, f"loading {source.default_name} through transformers"))
-        loaded = load_source(source)
+        loaded = self._load(source, digest)
         config = ModelConfig.from_hf(loaded.hf_config)
         ids = loaded.tokenizer(calibration.calibration_text(), verbose=False)["input_ids"]
         window = validation_window(max_len)

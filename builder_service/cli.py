@@ -19,6 +19,7 @@ from llmserve.config import parse_config, require, setting
 from llmserve.device import device_info
 from llmserve.errors import LLMServeError
 from llmserve.store import open_store
+from llmserve.store.s3 import s3_client_for
 
 DESCRIPTION = "Builds an engine into the artifact store locally, without a daemon."
 
@@ -87,7 +88,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmserve build") -> int
             store,
             config.work_dir,
             device=device_info(),
+            s3_client=s3_client_for(store, config.store_options()),
             awq=AwqOptions(grid=config.awq_grid, samples=config.awq_samples),
+            source_cache_size=config.source_cache_size,
         )
         final = builder.build(spec, ProgressBar(sys.stderr))
     except LLMServeError as e:

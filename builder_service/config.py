@@ -34,6 +34,9 @@ class StoreSettings:
     )
     awq_grid: int = setting(20, "int4: points of the activation-aware scale and clip searches")
     awq_samples: int = setting(256, "int4: calibration tokens measuring each layer's error")
+    source_cache_size: int = setting(
+        0, "checkpoints kept loaded after a build for the next build of the same model"
+    )
 
     def validate_store(self) -> None:
         require(self.store != "", "store must be a directory or s3://bucket/prefix")
@@ -42,6 +45,10 @@ class StoreSettings:
         )
         require(self.store_lock_lease_s >= 1, "store_lock_lease_s must be >= 1")
         require(self.store_hold_ttl_s >= 1, "store_hold_ttl_s must be >= 1")
+        require(
+            self.source_cache_size >= 0,
+            f"source_cache_size must be >= 0, got {self.source_cache_size}",
+        )
         require(1 <= self.awq_grid <= 100, f"awq_grid must be in [1, 100], got {self.awq_grid}")
         require(
             8 <= self.awq_samples <= 65536,

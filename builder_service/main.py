@@ -12,6 +12,7 @@ from llmserve.config import parse_config
 from llmserve.device import device_info
 from llmserve.server import Daemon, Service, run_daemon
 from llmserve.store import open_store
+from llmserve.store.s3 import s3_client_for
 from llmserve.v1 import builder_pb2_grpc
 
 DESCRIPTION = "The llmserve builder: compiles checkpoints into engines in the artifact store."
@@ -24,7 +25,9 @@ def make_builder(config: BuilderConfig) -> Builder:
         store,
         config.work_dir,
         device=device_info(),
+        s3_client=s3_client_for(store, config.store_options()),
         awq=AwqOptions(grid=config.awq_grid, samples=config.awq_samples),
+        source_cache_size=config.source_cache_size,
     )
 
 
@@ -41,4 +44,7 @@ def setup(config: BuilderConfig, daemon: Daemon) -> None:
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m builder_service") -> int:
     config = parse_config(BuilderConfig, argv, prog=prog, description=DESCRIPTION)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the Build stream reports progress; keep logs JSON
     return run_daemon("builder", config, lambda daemon: setup(config, daemon))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from llmserve.processes import REPO_ROOT
 from llmserve.testing import smollm2, tiny_models
-from llmserve.testing.s3_server import TEST_CREDENTIALS, MotoS3Server
 
 MODEL_CACHE = REPO_ROOT / ".cache" / "models"
 
@@ -36,20 +34,3 @@ def tiny_model_dir() -> Callable[[str], Path]:
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face directory, converted from the packaged GGUF."""
     return smollm2.hf_dir(MODEL_CACHE)
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[MotoS3Server]:
-    """moto's S3 server in a child process; AWS credentials for it are set in os.environ."""
-    saved = {k: os.environ.get(k) for k in TEST_CREDENTIALS}
-    os.environ.update(TEST_CREDENTIALS)
-    server = MotoS3Server().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

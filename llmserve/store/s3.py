@@ -56,6 +56,11 @@ def make_client(options: StoreOptions) -> Any:
     )
 
 
+def s3_client_for(store: ArtifactStore, options: StoreOptions) -> Any:
+    """An S3 client for reading s3:// sources: the store's own, or one made from options."""
+    return store.client if isinstance(store, S3Store) else make_client(options)
+
+
 class S3Store(ArtifactStore):
     """See the module docstring."""
 
