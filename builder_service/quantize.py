@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from llmserve.errors import FailedPrecondition
 from runtime_service.models.linear import INT4_GROUP_SIZE, dequantize_int4, pack_int4
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -28,7 +29,9 @@ def int4_group_size(in_features: int) -> int:
     while size > 1 and in_features % size:
         size //= 2
     if size < 8:
-        raise ValueError(f"int4 needs an input width divisible by 8, got {in_features}")
+        raise FailedPrecondition(
+            f"int4 needs linear layers whose input width is a multiple of 8, got {in_features}"
+        )
     return size
 
 

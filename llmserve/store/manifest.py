@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +148,8 @@ class EngineManifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EngineManifest:
-        data = dict(data)
-        for derived in ("id", "kind", "size_bytes"):
-            data.pop(derived, None)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # id, kind, size_bytes: derived
         validation = dict(data.pop("validation"))
         validation.pop("passed", None)
         validation.pop("relative_increase", None)

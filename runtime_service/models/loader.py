@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from llmserve.device import device_info
-from llmserve.store.manifest import EngineManifest, verify_files
+from llmserve.errors import FailedPrecondition
+from llmserve.store.manifest import ENGINE_FORMAT_VERSION, EngineManifest, verify_files
 from llmserve.targets import require_engine_target
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.llama import LlamaModel
@@ -93,6 +94,11 @@ def load_engine(
     max_positions: rotary tables length; default the engine's max_model_len.
     """
     manifest = read_engine_manifest(engine_dir)
+    if manifest.format_version > ENGINE_FORMAT_VERSION:
+        raise FailedPrecondition(
+            f"engine {manifest.engine_id} has format version {manifest.format_version}; this "
+            f"runtime reads versions up to {ENGINE_FORMAT_VERSION}"
+        )
     if check_target:
         device_target = "cpu" if device.type == "cpu" else device_info(device.index or 0).target
         require_engine_target(manifest.engine_id, manifest.target, device_target)
