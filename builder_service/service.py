@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from builder_service.build import Builder
-from builder_service.engine_pb import engine_to_pb
 from builder_service.shared import SharedBuilds
 from builder_service.spec import BuildSpec
+from llmserve.engine_pb import engine_to_pb
 from llmserve.errors import Unimplemented
 from llmserve.store.engines import delete_engine, get_engine, list_engines
 from llmserve.v1 import builder_pb2, builder_pb2_grpc

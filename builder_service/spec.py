@@ -110,7 +110,7 @@ class BuildEvent:
     cached: bool = False
 
     def to_pb(self) -> Any:
-        from builder_service.engine_pb import engine_to_pb
+        from llmserve.engine_pb import engine_to_pb
         from llmserve.v1 import builder_pb2
 
         reply = builder_pb2.BuildResponse(

@@ -60,3 +60,5 @@ class RuntimeConfig(ServerConfig):
             f"load_format must be auto or dummy, got {self.load_format!r}",
         )
         self.engine_cache_dir = self.engine_cache_dir.expanduser()
+        if not self.store.startswith("s3://"):
+            self.store = str(Path(self.store).expanduser())

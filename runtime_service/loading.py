@@ -1,21 +1,29 @@
 """Resolving what to serve into a running AsyncLLM, and describing it (the Engine message).
 
-`--model PATH` serves a Hugging Face directory, fused in place (development).
-`--engine ID` serves an engine from the artifact store (see llmserve/store).
+`--engine ID` serves an engine from the artifact store: the runtime holds it (so it is not
+deleted or collected while served), fetches it into its local cache verifying every file's
+checksum, and refuses one built for another target, naming both.
+`--model PATH` (development) serves a Hugging Face directory, fused in place, or a .gguf
+file, built in place into a store under the engine cache with the builder's code.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from llmserve.device import DeviceInfo, cpu_info, device_info
+from llmserve.engine_pb import engine_to_pb
+from llmserve.errors import FailedPrecondition
+from llmserve.store import Hold, open_store
+from llmserve.store.engines import fetch_engine, hold_engine
 from llmserve.v1 import common_pb2, engine_pb2
 from runtime_service.config import RuntimeConfig
 from runtime_service.engine.async_llm import AsyncLLM
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo
+from runtime_service.models.loader import read_engine_manifest
 
 log = logging.getLogger(__name__)
 
@@ -24,33 +32,68 @@ DTYPES = {
     "bfloat16": common_pb2.DTYPE_BFLOAT16,
     "float16": common_pb2.DTYPE_FLOAT16,
 }
-QUANTIZATIONS = {
-    "none": common_pb2.QUANTIZATION_NONE,
-    "int8": common_pb2.QUANTIZATION_INT8_WEIGHT_ONLY,
-    "int4": common_pb2.QUANTIZATION_INT4_WEIGHT_ONLY,
-    "fp8": common_pb2.QUANTIZATION_FP8,
-}
 
 
-def device_description(device: torch.device) -> tuple[str, str]:
-    """(name, target) of the device: ("NVIDIA H100 80GB HBM3", "sm_90") or ("cpu", "cpu")."""
-    if device.type != "cuda":
-        return "cpu", "cpu"
-    major, minor = torch.cuda.get_device_capability(device)
-    return torch.cuda.get_device_name(device), f"sm_{major}{minor}"
+@dataclass
+class Loaded:
+    """What warm-up hands to the servicer."""
+
+    llm: AsyncLLM
+    engine: engine_pb2.Engine
+    device: DeviceInfo
+    hold: Hold | None  # released when the runtime stops
 
 
-def model_path(config: RuntimeConfig) -> Path:
+def runtime_device(config: RuntimeConfig) -> DeviceInfo:
+    """The device facts (cuda-python) of the device the engine will run on."""
+    if config.device == "cpu":
+        return cpu_info()
+    index = int(config.device.split(":")[1]) if config.device.startswith("cuda:") else 0
+    info = device_info(index)
+    if config.device.startswith("cuda") and not info.is_cuda:
+        raise FailedPrecondition(f"device {config.device} requested but no CUDA GPU is present")
+    return info
+
+
+def build_in_place(config: RuntimeConfig, gguf: Path, device: DeviceInfo) -> str:
+    """Builds a .gguf checkpoint for this device into a development store; its engine id."""
+    from builder_service.build import Builder
+    from builder_service.spec import BuildSpec
+
+    store = open_store(str(config.engine_cache_dir / "dev-store"))
+    builder = Builder(store, config.engine_cache_dir / "dev-work", device=device)
+    final = builder.build(BuildSpec(source=str(gguf), target=device.target))
+    assert final.engine is not None
+    log.info("built %s in place as engine %s", gguf, final.engine.engine_id)
+    return final.engine.engine_id
+
+
+def resolve(config: RuntimeConfig, device: DeviceInfo) -> tuple[Path, Hold | None]:
+    """The local directory to serve, and the store hold that keeps it while served."""
     if config.model is not None:
-        return config.model.expanduser()
-    raise NotImplementedError("serving an engine id from the store lands with the builder")
+        path = config.model.expanduser()
+        if not path.is_file():
+            return path, None  # a Hugging Face directory (missing: the core says so)
+        store_uri, engine_id = (
+            str(config.engine_cache_dir / "dev-store"),
+            build_in_place(config, path, device),
+        )
+    else:
+        store_uri, engine_id = config.store, config.engine
+    store = open_store(store_uri)
+    hold = hold_engine(store, engine_id)
+    try:
+        return fetch_engine(store, engine_id, config.engine_cache_dir, device.target), hold
+    except BaseException:
+        hold.release()
+        raise
 
 
-def engine_config(config: RuntimeConfig, path: Path) -> EngineConfig:
+def engine_config(config: RuntimeConfig, path: Path, device: DeviceInfo) -> EngineConfig:
     return EngineConfig(
         model=path,
         dtype=config.dtype,
-        device=config.device,
+        device=device.torch_device,
         block_size=config.block_size,
         num_kv_blocks=config.num_kv_blocks,
         gpu_memory_utilization=config.gpu_memory_utilization,
@@ -62,29 +105,41 @@ def engine_config(config: RuntimeConfig, path: Path) -> EngineConfig:
         enable_chunked_prefill=config.enable_chunked_prefill,
         load_format=config.load_format,
         cpu_threads=config.cpu_threads,
+        verify_engine=False,  # fetch_engine verified every file on the way into the cache
     )
 
 
-def describe(info: CoreInfo, config: RuntimeConfig, target: str) -> engine_pb2.Engine:
+def describe(info: CoreInfo, path: Path, config: RuntimeConfig, target: str) -> engine_pb2.Engine:
     """The Engine message of what this runtime serves."""
-    return engine_pb2.Engine(
-        engine_id=info.engine_id,
-        model_name=config.served_model_name or info.model_name,
-        architecture=info.architecture,
-        target=target,
-        quantization=QUANTIZATIONS[info.quantization],
-        dtype=DTYPES[info.dtype],
-        max_model_len=info.max_model_len,
-        source=info.model_path,
-    )
+    if (path / "manifest.json").exists():  # a built engine: its manifest says it all
+        engine = engine_to_pb(read_engine_manifest(path))
+    else:
+        engine = engine_pb2.Engine(
+            model_name=info.model_name,
+            architecture=info.architecture,
+            target=target,
+            quantization=common_pb2.QUANTIZATION_NONE,
+            source=info.model_path,
+        )
+    engine.model_name = config.served_model_name or engine.model_name
+    engine.dtype = DTYPES[info.dtype]
+    engine.max_model_len = info.max_model_len  # what this runtime accepts
+    return engine
 
 
-def load(config: RuntimeConfig) -> tuple[AsyncLLM, engine_pb2.Engine, str]:
-    """Starts the engine core in its own process and waits for the model to load (slow: run
-    it off the event loop). Raises llmserve errors naming what is wrong."""
-    path = model_path(config)
-    llm = AsyncLLM(
-        engine_config(config, path), log_level=config.log_level, log_format=config.log_format
-    )
-    name, target = device_description(torch.device(llm.info.device))
-    return llm, describe(llm.info, config, target), name
+def load(config: RuntimeConfig) -> Loaded:
+    """Resolves the engine, starts its core in a process of its own and waits for the model
+    (slow: run it off the event loop). Raises llmserve errors naming what is wrong: a missing
+    engine (NotFound), a corrupted file (DataLoss), another target (FailedPrecondition)."""
+    device = runtime_device(config)
+    path, hold = resolve(config, device)
+    settings = engine_config(config, path, device)
+    if hold is None:
+        settings.verify_engine = True  # a directory given with --model: check it here
+    try:
+        llm = AsyncLLM(settings, log_level=config.log_level, log_format=config.log_format)
+    except BaseException:
+        if hold is not None:
+            hold.release()
+        raise
+    return Loaded(llm, describe(llm.info, path, config, device.target), device, hold)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from llmserve.config import parse_config
 from llmserve.server import Daemon, Service, run_daemon
+from llmserve.store import Hold
 from llmserve.v1 import runtime_pb2_grpc
 from runtime_service.config import RuntimeConfig
 from runtime_service.engine.async_llm import AsyncLLM
@@ -40,16 +41,28 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
         Service("llmserve.v1.Runtime", service, runtime_pb2_grpc.add_RuntimeServicer_to_server)
     )
 
+    holds: list[Hold] = []
+
     async def warmup() -> None:
-        llm, engine, device = await asyncio.to_thread(load, config)
-        await _warm_up(llm)
-        service.serving = Serving(llm, engine, device)
-        metrics.watch_engine(llm.stats, llm.num_waiting)
-        log.info("serving %s (%s) on %s", engine.model_name, engine.engine_id or "in place", device)
+        loaded = await asyncio.to_thread(load, config)
+        if loaded.hold is not None:
+            holds.append(loaded.hold)
+        await _warm_up(loaded.llm)
+        service.serving = Serving(loaded.llm, loaded.engine, loaded.device.name)
+        metrics.watch_engine(loaded.llm.stats, loaded.llm.num_waiting)
+        engine = loaded.engine
+        log.info(
+            "serving %s (engine %s) on %s",
+            engine.model_name,
+            engine.engine_id or "built in place",
+            loaded.device.name,
+        )
 
     async def stop() -> None:
         if service.serving is not None:
             await asyncio.to_thread(service.serving.llm.shutdown)
+        for hold in holds:
+            await asyncio.to_thread(hold.release)
 
     daemon.on_warmup(warmup)
     daemon.on_stop(stop)

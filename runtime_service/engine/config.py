@@ -27,6 +27,7 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     load_format: str = "auto"  # auto: read the weights; dummy: random weights (benchmarks)
     cpu_threads: int = 0  # torch intra-op threads of the core; 0: torch's default (all cores)
+    verify_engine: bool = True  # check a built engine's files against its manifest at load
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)

@@ -85,7 +85,12 @@ class EngineCore:
         self.device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, self.device)
         self.model, info = load_model(
-            config.model, dtype, self.device, config.max_model_len, config.load_format
+            config.model,
+            dtype,
+            self.device,
+            config.max_model_len,
+            config.load_format,
+            verify=config.verify_engine,
         )
         mc = self.model.config
         self.max_model_len = min(

@@ -6,6 +6,7 @@ directory (with manifest.json) is loaded as the builder wrote it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ import torch
 from llmserve.errors import FailedPrecondition, NotFound
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.llama import LlamaModel
-from runtime_service.models.loader import load_hf_model, read_hf_config
+from runtime_service.models.loader import (
+    load_engine,
+    load_hf_model,
+    read_engine_manifest,
+    read_hf_config,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,7 @@ def load_model(
     device: torch.device,
     max_model_len: int | None = None,
     load_format: str = "auto",
+    verify: bool = True,
 ) -> tuple[LlamaModel, ModelInfo]:
     """The model on its device (no tokenizer: the engine core needs none).
 
@@ -84,8 +93,20 @@ def load_model(
     path = Path(path)
     if not path.is_dir():
         raise NotFound(f"model directory {path} does not exist")
-    if (path / "manifest.json").exists():
-        raise FailedPrecondition(f"{path} is a built engine; engine loading is not wired yet")
+    if (path / "manifest.json").exists():  # an engine the builder made
+        manifest = read_engine_manifest(path)
+        if manifest.dtype != str(dtype).removeprefix("torch."):
+            log.info(
+                "engine %s is %s; serving it in that dtype", manifest.engine_id, manifest.dtype
+            )
+        model = load_engine(path, device, verify=verify, max_positions=max_model_len)
+        return model, ModelInfo(
+            name=manifest.model_name,
+            path=path,
+            quantization=manifest.quantization,
+            tokenizer_path=path,
+            engine_id=manifest.engine_id,
+        )
     if not (path / "config.json").exists():
         raise FailedPrecondition(f"{path} has no config.json (not a Hugging Face checkpoint)")
     if load_format == "dummy":

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -18,22 +17,27 @@ from llmserve.processes import REPO_ROOT
 from llmserve.v1 import runtime_pb2_grpc
 from tests.runtime_service.daemon_harness import collect, generate_request, start_runtime, tokens
 
-GRACE_S = 20
+GRACE_S = 90
+STREAM_TOKENS = 300  # SmolLM2 on a CPU: the streams outlast the checks made while draining
 
 
-def test_sigterm_lets_streams_finish(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
-    proc = start_runtime(tiny_model_dir("llama"), tmp_path, "--grace-period-s", str(GRACE_S))
+def test_sigterm_lets_streams_finish(smollm2_dir: Path, tmp_path: Path) -> None:
+    proc = start_runtime(
+        smollm2_dir, tmp_path, "--grace-period-s", str(GRACE_S), "--num-kv-blocks", "1024"
+    )
     assert proc.proc is not None
 
     async def main() -> None:
         async with grpc.aio.insecure_channel(proc.address) as channel:
             stub = runtime_pb2_grpc.RuntimeStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
-            calls = [stub.Generate(generate_request(f"stream {i}", 200)) for i in range(6)]
+            calls = [
+                stub.Generate(generate_request(f"stream {i}", STREAM_TOKENS)) for i in range(6)
+            ]
             firsts = [await call.read() for call in calls]  # all six are streaming
             started = time.monotonic()
             proc.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.5)
             reply = await health.Check(health_pb2.HealthCheckRequest(service="llmserve.v1.Runtime"))
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
             try:
@@ -45,7 +49,7 @@ def test_sigterm_lets_streams_finish(tiny_model_dir: Callable[[str], Path], tmp_
                 chunks = [first]
                 while (chunk := await call.read()) is not grpc.aio.EOF:
                     chunks.append(chunk)
-                assert len(tokens(chunks)) == 200
+                assert len(tokens(chunks)) == STREAM_TOKENS
             assert time.monotonic() - started < GRACE_S
 
     asyncio.run(main())

@@ -1,4 +1,5 @@
-"""EngineManifest -> llmserve.v1.Engine (the only place the builder's engine meets protobuf)."""
+"""EngineManifest -> llmserve.v1.Engine, for the builder and runtime servicers (the one place an
+engine manifest meets protobuf)."""
 
 from __future__ import annotations
 
