@@ -7,16 +7,18 @@ own thread. Every method here runs on that one thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 
-from llmserve.errors import AlreadyExists, InvalidArgument
+from llmserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from runtime_service.engine.block_manager import BlockManager
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.detokenizer import Detokenizer
 from runtime_service.engine.inputs import InputProcessor, PromptInput
 from runtime_service.engine.kv_pool import num_kv_blocks
+from runtime_service.engine.lora import AdapterInfo, LoRAAdapter, LoRAManager
 from runtime_service.engine.model_runner import ModelRunner
 from runtime_service.engine.outputs import RequestOutput, Timings
 from runtime_service.engine.params import SamplingParams
@@ -58,6 +60,12 @@ class LLMEngine:
                 f"without chunked prefill, max_num_batched_tokens ({config.max_num_batched_tokens})"
                 f" must be >= max_model_len ({self.max_model_len})"
             )
+        # LoRA slots take their device memory before the KV pool is sized from what is left.
+        self.lora = (
+            LoRAManager(self.model, config.max_loras, config.max_lora_rank, config.lora_dir)
+            if config.enable_lora
+            else None
+        )
         num_blocks = num_kv_blocks(config, self.model, self.device)
         if num_blocks * config.block_size < self.max_model_len:
             raise InvalidArgument(
@@ -72,8 +80,9 @@ class LLMEngine:
             config.max_num_seqs,
             config.max_num_batched_tokens,
             config.enable_chunked_prefill,
+            self.lora,
         )
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size)
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.lora)
         self.inputs = InputProcessor(self.tokenizer, mc.vocab_size, self.max_model_len)
         self.eos_token_ids = self._eos_token_ids()
         self.requests: dict[str, Request] = {}
@@ -111,6 +120,8 @@ class LLMEngine:
                 raise InvalidArgument(
                     f"stop_token_ids contains {t}, outside the vocabulary [0, {vocab_size})"
                 )
+        if adapter is not None:
+            self._require_lora(adapter).check(adapter)
         prompt_ids = self.inputs(prompt, params.max_tokens)
         req = Request(
             request_id, prompt_ids, params, self.eos_token_ids, self.max_model_len, adapter
@@ -127,6 +138,8 @@ class LLMEngine:
     def add_prepared(self, req: Request) -> None:
         if req.request_id in self.requests:
             raise AlreadyExists(f"request_id {req.request_id!r} is already in progress")
+        if req.adapter is not None:
+            self._require_lora(req.adapter).bind(req)
         self.requests[req.request_id] = req
         self.scheduler.add(req)
 
@@ -149,6 +162,32 @@ class LLMEngine:
         reqs = [self.requests[r] for r in request_ids if r in self.requests]
         self.scheduler.finish(reqs, RequestStatus.FINISHED_ABORTED)
         self._aborted.extend(reqs)
+
+    # Adapters.
+    def _require_lora(self, adapter: str | None = None) -> LoRAManager:
+        if self.lora is None:
+            off = "this engine serves no adapters (enable_lora is off)"
+            raise NotFound(f"adapter {adapter!r}: {off}") if adapter else FailedPrecondition(off)
+        return self.lora
+
+    def load_adapter(self, name: str, path: Path | str) -> AdapterInfo:
+        """Reads, validates and adds a PEFT adapter (to host memory; it takes a device slot
+        when a request using it is scheduled). Reads the disk: AsyncLLM does that part on
+        another thread and calls register_adapter."""
+        return self.register_adapter(self._require_lora().read(name, Path(path)))
+
+    def register_adapter(self, adapter: LoRAAdapter) -> AdapterInfo:
+        return self._require_lora().register(adapter)
+
+    def unload_adapter(
+        self, name: str, wait: bool = False, on_unloaded: Callable[[], None] | None = None
+    ) -> bool:
+        """Removes an adapter; FailedPrecondition while requests use it, unless wait (then
+        it takes no new requests, goes when they finish, and this returns False)."""
+        return self._require_lora().unload(name, wait, on_unloaded)
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        return [] if self.lora is None else self.lora.infos()
 
     @property
     def has_unfinished_requests(self) -> bool:
