@@ -5,6 +5,10 @@ A RequestStream holds at most one pending output: when the consumer reads slower
 arrive, new deltas are merged into the pending one (coalesced) instead of queueing without
 bound. Leaving the iterator early (a cancelled or disconnected client) aborts the request; its
 KV blocks are back in the pool within one engine step.
+
+Adapters: loading reads and validates on a worker thread and adds the adapter between two
+engine steps; a request naming an adapter that is not loaded but is in lora_dir is held until
+a worker thread has loaded it. The running batch never waits for the disk.
 """
 
 from __future__ import annotations
@@ -16,15 +20,19 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from llmserve.errors import Unavailable
+from llmserve.errors import LLMServeError, Unavailable
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.engine import LLMEngine
 from runtime_service.engine.inputs import PromptInput
+from runtime_service.engine.lora import AdapterInfo
 from runtime_service.engine.outputs import RequestOutput
 from runtime_service.engine.params import SamplingParams
+from runtime_service.engine.request import Request
 
 log = logging.getLogger(__name__)
 THROUGHPUT_WINDOW_S = 5.0
@@ -76,6 +84,7 @@ class AsyncLLM:
         self._dead: BaseException | None = None
         self._ids = itertools.count()
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) per step
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="adapter-loader")
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
 
@@ -102,7 +111,10 @@ class AsyncLLM:
         request = self.engine.prepare_request(request_id, prompt, params, adapter)
         stream = RequestStream(request_id)
         self._streams[request_id] = stream
-        self._commands.put(("add", request))
+        if adapter is not None and self.engine.adapter_needs_loading(adapter):
+            self._loader.submit(self._load_then_add, request)
+        else:
+            self._commands.put(("add", request))
         self._wakeup.set()
         return stream
 
@@ -131,6 +143,54 @@ class AsyncLLM:
         self._commands.put(("abort", request_id))
         self._wakeup.set()
 
+    # Adapters.
+    async def load_adapter(self, name: str, path: str | Path) -> AdapterInfo:
+        """Reads and validates a PEFT adapter on a worker thread, then adds it between two
+        steps."""
+        adapter = await asyncio.to_thread(self.engine.read_adapter, name, path)
+        return await self._call(self.engine.register_adapter, adapter)
+
+    async def unload_adapter(self, name: str, wait: bool = False) -> None:
+        """Removes an adapter. While requests use it: FailedPrecondition, or with wait, it
+        takes no new requests and this returns once the last of them has finished (if the
+        caller stops waiting, the adapter still goes then)."""
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+
+        def on_unloaded() -> None:  # on the engine thread
+            loop.call_soon_threadsafe(_settle, (gone, None, None))
+
+        if not await self._call(self.engine.unload_adapter, name, wait, on_unloaded):
+            await gone
+
+    async def list_adapters(self) -> list[AdapterInfo]:
+        return await self._call(self.engine.list_adapters)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) on the engine thread between two steps; its result or error here."""
+        if self._dead is not None:
+            raise Unavailable(f"the engine stopped after an error: {self._dead}")
+        if self._stopped:
+            raise Unavailable("the engine is shutting down")
+        self._loop = self._loop or asyncio.get_running_loop()
+        future = self._loop.create_future()
+        self._commands.put(("call", (fn, args, future)))
+        self._wakeup.set()
+        return await future
+
+    def _load_then_add(self, request: Request) -> None:  # on the loader thread
+        try:
+            assert request.adapter is not None
+            if self.engine.adapter_needs_loading(request.adapter):
+                adapter = self.engine.read_adapter(request.adapter)
+                self._commands.put(("call", (self.engine.register_adapter, (adapter, True), None)))
+        except LLMServeError as e:
+            self._post(self._fail_one, (request.request_id, e))
+            return
+        if request.request_id in self._streams:  # else its consumer has gone
+            self._commands.put(("add", request))
+            self._wakeup.set()
+
     def tokens_per_second(self) -> float:
         now = time.monotonic()
         recent = [(t, n) for t, n in list(self._recent) if now - t <= THROUGHPUT_WINDOW_S]
@@ -145,6 +205,7 @@ class AsyncLLM:
         self._stopped = True
         self._wakeup.set()
         self._thread.join(timeout)
+        self._loader.shutdown(wait=False, cancel_futures=True)
 
     # The engine thread.
     def _run(self) -> None:
@@ -177,7 +238,20 @@ class AsyncLLM:
             except queue.Empty:
                 return
             if kind == "add":
-                self.engine.add_prepared(arg)
+                try:
+                    self.engine.add_prepared(arg)
+                except LLMServeError as e:  # e.g. its adapter was unloaded meanwhile
+                    self._post(self._fail_one, (arg.request_id, e))
+            elif kind == "call":
+                fn, args, future = arg
+                try:
+                    result, error = fn(*args), None
+                except Exception as e:
+                    result, error = None, e
+                    if future is None:
+                        log.warning("engine call %s failed: %s", fn.__name__, e)
+                if future is not None:
+                    self._post(_settle, (future, result, error))
             else:
                 self.engine.abort([arg])
 
@@ -194,3 +268,19 @@ class AsyncLLM:
     def _fail_all(self, error: BaseException) -> None:
         for stream in self._streams.values():
             stream.fail(error)
+
+    def _fail_one(self, item: tuple[str, BaseException]) -> None:
+        stream = self._streams.get(item[0])
+        if stream is not None:
+            stream.fail(item[1])
+
+
+def _settle(item: tuple[asyncio.Future[Any], Any, BaseException | None]) -> None:
+    """Resolves a future on its event loop with a result or an error (once)."""
+    future, result, error = item
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -172,12 +172,25 @@ class LLMEngine:
 
     def load_adapter(self, name: str, path: Path | str) -> AdapterInfo:
         """Reads, validates and adds a PEFT adapter (to host memory; it takes a device slot
-        when a request using it is scheduled). Reads the disk: AsyncLLM does that part on
-        another thread and calls register_adapter."""
-        return self.register_adapter(self._require_lora().read(name, Path(path)))
+        when a request using it is scheduled). AsyncLLM reads on another thread instead
+        (read_adapter) and registers between steps."""
+        return self.register_adapter(self.read_adapter(name, path))
 
-    def register_adapter(self, adapter: LoRAAdapter) -> AdapterInfo:
-        return self._require_lora().register(adapter)
+    def read_adapter(self, name: str, path: Path | str | None = None) -> LoRAAdapter:
+        """Reads and validates an adapter from `path`, or from lora_dir if None. Touches no
+        engine state, so any thread may call it."""
+        lora = self._require_lora()
+        found = lora.find(name) if path is None else Path(path)
+        if found is None:
+            raise NotFound(f"adapter {name!r} is not in lora_dir {lora.lora_dir}")
+        return lora.read(name, found)
+
+    def register_adapter(self, adapter: LoRAAdapter, exist_ok: bool = False) -> AdapterInfo:
+        return self._require_lora().register(adapter, exist_ok)
+
+    def adapter_needs_loading(self, name: str) -> bool:
+        """Whether `name` is not loaded but can be, on first use, from lora_dir."""
+        return self.lora is not None and self.lora.needs_loading(name)
 
     def unload_adapter(
         self, name: str, wait: bool = False, on_unloaded: Callable[[], None] | None = None

@@ -79,13 +79,16 @@ def add_lora(
     todo = [(start, end, slot) for start, end, slot in batch.segments if parts[slot]]
     if not todo:
         return
+    num_parts, max_rank, in_features = a.shape[1:]
     xs = x.index_select(0, batch.token_indices)
     delta = torch.zeros(xs.shape[0], y.shape[1], dtype=y.dtype, device=y.device)
     for start, end, slot in todo:
         r = ranks[slot]
-        seg = xs[start:end]
+        # Shrink for every part at once (rank columns past r are zero), then expand per part.
+        h = F.linear(xs[start:end], a[slot].view(num_parts * max_rank, in_features))
+        h.mul_(scalings[slot])
         for p in parts[slot]:
             lo, hi = offsets[p], offsets[p + 1]
-            h = F.linear(seg, a[slot, p, :r])
-            delta[start:end, lo:hi] = F.linear(h, b[slot, lo:hi, :r]) * scalings[slot]
+            h_p = h[:, p * max_rank : p * max_rank + r]
+            delta[start:end, lo:hi] = F.linear(h_p, b[slot, lo:hi, :r])
     y.index_add_(0, batch.token_indices, delta)

@@ -1,0 +1,147 @@
+"""Adapters through AsyncLLM: loaded while other requests stream, unloaded with and without
+waiting, loaded on first use — outputs equal transformers + PEFT."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime_service.engine.async_llm import AsyncLLM
+from runtime_service.engine.config import EngineConfig
+from runtime_service.engine.params import SamplingParams
+from tests.runtime_service.lora_reference import make_adapter, make_adapters, peft_greedy
+from tests.runtime_service.reference import assert_pool_idle, hf_greedy
+from tests.runtime_service.test_async_llm import wait_idle
+from tests.runtime_service.test_engine_parity import mixed_prompts
+
+PARAMS = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Callable[[str], Path], tmp_path_factory) -> list[Path]:
+    path = tiny_model_dir("llama")
+    return make_adapters(path, tmp_path_factory.mktemp("llama-adapters"), 4)
+
+
+@pytest.fixture
+def llm(tiny_model_dir: Callable[[str], Path], adapters: list[Path]) -> Iterator[AsyncLLM]:
+    engine = AsyncLLM(
+        EngineConfig(
+            model=tiny_model_dir("llama"),
+            dtype="float32",
+            num_kv_blocks=128,
+            max_num_batched_tokens=64,
+            max_model_len=256,
+            enable_lora=True,
+            max_loras=3,
+            max_lora_rank=16,
+            lora_dir=adapters[0].parent,
+        )
+    )
+    yield engine
+    engine.shutdown()
+    wait_idle(engine)
+    assert_pool_idle(engine.engine)
+
+
+async def collect(
+    llm: AsyncLLM, prompt: list[int], adapter: str | None, params: SamplingParams = PARAMS
+) -> list[int]:
+    tokens: list[int] = []
+    async for out in llm.generate(prompt, params, adapter=adapter):
+        tokens += out.token_ids
+    return tokens
+
+
+def test_adapter_loaded_while_others_stream(
+    llm: AsyncLLM, tiny_model_dir: Callable[[str], Path], adapters: list[Path]
+) -> None:
+    path = tiny_model_dir("llama")
+    prompts = mixed_prompts(path, 4, seed=60, max_len=50)
+    long = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
+
+    async def main() -> None:
+        await llm.load_adapter("one", adapters[0])
+        await llm.load_adapter("two", adapters[1])
+        streams = [
+            asyncio.create_task(collect(llm, prompts[0], "one", long)),
+            asyncio.create_task(collect(llm, prompts[1], "two", long)),
+            asyncio.create_task(collect(llm, prompts[2], None, long)),
+        ]
+        while llm.engine.scheduler.num_unfinished < 3 or not llm.engine.scheduler.running:
+            await asyncio.sleep(0.005)
+        info = await llm.load_adapter("late", adapters[3])
+        assert info.rank == 2 and info.num_requests == 0
+        assert not any(s.done() for s in streams), "the streams ended before the load"
+        late = await collect(llm, prompts[3], "late")
+        assert not all(s.done() for s in streams), "the late request did not overlap them"
+        results = await asyncio.gather(*streams)
+        assert late == peft_greedy(path, adapters[3], prompts[3], 24)
+        assert results[0] == peft_greedy(path, adapters[0], prompts[0], 60)
+        assert results[1] == peft_greedy(path, adapters[1], prompts[1], 60)
+        assert results[2] == hf_greedy(path, prompts[2], 60)
+        names = [(i.name, i.num_requests) for i in await llm.list_adapters()]
+        assert names == [("late", 0), ("one", 0), ("two", 0)]
+
+    asyncio.run(main())
+
+
+def test_unload_waits_for_its_requests(
+    llm: AsyncLLM, tiny_model_dir: Callable[[str], Path], adapters: list[Path]
+) -> None:
+    path = tiny_model_dir("llama")
+    prompt = mixed_prompts(path, 1, seed=61, max_len=30)[0]
+    long = SamplingParams(temperature=0, max_tokens=80, ignore_eos=True)
+
+    async def main() -> None:
+        await llm.load_adapter("one", adapters[0])
+        stream = asyncio.create_task(collect(llm, prompt, "one", long))
+        while not llm.engine.scheduler.running:
+            await asyncio.sleep(0.005)
+        with pytest.raises(FailedPrecondition, match="in use by 1 request"):
+            await llm.unload_adapter("one")
+        unload = asyncio.create_task(llm.unload_adapter("one", wait=True))
+        await asyncio.sleep(0.05)
+        assert not unload.done() and not stream.done()
+        with pytest.raises(FailedPrecondition, match="being unloaded"):
+            llm.add_request(prompt, PARAMS, adapter="one")
+        tokens = await stream
+        await asyncio.wait_for(unload, 10)
+        assert tokens == peft_greedy(path, adapters[0], prompt, 80)
+        assert await llm.list_adapters() == []
+        with pytest.raises(InvalidArgument, match="max_lora_rank"):
+            await llm.load_adapter("big", adapters[2].parent / "big")
+
+    make_big(path, adapters[2].parent / "big")
+    asyncio.run(main())
+
+
+def make_big(base: Path, out: Path) -> None:
+    if not out.exists():
+        make_adapter(base, out, rank=32)
+
+
+def test_first_use_loads_from_lora_dir_off_the_engine_thread(
+    llm: AsyncLLM, tiny_model_dir: Callable[[str], Path], adapters: list[Path]
+) -> None:
+    path = tiny_model_dir("llama")
+    prompts = mixed_prompts(path, 3, seed=62, max_len=30)
+
+    async def main() -> None:
+        results = await asyncio.gather(
+            collect(llm, prompts[0], "adapter1"),
+            collect(llm, prompts[1], "adapter1"),
+            collect(llm, prompts[2], None),
+        )
+        assert results[0] == peft_greedy(path, adapters[1], prompts[0], 24)
+        assert results[1] == peft_greedy(path, adapters[1], prompts[1], 24)
+        assert results[2] == hf_greedy(path, prompts[2], 24)
+        assert [i.name for i in await llm.list_adapters()] == ["adapter1"]
+        with pytest.raises(NotFound, match="'missing' is not loaded"):
+            llm.add_request(prompts[0], PARAMS, adapter="missing")
+
+    asyncio.run(main())
