@@ -152,16 +152,21 @@ class AsyncLLM:
 
     async def unload_adapter(self, name: str, wait: bool = False) -> None:
         """Removes an adapter. While requests use it: FailedPrecondition, or with wait, it
-        takes no new requests and this returns once the last of them has finished (if the
-        caller stops waiting, the adapter still goes then)."""
+        takes no new requests and this returns once the last of them has finished. If the
+        wait is cancelled (a deadline), the adapter stays loaded and takes requests again."""
         loop = asyncio.get_running_loop()
         gone: asyncio.Future[None] = loop.create_future()
 
         def on_unloaded() -> None:  # on the engine thread
             loop.call_soon_threadsafe(_settle, (gone, None, None))
 
-        if not await self._call(self.engine.unload_adapter, name, wait, on_unloaded):
-            await gone
+        try:
+            if not await self._call(self.engine.unload_adapter, name, wait, on_unloaded):
+                await gone
+        except asyncio.CancelledError:
+            # Commands run in order: this follows the unload even if it has not run yet.
+            await self._call(self.engine.cancel_unload, name, on_unloaded)
+            raise
 
     async def list_adapters(self) -> list[AdapterInfo]:
         return await self._call(self.engine.list_adapters)
@@ -184,8 +189,9 @@ class AsyncLLM:
             if self.engine.adapter_needs_loading(request.adapter):
                 adapter = self.engine.read_adapter(request.adapter)
                 self._commands.put(("call", (self.engine.register_adapter, (adapter, True), None)))
-        except LLMServeError as e:
-            self._post(self._fail_one, (request.request_id, e))
+        except Exception as e:  # the request fails alone, never hangs
+            error = e if isinstance(e, LLMServeError) else LLMServeError(f"adapter: {e!r}")
+            self._post(self._fail_one, (request.request_id, error))
             return
         if request.request_id in self._streams:  # else its consumer has gone
             self._commands.put(("add", request))

@@ -199,6 +199,10 @@ class LLMEngine:
         it takes no new requests, goes when they finish, and this returns False)."""
         return self._require_lora().unload(name, wait, on_unloaded)
 
+    def cancel_unload(self, name: str, on_unloaded: Callable[[], None]) -> None:
+        """Withdraws an unload(wait=True) whose caller stopped waiting."""
+        self._require_lora().cancel_unload(name, on_unloaded)
+
     def list_adapters(self) -> list[AdapterInfo]:
         return [] if self.lora is None else self.lora.infos()
 

@@ -95,7 +95,11 @@ def test_unload_waits_for_its_requests(
 ) -> None:
     path = tiny_model_dir("llama")
     prompt = mixed_prompts(path, 1, seed=61, max_len=30)[0]
-    long = SamplingParams(temperature=0, max_tokens=80, ignore_eos=True)
+    long = SamplingParams(temperature=0, max_tokens=220, ignore_eos=True)
+
+    async def state() -> tuple[bool, int]:
+        (info,) = await llm.list_adapters()
+        return info.unloading, info.num_requests
 
     async def main() -> None:
         await llm.load_adapter("one", adapters[0])
@@ -104,14 +108,24 @@ def test_unload_waits_for_its_requests(
             await asyncio.sleep(0.005)
         with pytest.raises(FailedPrecondition, match="in use by 1 request"):
             await llm.unload_adapter("one")
+        # A wait cut short by a deadline withdraws the unload: the adapter serves again.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(llm.unload_adapter("one", wait=True), 0.02)
+        assert await state() == (False, 1)
+        medium = SamplingParams(temperature=0, max_tokens=80, ignore_eos=True)
+        again = asyncio.create_task(collect(llm, prompt, "one", medium))
+        while await state() != (False, 2):
+            await asyncio.sleep(0.005)
+        # Now wait for real: no new requests, done when the last one is.
         unload = asyncio.create_task(llm.unload_adapter("one", wait=True))
-        await asyncio.sleep(0.05)
+        while not (await state())[0]:
+            await asyncio.sleep(0.005)
         assert not unload.done() and not stream.done()
         with pytest.raises(FailedPrecondition, match="being unloaded"):
             llm.add_request(prompt, PARAMS, adapter="one")
-        tokens = await stream
+        assert await again == peft_greedy(path, adapters[0], prompt, 80)
+        assert await stream == peft_greedy(path, adapters[0], prompt, 220)
         await asyncio.wait_for(unload, 10)
-        assert tokens == peft_greedy(path, adapters[0], prompt, 80)
         assert await llm.list_adapters() == []
         with pytest.raises(InvalidArgument, match="max_lora_rank"):
             await llm.load_adapter("big", adapters[2].parent / "big")

@@ -38,8 +38,8 @@ from runtime_service.models.weights import FUSED_LINEARS, LORA_TARGETS, fused_ou
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-MAX_NAME_LENGTH = 128
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
+MAX_NAME_LENGTH = 64  # as protos/llmserve/v1/runtime.proto LoadAdapterRequest.name says
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TENSOR = re.compile(
     r"^base_model\.model\.model\.layers\.(\d+)\.(\w+)\.(\w+)\.lora_([AB])\.weight$"
 )
@@ -62,13 +62,14 @@ _UNSUPPORTED_MODULES = ("embed_tokens", "lm_head")
 
 
 def check_adapter_name(name: str) -> None:
-    """Adapter names are single path components: letters, digits and . _ @ + -."""
+    """Adapter names are single path components (lora_dir/<name>): letters, digits, '.', '_'
+    and '-', starting with a letter or digit."""
     if not name:
         raise InvalidArgument("adapter name must not be empty")
     if len(name) > MAX_NAME_LENGTH or not _NAME.match(name) or ".." in name:
         raise InvalidArgument(
             f"adapter name {name[:MAX_NAME_LENGTH]!r} is invalid: at most {MAX_NAME_LENGTH} "
-            "characters of letters, digits and . _ @ + -, starting with a letter or digit"
+            "letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
 
 
@@ -215,7 +216,10 @@ def read_adapter(
     for file in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / file).is_file():
             raise NotFound(f"adapter {name!r}: {path / file} does not exist")
-        files[file] = (path / file).read_bytes()
+        try:
+            files[file] = (path / file).read_bytes()
+        except OSError as e:
+            raise InvalidArgument(f"adapter {name!r}: {path / file} cannot be read: {e}") from e
     digest = hashlib.sha256()
     for file, data in files.items():
         digest.update(f"{file}\0{len(data)}\0".encode())
@@ -235,7 +239,7 @@ def read_adapter(
         raise InvalidArgument(f"adapter {name!r}: {WEIGHTS_FILE} holds no tensors")
 
     found: dict[tuple[int, str, int, str], torch.Tensor] = {}
-    for tensor_name, tensor in tensors.items():
+    for tensor_name, tensor in sorted(tensors.items()):
         try:
             found[_place(tensor_name, tensor, config, spec)] = tensor
         except (InvalidArgument, FailedPrecondition) as e:

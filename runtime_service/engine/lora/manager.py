@@ -46,6 +46,10 @@ if TYPE_CHECKING:
     from runtime_service.models.llama import LlamaModel
 
 
+def _nothing() -> None:
+    pass
+
+
 class AdapterState(enum.Enum):
     HOST = "HOST"  # in host memory only
     DEVICE = "DEVICE"  # also in a device slot
@@ -163,10 +167,18 @@ class LoRAManager:
                 f"adapter {name!r} is in use by {len(users)} request(s); unload it when they "
                 "finish, or unload with wait"
             )
-        callbacks = self._unloading.setdefault(name, [])
-        if on_unloaded is not None:
-            callbacks.append(on_unloaded)
+        self._unloading.setdefault(name, []).append(on_unloaded or _nothing)
         return False
+
+    def cancel_unload(self, name: str, on_unloaded: Callable[[], None]) -> None:
+        """Withdraws one unload(wait=True) that passed on_unloaded (its caller stopped
+        waiting); when none is left, the adapter takes requests again."""
+        callbacks = self._unloading.get(name)
+        if callbacks is None or on_unloaded not in callbacks:
+            return
+        callbacks.remove(on_unloaded)
+        if not callbacks:
+            del self._unloading[name]
 
     def _remove(self, name: str) -> None:
         slot = self.slots.drop(name)
