@@ -56,7 +56,8 @@ class DaemonProcess:
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), *args]
-        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+        self.env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file = None

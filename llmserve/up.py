@@ -23,13 +23,12 @@ import grpc
 
 from llmserve.config import parse_config, setting
 from llmserve.processes import REPO_ROOT, DaemonProcess, RedisServer
+from llmserve.testing import smollm2
 from llmserve.v1 import gateway_pb2, gateway_pb2_grpc
 
 # What the stack cannot do yet, and which issue brings it.
-MISSING = (
-    "building the SmolLM2 engine (Builder.Build) - builder issue",
-    "serving the engine (Runtime.Generate) - runtime engine and runtime daemon issues",
-)
+MISSING = ("building the SmolLM2 engine (Builder.Build) - builder issue; served in place",)
+MODEL_NAME = "SmolLM2-135M-Instruct"
 LOCAL_OWNER = "local"
 
 
@@ -41,6 +40,7 @@ class UpConfig:
     gateway_port: int = setting(50051, "gateway gRPC port")
     runtime_port: int = setting(50052, "runtime gRPC port")
     builder_port: int = setting(50053, "builder gRPC port")
+    max_reply_tokens: int = setting(400, "most tokens of a chat reply")
 
 
 def local_api_key(workdir: Path) -> tuple[Path, str]:
@@ -63,8 +63,13 @@ def served_models(address: str, api_key: str) -> list[str]:
     return [m.name for m in reply.models if m.num_healthy_runtimes > 0]
 
 
+def _exit_on_sigterm(*_: object) -> None:
+    raise SystemExit(143)  # runs the cleanup below, as Ctrl-C does
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "llmserve up") -> int:
     config = parse_config(UpConfig, argv, prog=prog, description=__doc__.splitlines()[0])
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logs = config.workdir / "logs"
     redis = RedisServer(config.workdir / "redis").start()
     print(f"redis-server   {redis.url}")
@@ -75,7 +80,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmserve up") -> int:
             port=config.builder_port,
             log_path=logs / "builder.log",
         ),
-        DaemonProcess("runtime_service", port=config.runtime_port, log_path=logs / "runtime.log"),
+        DaemonProcess(
+            "runtime_service",
+            [
+                "--model",
+                str(smollm2.hf_dir(REPO_ROOT / ".cache" / "models")),
+                "--served-model-name",
+                MODEL_NAME,
+            ],
+            port=config.runtime_port,
+            log_path=logs / "runtime.log",
+        ),
     ]
     keys_file, api_key = local_api_key(config.workdir)
     gateway_args = ["--redis", redis.url, "--runtime", daemons[1].address]
@@ -90,21 +105,28 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmserve up") -> int:
             daemon.start().wait_serving()
             print(f"{daemon.module:<14} {daemon.address}  (log: {daemon.log_path})")
         print(f"API key        {keys_file} (owner {LOCAL_OWNER!r})")
+        print("Not available yet:" if MISSING else "", *(f"\n  - {m}" for m in MISSING))
         if served_models(daemons[-1].address, api_key):
-            chat = [sys.executable, "-m", "llmserve", "chat", "--gateway", daemons[-1].address]
+            chat = [
+                sys.executable,
+                "-m",
+                "llmserve",
+                "chat",
+                "--gateway",
+                daemons[-1].address,
+                "--temperature",
+                "0",
+                "--max-tokens",
+                str(config.max_reply_tokens),
+            ]
             env = {**os.environ, "LLMSERVE_API_KEY": api_key}
             with contextlib.suppress(KeyboardInterrupt):
                 return subprocess.run(chat, env=env, check=False).returncode
             return 0
-        print("\nNot available yet:")
-        for item in MISSING:
-            print(f"  - {item}")
         print("\nNo model served yet, so no chat. The daemons answer health checks and")
         print("reflection. Press Ctrl-C to stop.")
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+            threading.Event().wait()
         return 0
     except (RuntimeError, TimeoutError, grpc.RpcError) as e:
         print(f"llmserve up: {e}", file=sys.stderr)

@@ -3,13 +3,56 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from llmserve.config import setting
+from llmserve.config import require, setting
 from llmserve.server import ServerConfig
 
 
 @dataclass(kw_only=True)
 class RuntimeConfig(ServerConfig):
-    """The runtime's listener."""
+    """Which engine to serve, on which device, and the engine's batching limits."""
 
     port: int = setting(50052, "gRPC port (0 picks a free one)")
+    store: str = setting(
+        "~/.cache/llmserve/store", "artifact store: a local directory or s3://bucket/prefix"
+    )
+    engine: str = setting("", "id of the engine to serve, from the store")
+    model: Path | None = setting(
+        None, "development: serve a Hugging Face directory or .gguf file, built in place"
+    )
+    engine_cache_dir: Path = setting(
+        Path("~/.cache/llmserve/engines"), "local copies of engines fetched from the store"
+    )
+    served_model_name: str = setting("", "model name reported to clients (default: the engine's)")
+    device: str = setting("auto", "cpu, cuda, cuda:N, or auto")
+    dtype: str = setting("auto", "with --model: float32, bfloat16, float16 or auto")
+    gpu_memory_utilization: float = setting(0.9, "fraction of GPU memory for weights + KV cache")
+    cpu_kv_cache_bytes: int = setting(512 * 1024 * 1024, "KV cache size on CPU")
+    num_kv_blocks: int | None = setting(None, "KV cache blocks (overrides the two above)")
+    block_size: int = setting(16, "tokens per KV cache block")
+    max_model_len: int | None = setting(None, "longest sequence (default: the engine's)")
+    max_num_seqs: int = setting(256, "most requests running at once")
+    max_num_batched_tokens: int = setting(4096, "most tokens computed per step")
+    max_waiting: int = setting(1024, "most requests waiting to start; beyond: RESOURCE_EXHAUSTED")
+    enable_prefix_caching: bool = setting(True, "reuse KV blocks of shared prompt prefixes")
+    enable_chunked_prefill: bool = setting(True, "split long prompts across steps")
+    load_format: str = setting("auto", "with --model: auto, or dummy (random weights; benchmarks)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            bool(self.engine) != (self.model is not None),
+            "give exactly one of --engine (an engine id in --store) or --model (a path)",
+        )
+        require(self.max_waiting >= 0, f"max_waiting must be >= 0, got {self.max_waiting}")
+        require(
+            0 < self.gpu_memory_utilization <= 1,
+            f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
+        )
+        require(self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        require(
+            self.load_format in ("auto", "dummy"),
+            f"load_format must be auto or dummy, got {self.load_format!r}",
+        )
+        self.engine_cache_dir = self.engine_cache_dir.expanduser()

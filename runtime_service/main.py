@@ -1,29 +1,60 @@
-"""Entry point of the runtime daemon: `python -m runtime_service` or `llmserve runtime`."""
+"""Entry point of the runtime daemon: `python -m runtime_service` or `llmserve runtime`.
+
+Start-up (health NOT_SERVING meanwhile): load the engine, then run one short generation so
+the first request pays no compilation. A missing, corrupted or foreign engine stops start-up
+with the reason in the log and exit status 1.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 
 from llmserve.config import parse_config
 from llmserve.server import Daemon, Service, run_daemon
-from llmserve.server.unimplemented import fill_unimplemented
-from llmserve.v1 import runtime_pb2, runtime_pb2_grpc
+from llmserve.v1 import runtime_pb2_grpc
 from runtime_service.config import RuntimeConfig
+from runtime_service.engine.async_llm import AsyncLLM
+from runtime_service.engine.params import SamplingParams
+from runtime_service.loading import load
+from runtime_service.metrics import RuntimeMetrics
+from runtime_service.service import RuntimeService, Serving
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = "The llmserve runtime: serves one engine with continuous batching over gRPC."
 
 
-def setup(daemon: Daemon) -> None:
-    servicer = fill_unimplemented(
-        runtime_pb2_grpc.RuntimeServicer,
-        runtime_pb2.DESCRIPTOR.services_by_name["Runtime"],
-        "pending: runtime daemon issue",
-    )()
+async def _warm_up(llm: AsyncLLM) -> None:
+    ids = llm.tokenizer.encode("warm up", add_special_tokens=True)
+    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    async for _ in llm.generate(ids, params, request_id="warm-up"):
+        pass
+
+
+def setup(daemon: Daemon, config: RuntimeConfig) -> None:
+    metrics = RuntimeMetrics()
+    service = RuntimeService(config, metrics, lambda: daemon.draining)
     daemon.add_service(
-        Service("llmserve.v1.Runtime", servicer, runtime_pb2_grpc.add_RuntimeServicer_to_server)
+        Service("llmserve.v1.Runtime", service, runtime_pb2_grpc.add_RuntimeServicer_to_server)
     )
+
+    async def warmup() -> None:
+        llm, engine, device = await asyncio.to_thread(load, config)
+        await _warm_up(llm)
+        service.serving = Serving(llm, engine, device)
+        metrics.watch_engine(llm.stats, llm.num_waiting)
+        log.info("serving %s (%s) on %s", engine.model_name, engine.engine_id or "in place", device)
+
+    async def stop() -> None:
+        if service.serving is not None:
+            await asyncio.to_thread(service.serving.llm.shutdown)
+
+    daemon.on_warmup(warmup)
+    daemon.on_stop(stop)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m runtime_service") -> int:
     config = parse_config(RuntimeConfig, argv, prog=prog, description=DESCRIPTION)
-    return run_daemon("runtime", config, setup)
+    return run_daemon("runtime", config, lambda daemon: setup(daemon, config))

@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmserve.processes import REPO_ROOT, DaemonProcess
+from llmserve.testing import tiny_models
 
 DAEMONS = {
     "builder_service": "llmserve.v1.Builder",
@@ -22,12 +23,16 @@ DAEMONS = {
     "gateway": "llmserve.v1.Gateway",
 }
 GRACE_S = 3.0
+MODEL_CACHE = REPO_ROOT / ".cache" / "models"
 
 
 def daemon_args(module: str, tmp: Path) -> list[str]:
     args = ["--grace-period-s", str(GRACE_S), "--log-format", "text"]
     if module == "builder_service":
         args += ["--store", str(tmp / "store")]
+    if module == "runtime_service":
+        model = tiny_models.tiny_model("qwen2", MODEL_CACHE)
+        args += ["--model", str(model), "--num-kv-blocks", "64"]
     return args
 
 
@@ -59,7 +64,7 @@ def test_client_generated_from_protos_alone(
     running: dict[str, DaemonProcess], tmp_path: Path
 ) -> None:
     """In an empty directory, protoc on protos/ makes a client that checks health, lists
-    services by reflection, and calls the contract (UNIMPLEMENTED until its issue lands)."""
+    services by reflection, and streams a generation from the runtime."""
     protos = REPO_ROOT / "protos"
     # In Python, grpc/health/v1 would collide with the grpc package itself: generate gRPC's
     # own protos from protos/grpc so that they import as health.v1 and reflection.v1.
@@ -100,7 +105,7 @@ def test_client_generated_from_protos_alone(
     for address, service in zip(addresses, DAEMONS.values(), strict=True):
         assert f"{address} health SERVING" in lines
         assert any(line.startswith(f"{address} services ") and service in line for line in lines)
-    assert "runtime GetStatus UNIMPLEMENTED" in lines
+    assert "runtime finished FINISH_REASON_LENGTH after 5 tokens in several chunks" in lines
 
 
 CLIENT = """
@@ -121,12 +126,17 @@ for address in sys.argv[1:]:
         reply = next(stub.ServerReflectionInfo(iter([request])))
         names = sorted(s.name for s in reply.list_services_response.service)
         print(address, "services", " ".join(names))
+from llmserve.v1 import common_pb2
 with grpc.insecure_channel(sys.argv[2]) as channel:
-    try:
-        runtime_pb2_grpc.RuntimeStub(channel).GetStatus(runtime_pb2.GetStatusRequest())
-        print("runtime GetStatus OK")
-    except grpc.RpcError as e:
-        print("runtime GetStatus", e.code().name)
+    request = runtime_pb2.GenerateRequest(
+        prompt=common_pb2.Prompt(text="The harbor town"),
+        sampling=common_pb2.SamplingParams(temperature=0, max_tokens=5, ignore_eos=True),
+    )
+    chunks = list(runtime_pb2_grpc.RuntimeStub(channel).Generate(request))
+    tokens = sum(len(c.token_ids) for c in chunks)
+    reason = common_pb2.FinishReason.Name(chunks[-1].finish_reason)
+    print("runtime finished", reason, "after", tokens, "tokens in",
+          "several chunks" if len(chunks) > 1 else "one chunk")
 """
 
 

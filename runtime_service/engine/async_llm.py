@@ -1,48 +1,53 @@
-"""AsyncLLM: the streaming interface. The engine steps on its own thread; each request's
-outputs reach an asyncio consumer through a RequestStream.
+"""AsyncLLM: the streaming interface the gRPC daemon uses.
+
+The engine core runs in its own process (or, with in_process=True, on a thread of this one);
+this side validates and tokenizes requests, and turns the core's token ids into text on a
+receiver thread, handing each request's outputs to asyncio through a RequestStream.
 
 A RequestStream holds at most one pending output: when the consumer reads slower than tokens
 arrive, new deltas are merged into the pending one (coalesced) instead of queueing without
 bound. Leaving the iterator early (a cancelled or disconnected client) aborts the request; its
-KV blocks are back in the pool within one engine step.
-
-Adapters: loading reads and validates on a worker thread and adds the adapter between two
-engine steps; a request naming an adapter that is not loaded but is in lora_dir is held until
-a worker thread has loaded it. The running batch never waits for the disk.
+KV blocks are back in the pool within one engine step. LoRA adapters are read on this side
+(lora/frontend.py), so the core never waits for a disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from llmserve.errors import LLMServeError, Unavailable
+from llmserve.errors import AlreadyExists, Unavailable
 from runtime_service.engine.config import EngineConfig
-from runtime_service.engine.engine import LLMEngine
+from runtime_service.engine.core import CoreInfo, EngineStats
+from runtime_service.engine.core_loop import start_core
 from runtime_service.engine.inputs import PromptInput
 from runtime_service.engine.lora import AdapterInfo
+from runtime_service.engine.lora.frontend import AdapterFrontend
 from runtime_service.engine.outputs import RequestOutput
 from runtime_service.engine.params import SamplingParams
-from runtime_service.engine.request import Request
+from runtime_service.engine.processor import Processor
+from runtime_service.engine.request import EngineRequest
+from runtime_service.models.open import load_tokenizer
 
 log = logging.getLogger(__name__)
 THROUGHPUT_WINDOW_S = 5.0
 
 
 class RequestStream:
-    """One request's outputs, handed from the engine thread to one asyncio consumer."""
+    """One request's outputs, handed from the receiver thread to one asyncio consumer."""
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
+        self.arrival = time.monotonic()
         self._pending: RequestOutput | None = None
         self._error: BaseException | None = None
         self._ready = asyncio.Event()
@@ -72,21 +77,40 @@ class RequestStream:
 
 
 class AsyncLLM:
-    """Owns an LLMEngine and the thread that steps it."""
+    """Starts an engine core and streams its requests' outputs to asyncio."""
 
-    def __init__(self, config: EngineConfig | LLMEngine) -> None:
-        self.engine = config if isinstance(config, LLMEngine) else LLMEngine(config)
-        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._wakeup = threading.Event()
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        in_process: bool = False,
+        log_level: str = "info",
+        log_format: str = "json",
+    ) -> None:
+        self._conn, self._join = start_core(config, in_process, log_level, log_format)
+        message = self._conn.recv()  # blocks while the model loads
+        if message[0] == "failed":
+            self._join(10.0)
+            raise message[1]
+        _, self.info, self._stats = message
+        self.info: CoreInfo
+        self.tokenizer = load_tokenizer(self.info.tokenizer_path)
+        self.processor = Processor(self.tokenizer, self.info)
+        self._send_lock = threading.Lock()
         self._streams: dict[str, RequestStream] = {}
+        self._calls: dict[int, concurrent.futures.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dead: str | None = None
         self._stopped = False
-        self._dead: BaseException | None = None
         self._ids = itertools.count()
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) per step
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="adapter-loader")
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self._thread.start()
+        self.adapters = AdapterFrontend(self.info.lora, self.call)
+        self._receiver = threading.Thread(target=self._receive, name="engine-outputs", daemon=True)
+        self._receiver.start()
+
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            self._conn.send(message)
 
     # Public, on the event loop.
     def add_request(
@@ -104,18 +128,19 @@ class AsyncLLM:
         self._loop = self._loop or asyncio.get_running_loop()
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._streams:
-            from llmserve.errors import AlreadyExists
-
             raise AlreadyExists(f"request_id {request_id!r} is already in progress")
-        params = params or SamplingParams()
-        request = self.engine.prepare_request(request_id, prompt, params, adapter)
+        er = self.processor.make_request(request_id, prompt, params, adapter)
+        load_first = adapter is not None and self.adapters.check(adapter)
         stream = RequestStream(request_id)
         self._streams[request_id] = stream
-        if adapter is not None and self.engine.adapter_needs_loading(adapter):
-            self._loader.submit(self._load_then_add, request)
+        self.processor.begin(er)
+        if load_first:
+            assert adapter is not None
+            self.adapters.load_then(
+                adapter, lambda: self._add_if_wanted(er), lambda e: self._fail(request_id, e)
+            )
         else:
-            self._commands.put(("add", request))
-        self._wakeup.set()
+            self._send(("add", er))
         return stream
 
     async def generate(
@@ -140,126 +165,98 @@ class AsyncLLM:
             self._streams.pop(stream.request_id, None)
 
     def abort(self, request_id: str) -> None:
-        self._commands.put(("abort", request_id))
-        self._wakeup.set()
+        self.processor.forget(request_id)
+        if self._dead is None:
+            self._send(("abort", [request_id]))
 
-    # Adapters.
+    def call(self, method: str, *args: Any) -> concurrent.futures.Future:
+        """Runs EngineCore.<method>(*args) between steps; the future holds its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        call_id = next(self._ids)
+        self._calls[call_id] = future
+        self._send(("call", call_id, method, args))
+        return future
+
+    # Adapters (lora/frontend.py).
     async def load_adapter(self, name: str, path: str | Path) -> AdapterInfo:
-        """Reads and validates a PEFT adapter on a worker thread, then adds it between two
-        steps."""
-        adapter = await asyncio.to_thread(self.engine.read_adapter, name, path)
-        return await self._call(self.engine.register_adapter, adapter)
+        return await self.adapters.load(name, path)
 
     async def unload_adapter(self, name: str, wait: bool = False) -> None:
-        """Removes an adapter. While requests use it: FailedPrecondition, or with wait, it
-        takes no new requests and this returns once the last of them has finished. If the
-        wait is cancelled (a deadline), the adapter stays loaded and takes requests again."""
-        loop = asyncio.get_running_loop()
-        gone: asyncio.Future[None] = loop.create_future()
-
-        def on_unloaded() -> None:  # on the engine thread
-            loop.call_soon_threadsafe(_settle, (gone, None, None))
-
-        try:
-            if not await self._call(self.engine.unload_adapter, name, wait, on_unloaded):
-                await gone
-        except asyncio.CancelledError:
-            # Commands run in order: this follows the unload even if it has not run yet.
-            await self._call(self.engine.cancel_unload, name, on_unloaded)
-            raise
+        await self.adapters.unload(name, wait)
 
     async def list_adapters(self) -> list[AdapterInfo]:
-        return await self._call(self.engine.list_adapters)
+        return await self.adapters.list()
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) on the engine thread between two steps; its result or error here."""
-        if self._dead is not None:
-            raise Unavailable(f"the engine stopped after an error: {self._dead}")
-        if self._stopped:
-            raise Unavailable("the engine is shutting down")
-        self._loop = self._loop or asyncio.get_running_loop()
-        future = self._loop.create_future()
-        self._commands.put(("call", (fn, args, future)))
-        self._wakeup.set()
-        return await future
+    def _add_if_wanted(self, er: EngineRequest) -> None:  # its adapter is loaded now
+        if er.request_id in self._streams:  # else its consumer has gone
+            self._send(("add", er))
 
-    def _load_then_add(self, request: Request) -> None:  # on the loader thread
-        try:
-            assert request.adapter is not None
-            if self.engine.adapter_needs_loading(request.adapter):
-                adapter = self.engine.read_adapter(request.adapter)
-                self._commands.put(("call", (self.engine.register_adapter, (adapter, True), None)))
-        except Exception as e:  # the request fails alone, never hangs
-            error = e if isinstance(e, LLMServeError) else LLMServeError(f"adapter: {e!r}")
-            self._post(self._fail_one, (request.request_id, error))
-            return
-        if request.request_id in self._streams:  # else its consumer has gone
-            self._commands.put(("add", request))
-            self._wakeup.set()
+    def _fail(self, request_id: str, error: BaseException) -> None:
+        self.processor.forget(request_id)
+        self._post(self._fail_one, (request_id, error))
+
+    def stats(self) -> EngineStats:
+        """The core's counters after its latest step."""
+        return self._stats
+
+    def num_waiting(self) -> int:
+        """Requests accepted but not yet scheduled."""
+        return self.processor.num_unscheduled()
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._streams)
 
     def tokens_per_second(self) -> float:
         now = time.monotonic()
         recent = [(t, n) for t, n in list(self._recent) if now - t <= THROUGHPUT_WINDOW_S]
         return sum(n for _, n in recent) / THROUGHPUT_WINDOW_S
 
-    @property
-    def num_streams(self) -> int:
-        return len(self._streams)
-
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stops the engine thread (requests still running are abandoned)."""
+        """Stops the core (requests still running are abandoned)."""
         self._stopped = True
-        self._wakeup.set()
-        self._thread.join(timeout)
-        self._loader.shutdown(wait=False, cancel_futures=True)
+        self.adapters.shutdown()
+        if self._dead is None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._send(("shutdown",))
+        self._join(timeout)
 
-    # The engine thread.
-    def _run(self) -> None:
-        while not self._stopped:
-            self._apply_commands()
-            if not self.engine.has_unfinished_requests:
-                self._wakeup.wait()
-                self._wakeup.clear()
-                continue
-            try:
-                outputs = self.engine.step()
-            except Exception as e:
-                log.exception("engine step failed")
-                self._dead = e
-                self._post(self._fail_all, Unavailable(f"engine step failed: {e}"))
-                return
-            tokens = sum(len(o.token_ids) for o in outputs)
-            if tokens:
-                now = time.monotonic()
-                self._recent.append((now, tokens))
-                while self._recent and now - self._recent[0][0] > THROUGHPUT_WINDOW_S:
-                    self._recent.popleft()
-            if outputs:
-                self._post(self._dispatch, outputs)
-
-    def _apply_commands(self) -> None:
+    # The receiver thread.
+    def _receive(self) -> None:
         while True:
             try:
-                kind, arg = self._commands.get_nowait()
-            except queue.Empty:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                message = ("dead", "the engine core process exited")
+            kind = message[0]
+            if kind == "step":
+                _, outputs, scheduled, self._stats = message
+                self.processor.mark_scheduled(scheduled)
+                results, stopped = self.processor.process(outputs)
+                if stopped:
+                    self._send(("abort", stopped))
+                self._count(results)
+                self._post(self._dispatch, results)
+            elif kind == "reply":
+                _, call_id, ok, value = message
+                future = self._calls.pop(call_id)
+                future.set_result(value) if ok else future.set_exception(value)
+            elif kind == "dead":
+                if not self._stopped:
+                    log.error("engine core died: %s", message[1])
+                self._dead = message[1]
+                self._post(self._fail_all, Unavailable(f"the engine stopped: {message[1]}"))
+                for future in self._calls.values():
+                    future.set_exception(Unavailable(message[1]))
                 return
-            if kind == "add":
-                try:
-                    self.engine.add_prepared(arg)
-                except LLMServeError as e:  # e.g. its adapter was unloaded meanwhile
-                    self._post(self._fail_one, (arg.request_id, e))
-            elif kind == "call":
-                fn, args, future = arg
-                try:
-                    result, error = fn(*args), None
-                except Exception as e:
-                    result, error = None, e
-                    if future is None:
-                        log.warning("engine call %s failed: %s", fn.__name__, e)
-                if future is not None:
-                    self._post(_settle, (future, result, error))
-            else:
-                self.engine.abort([arg])
+
+    def _count(self, results: list[RequestOutput]) -> None:
+        tokens = sum(len(r.token_ids) for r in results)
+        if tokens:
+            now = time.monotonic()
+            self._recent.append((now, tokens))
+            while self._recent and now - self._recent[0][0] > THROUGHPUT_WINDOW_S:
+                self._recent.popleft()
 
     def _post(self, fn: Any, arg: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -279,14 +276,3 @@ class AsyncLLM:
         stream = self._streams.get(item[0])
         if stream is not None:
             stream.fail(item[1])
-
-
-def _settle(item: tuple[asyncio.Future[Any], Any, BaseException | None]) -> None:
-    """Resolves a future on its event loop with a result or an error (once)."""
-    future, result, error = item
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)

@@ -48,6 +48,8 @@ class BlockManager:
         self._cached: dict[bytes, KVBlock] = {}
         self._req_blocks: dict[str, list[KVBlock]] = {}
         self._num_cached_blocks: dict[str, int] = {}  # blocks of a request already hashed in
+        # Free blocks still holding a cached prefix: a counter, so other threads can read it.
+        self.num_cached_free_blocks = 0
         # Prefix-cache statistics, in tokens.
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
@@ -56,10 +58,6 @@ class BlockManager:
     @property
     def num_free_blocks(self) -> int:
         return len(self._free)
-
-    @property
-    def num_cached_free_blocks(self) -> int:
-        return sum(1 for b in self._free.values() if b.block_hash is not None)
 
     @property
     def usage(self) -> float:
@@ -118,11 +116,13 @@ class BlockManager:
         for block in computed:
             if block.ref_count == 0:
                 del self._free[block.block_id]
+                self.num_cached_free_blocks -= 1
             block.ref_count += 1
             held.append(block)
         for _ in range(max(num_new_blocks, 0)):
             _, block = self._free.popitem(last=False)
             if block.block_hash is not None:
+                self.num_cached_free_blocks -= 1
                 # Evict its cached prefix; another block may now hold the same hash.
                 if self._cached.get(block.block_hash) is block:
                     del self._cached[block.block_hash]
@@ -155,6 +155,8 @@ class BlockManager:
             block.ref_count -= 1
             if block.ref_count == 0:
                 self._free[block.block_id] = block
+                if block.block_hash is not None:
+                    self.num_cached_free_blocks += 1
         self._num_cached_blocks.pop(req.request_id, None)
 
     def reset_prefix_cache(self) -> None:
@@ -162,3 +164,4 @@ class BlockManager:
         for block in self._cached.values():
             block.block_hash = None
         self._cached.clear()
+        self.num_cached_free_blocks = 0

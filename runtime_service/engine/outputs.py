@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime_service.engine.request import Request, TokenLogprobs
+from runtime_service.engine.request import RequestTimes, TokenLogprobs
 
 
 @dataclass(slots=True)
@@ -17,8 +17,7 @@ class Timings:
     total_ns: int
 
     @classmethod
-    def of(cls, req: Request) -> Timings:
-        t = req.times
+    def of(cls, t: RequestTimes) -> Timings:
         scheduled = t.first_scheduled if t.first_scheduled is not None else t.arrival
         first = t.first_token if t.first_token is not None else scheduled
         end = t.finished if t.finished is not None else first
@@ -32,11 +31,29 @@ class Timings:
 
 
 @dataclass(slots=True)
+class CoreOutput:
+    """What the engine core reports for one request after a step: token ids, no text."""
+
+    request_id: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs]
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_token_id: int | None = None
+
+
+@dataclass(slots=True)
 class RequestOutput:
     """What one request gained in one step (or several, once merged)."""
 
     request_id: str
     token_ids: list[int] = field(default_factory=list)
+    # Seconds before each token in token_ids: since arrival for a request's first token, since
+    # the previous token for the others (measured per step, before any coalescing).
+    token_latencies: list[float] = field(default_factory=list)
     text: str = ""
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     finished: bool = False
@@ -46,10 +63,12 @@ class RequestOutput:
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
     timings: Timings | None = None
+    times: RequestTimes | None = None  # on the last output: when each milestone happened
 
     def merge(self, later: RequestOutput) -> None:
         """Appends a later delta of the same request (to coalesce for a slow reader)."""
         self.token_ids.extend(later.token_ids)
+        self.token_latencies.extend(later.token_latencies)
         self.text += later.text
         self.logprobs.extend(later.logprobs)
         self.finished = later.finished
@@ -58,6 +77,7 @@ class RequestOutput:
         self.num_output_tokens = later.num_output_tokens
         self.num_cached_tokens = later.num_cached_tokens
         self.timings = later.timings
+        self.times = later.times
 
 
 @dataclass(slots=True)

@@ -11,14 +11,10 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from runtime_service.engine.params import SamplingParams
-
-if TYPE_CHECKING:
-    from runtime_service.engine.detokenizer import Detokenizer
 
 
 class RequestStatus(enum.Enum):
@@ -57,6 +53,19 @@ class RequestTimes:
     finished: float | None = None
 
 
+@dataclass(slots=True)
+class EngineRequest:
+    """A validated, tokenized request as the frontend hands it to the engine core (it crosses
+    a process boundary: plain data only)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    eos_token_ids: tuple[int, ...]
+    adapter: str | None = None
+    arrival: float = field(default_factory=time.monotonic)
+
+
 class Request:
     """A request's prompt, outputs and engine-side state."""
 
@@ -92,7 +101,6 @@ class Request:
         self.logprobs: list[TokenLogprobs] = []
         self.stop_reason: str | int | None = None
         self.times = RequestTimes()
-        self.detokenizer: Detokenizer  # set by LLMEngine.prepare_request
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)

@@ -60,6 +60,12 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
+        # Ids of requests admitted for the first time since the last take_newly_scheduled().
+        self._newly_scheduled: list[str] = []
+
+    def take_newly_scheduled(self) -> list[str]:
+        ids, self._newly_scheduled = self._newly_scheduled, []
+        return ids
 
     @property
     def num_unfinished(self) -> int:
@@ -126,6 +132,7 @@ class Scheduler:
                 req.num_cached_tokens = num_hit_tokens
                 req.times.first_scheduled = time.monotonic()
                 bm.record_lookup(req.num_tokens, num_hit_tokens)
+                self._newly_scheduled.append(req.request_id)
             req.num_computed_tokens = num_hit_tokens
             req.status = RequestStatus.RUNNING
             self.running.append(req)

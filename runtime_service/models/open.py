@@ -20,11 +20,12 @@ from runtime_service.models.loader import load_hf_model, read_hf_config
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """What a runtime reports about the model it serves."""
+    """What a runtime reports about the model it serves, and where its tokenizer is."""
 
     name: str
     path: Path
     quantization: str
+    tokenizer_path: Path
     engine_id: str = ""
 
 
@@ -70,14 +71,16 @@ def dummy_weights(
     return weights
 
 
-def load_model_and_tokenizer(
+def load_model(
     path: Path,
     dtype: torch.dtype,
     device: torch.device,
     max_model_len: int | None = None,
     load_format: str = "auto",
-) -> tuple[LlamaModel, Any, ModelInfo]:
-    """load_format "auto" reads the weights; "dummy" makes random ones of the same shapes."""
+) -> tuple[LlamaModel, ModelInfo]:
+    """The model on its device (no tokenizer: the engine core needs none).
+
+    load_format "auto" reads the weights; "dummy" makes random ones of the same shapes."""
     path = Path(path)
     if not path.is_dir():
         raise NotFound(f"model directory {path} does not exist")
@@ -90,5 +93,5 @@ def load_model_and_tokenizer(
         model = LlamaModel(config, dummy_weights(config, dtype, device), "none", max_model_len)
     else:
         model = load_hf_model(path, dtype, device, max_model_len)
-    info = ModelInfo(name=path.name, path=path, quantization="none")
-    return model, load_tokenizer(path), info
+    info = ModelInfo(name=path.name, path=path, quantization="none", tokenizer_path=path)
+    return model, info

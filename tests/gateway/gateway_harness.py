@@ -1,15 +1,19 @@
-"""Real processes for the gateway's end-to-end tests: redis-server, runtimes, the gateway.
+"""Real processes for the gateway's end-to-end tests: redis-server, runtime daemons serving
+SmolLM2-135M-Instruct, the gateway.
 
-The runtimes are the test-only STAND-IN (tests/gateway/standin_runtime.py) until the runtime
-daemon (issue 5) lands. Swapping it for the real one is RUNTIME_MODULE, MODEL and
-runtime_args() below; see docs/architecture.md (Gateway) for what else then changes.
+The runtimes are `python -m runtime_service`, started from SmolLM2 as a Hugging Face directory
+(the session fixture `smollm2_dir`); their flags are in runtime_args() only, so serving a built
+engine instead (`--store`/`--engine`) changes that one function. Replies are greedy and short:
+everything runs on the 2 CPU cores of CI.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,10 +21,18 @@ from typing import Any, TypeVar
 import grpc
 
 from llmserve.processes import DaemonProcess, RedisServer
-from llmserve.v1 import gateway_pb2, gateway_pb2_grpc
+from llmserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, runtime_pb2, runtime_pb2_grpc
 
-RUNTIME_MODULE = "tests.gateway.standin_runtime"  # later: "runtime_service"
-MODEL = "standin-model"  # later: the model name of the SmolLM2 engine
+RUNTIME_MODULE = "runtime_service"
+MODEL = "smollm2"  # the name the runtimes serve SmolLM2 under (--served-model-name)
+MAX_MODEL_LEN = 2048
+# One compute thread per runtime: two runtimes, a gateway and the test share 2 cores, and
+# torch's default (a thread per core in every process) oversubscribes them, about 10x slower.
+RUNTIME_ENV = {"OMP_NUM_THREADS": "1"}
+RUNTIME_START_TIMEOUT_S = 300.0
+GATEWAY_REFRESH_S = 0.5  # how often a test gateway re-reads its runtimes' health and status
+MAX_TOKENS = 8  # of a reply, unless a test asks for more
+CALL_TIMEOUT_S = 120.0  # of one Chat: replies queue behind each other on 2 cores
 OWNERS = ("alice", "bob", "carol")
 
 T = TypeVar("T")
@@ -31,21 +43,79 @@ def run(body: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(body())  # type: ignore[arg-type]
 
 
-def runtime_args(*extra: str) -> list[str]:
-    """Flags of one runtime. Later: ["--store", ..., "--engine", <SmolLM2 engine id>]."""
-    return ["--model", MODEL, "--log-format", "text", *extra]
+def runtime_args(model: Path, *extra: str) -> list[str]:
+    """Flags of one runtime serving SmolLM2 from `model`, its Hugging Face directory.
+    Later: ["--store", ..., "--engine", <SmolLM2 engine id>, ...]."""
+    return [
+        "--model", str(model),
+        "--served-model-name", MODEL,
+        "--max-model-len", str(MAX_MODEL_LEN),
+        "--num-kv-blocks", "256",
+        "--log-format", "text",
+        *extra,
+    ]  # fmt: skip
+
+
+def spans_path(runtime: DaemonProcess) -> Path:
+    """The file a runtime started by start_runtimes writes its trace spans to."""
+    assert runtime.log_path is not None
+    return runtime.log_path.with_suffix(".spans.jsonl")
 
 
 def start_runtimes(
-    tmp: Path, count: int, *extra: str, name: str = "runtime"
+    model: Path, tmp: Path, *flags: Sequence[str], name: str = "runtime"
 ) -> list[DaemonProcess]:
-    procs = [
-        DaemonProcess(RUNTIME_MODULE, runtime_args(*extra), log_path=tmp / f"{name}{i}.log").start()
-        for i in range(count)
-    ]
-    for proc in procs:
-        proc.wait_serving()
+    """One runtime per list of extra flags, started together; returns once all serve."""
+    procs = []
+    for i, extra in enumerate(flags):
+        log = tmp / f"{name}{i}-{secrets.token_hex(3)}.log"
+        args = runtime_args(model, "--trace-file", str(log.with_suffix(".spans.jsonl")), *extra)
+        procs.append(DaemonProcess(RUNTIME_MODULE, args, env=RUNTIME_ENV, log_path=log).start())
+    try:
+        for proc in procs:
+            proc.wait_serving(timeout=RUNTIME_START_TIMEOUT_S)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
     return procs
+
+
+def runtime_status(runtime: DaemonProcess) -> runtime_pb2.GetStatusResponse:
+    with grpc.insecure_channel(runtime.address) as channel:
+        stub = runtime_pb2_grpc.RuntimeStub(channel)
+        return stub.GetStatus(runtime_pb2.GetStatusRequest(), timeout=10)
+
+
+def wait_idle(runtimes: Sequence[DaemonProcess], within_s: float = 10.0) -> float:
+    """Waits until no request runs or waits on any of `runtimes`; returns the seconds taken."""
+    started = time.monotonic()
+    while True:
+        statuses = [runtime_status(r) for r in runtimes]
+        if all(s.num_running == 0 and s.num_waiting == 0 for s in statuses):
+            return time.monotonic() - started
+        assert time.monotonic() - started < within_s, f"runtimes still busy: {statuses}"
+        time.sleep(0.02)
+
+
+@contextmanager
+def busy(runtime: DaemonProcess) -> Iterator[None]:
+    """Keeps one long greedy request running on `runtime` (sent to it directly), until the
+    block ends: gateways then see it loaded, and route new sessions to a less loaded runtime."""
+    channel = grpc.insecure_channel(runtime.address)
+    request = runtime_pb2.GenerateRequest(
+        prompt=common_pb2.Prompt(text="Count from one to a thousand."),
+        sampling=greedy(MAX_MODEL_LEN // 2, ignore_eos=True),
+    )
+    call = runtime_pb2_grpc.RuntimeStub(channel).Generate(request)
+    try:
+        next(call)  # it runs
+        time.sleep(4 * GATEWAY_REFRESH_S)  # every gateway has read the runtime's status since
+        yield
+    finally:
+        call.cancel()
+        channel.close()
+    wait_idle([runtime])
 
 
 def api_keys(redis: RedisServer) -> tuple[Path, dict[str, str]]:
@@ -67,7 +137,7 @@ def start_gateway(
         "--redis", redis.url,
         "--runtime", ",".join(r.address for r in runtimes),
         "--api-keys-file", str(keys_file),
-        "--runtime-refresh-s", "0.5",
+        "--runtime-refresh-s", str(GATEWAY_REFRESH_S),
         "--redis-timeout-s", "1",
         "--redis-retries", "2",
         "--rate-limit-rps", "0",
@@ -78,7 +148,30 @@ def start_gateway(
     gateway = DaemonProcess("gateway", args, log_path=tmp / f"gateway-{secrets.token_hex(3)}.log")
     gateway.start()
     gateway.wait_serving()
+    if runtimes:
+        wait_models(gateway, keys[OWNERS[0]], len(runtimes))
     return gateway, keys
+
+
+def wait_models(gateway: DaemonProcess, key: str, num_runtimes: int, within_s: float = 10) -> None:
+    """Waits until the gateway has found `num_runtimes` healthy runtimes of MODEL."""
+    client = Client(gateway.address, key)
+    deadline = time.monotonic() + within_s
+    try:
+        while True:
+            models = client.stub.ListModels(
+                gateway_pb2.ListModelsRequest(), metadata=client.metadata, timeout=10
+            ).models
+            if any(m.name == MODEL and m.num_healthy_runtimes >= num_runtimes for m in models):
+                return
+            assert time.monotonic() < deadline, f"gateway sees {models}"
+            time.sleep(0.1)
+    finally:
+        client.close()
+
+
+def greedy(max_tokens: int = MAX_TOKENS, **kw: Any) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(temperature=0, max_tokens=max_tokens, **kw)
 
 
 @dataclass
@@ -92,7 +185,8 @@ class ChatResult:
 
 
 class Client:
-    """A Gateway client for one API key (None: no key at all)."""
+    """A Gateway client for one API key (None: no key at all). Chats are greedy and short
+    (MAX_TOKENS) unless `sampling` says otherwise."""
 
     def __init__(self, address: str, key: str | None) -> None:
         self.channel = grpc.insecure_channel(address)
@@ -118,24 +212,33 @@ class Client:
         request = gateway_pb2.DeleteSessionRequest(session_id=session_id)
         self.stub.DeleteSession(request, metadata=self.metadata, timeout=10)
 
-    def chat_call(self, session_id: str, message: str, request_id: str = "", **kw: Any) -> Any:
+    def chat_call(
+        self,
+        session_id: str,
+        message: str,
+        request_id: str = "",
+        sampling: common_pb2.SamplingParams | None = None,
+    ) -> Any:
         request = gateway_pb2.ChatRequest(
-            session_id=session_id, message=message, request_id=request_id, **kw
+            session_id=session_id,
+            message=message,
+            request_id=request_id,
+            sampling=sampling if sampling is not None else greedy(),
         )
-        return self.stub.Chat(request, metadata=self.metadata, timeout=30)
+        return self.stub.Chat(request, metadata=self.metadata, timeout=CALL_TIMEOUT_S)
 
-    def chat(self, session_id: str, message: str, request_id: str = "", **kw: Any) -> ChatResult:
+    def chat(
+        self,
+        session_id: str,
+        message: str,
+        request_id: str = "",
+        sampling: common_pb2.SamplingParams | None = None,
+    ) -> ChatResult:
         result = ChatResult("")
-        for chunk in self.chat_call(session_id, message, request_id, **kw):
+        for chunk in self.chat_call(session_id, message, request_id, sampling):
             result.chunks.append(chunk)
             result.text += chunk.text
         return result
 
     def messages(self, session_id: str) -> list[tuple[str, str]]:
         return [(m.role, m.content) for m in self.get(session_id).messages]
-
-
-def reply_to(message: str, turn: int, num_messages: int) -> str:
-    """What the stand-in answers to turn `turn` of a prompt of `num_messages` messages.
-    Later (SmolLM2): the tests compare history, not the text of replies."""
-    return f"turn {turn} of {num_messages} messages: {message}"

@@ -12,25 +12,22 @@ from pathlib import Path
 import pytest
 
 from llmserve.processes import DaemonProcess, RedisServer
-from tests.gateway.gateway_harness import MODEL, reply_to, start_gateway, start_runtimes
+from tests.gateway.gateway_harness import MODEL, Client, start_gateway
 
-TOKEN_DELAY_S = 0.01
+GREEDY = ("--temperature", "0", "--max-tokens", "16")
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    runtimes: list[DaemonProcess],
 ) -> Iterator[tuple[DaemonProcess, dict[str, str]]]:
-    tmp = tmp_path_factory.mktemp("cli")
-    (runtime,) = start_runtimes(tmp, 1, "--token-delay-s", str(TOKEN_DELAY_S))
+    gw, keys = start_gateway(tmp_path_factory.mktemp("cli"), redis_server, runtimes)
     try:
-        gw, keys = start_gateway(tmp, redis_server, [runtime])
-        try:
-            yield gw, keys
-        finally:
-            gw.terminate()
+        yield gw, keys
     finally:
-        runtime.terminate()
+        gw.terminate()
 
 
 def chat_command(address: str, *args: str) -> list[str]:
@@ -44,63 +41,70 @@ def env_with_key(key: str) -> dict[str, str]:
 def test_create_chat_history_then_resume(gateway: tuple[DaemonProcess, dict[str, str]]) -> None:
     gw, keys = gateway
     out = subprocess.run(
-        chat_command(gw.address, "--system-prompt", "Be brief."),
-        input="hello there\n\nhow are you\n/history\n/session\n",
+        chat_command(gw.address, "--system-prompt", "Be brief.", *GREEDY),
+        input="What is the capital of France?\n\nAnd of Italy?\n/history\n/session\n",
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         env=env_with_key(keys["alice"]),
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("session ") and lines[0].endswith(f"created: model {MODEL}")
     session_id = lines[0].split()[1]
-    assert lines[1:] == [
-        reply_to("hello there", 1, 2),
-        reply_to("how are you", 2, 4),
+    first, second = lines[1:3]  # one line each: short answers
+    assert "Paris" in first and "Rome" in second  # turn 2 saw turn 1
+    assert lines[3:] == [
         "[system] Be brief.",
-        "[user] hello there",
-        f"[assistant] {reply_to('hello there', 1, 2)}",
-        "[user] how are you",
-        f"[assistant] {reply_to('how are you', 2, 4)}",
+        "[user] What is the capital of France?",
+        f"[assistant] {first}",
+        "[user] And of Italy?",
+        f"[assistant] {second}",
         session_id,
     ]
     resumed = subprocess.run(
-        chat_command(gw.address, "--session", session_id),
-        input="and now?\n/quit\nnever sent\n",
+        chat_command(gw.address, "--session", session_id, *GREEDY),
+        input="And of Spain?\n/quit\nnever sent\n",
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         env=env_with_key(keys["alice"]),
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.splitlines() == [
-        f"session {session_id} resumed (4 messages): model {MODEL}",
-        reply_to("and now?", 3, 6),
+    opened, *reply = resumed.stdout.splitlines()
+    assert opened == f"session {session_id} resumed (4 messages): model {MODEL}"
+    alice = Client(gw.address, keys["alice"])
+    assert alice.messages(session_id)[-2:] == [
+        ("user", "And of Spain?"),
+        ("assistant", "\n".join(reply)),
     ]
 
 
 def test_reply_is_printed_as_it_streams(gateway: tuple[DaemonProcess, dict[str, str]]) -> None:
     gw, keys = gateway
-    words = 100  # ~1 s of streaming at TOKEN_DELAY_S a word
     proc = subprocess.Popen(
-        chat_command(gw.address),
+        chat_command(gw.address, "--temperature", "0", "--max-tokens", "48"),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=env_with_key(keys["bob"]),
     )
     assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(" ".join(["w"] * words) + "\n")
+    proc.stdin.write("Tell me a story about a dragon.\n")
     proc.stdin.close()
-    assert proc.stdout.readline().startswith("session ")
-    assert proc.stdout.read(4) == "turn"
+    opened = proc.stdout.readline()
+    assert opened.startswith("session ")
+    sent = time.monotonic()
+    reply = proc.stdout.read(1)
     first_text = time.monotonic()
-    rest = proc.stdout.readline()
-    streamed_for = time.monotonic() - first_text
+    reply += proc.stdout.read()  # to the end: the client exits after the reply
+    done = time.monotonic()
     assert proc.wait(30) == 0
-    assert rest.endswith(" w\n") and rest.count(" w") == words
-    assert streamed_for > words * TOKEN_DELAY_S / 2
+    # The text came out over most of the reply's time, not all at once at the end.
+    assert done - first_text > 0.5 * (done - sent)
+    bob = Client(gw.address, keys["bob"])
+    assert bob.messages(opened.split()[1])[1] == ("assistant", reply.removesuffix("\n"))
+    assert len(bob.get(opened.split()[1]).messages[1].content) > 100
 
 
 def test_errors_are_reported(gateway: tuple[DaemonProcess, dict[str, str]], tmp_path: Path) -> None:
@@ -131,4 +135,5 @@ def test_errors_are_reported(gateway: tuple[DaemonProcess, dict[str, str]], tmp_
         env=env_with_key(keys["alice"]),
     )
     assert big.returncode == 0
-    assert "[error] INVALID_ARGUMENT: runtime: prompt is" in big.stderr
+    assert "[error] INVALID_ARGUMENT: runtime: prompt.chat: the last message" in big.stderr
+    assert big.stderr.count("[error]") == 2  # the client went on to the second line

@@ -1,5 +1,6 @@
 """Runtimes failing under the gateway: killed while pinned, refusing before the first token,
-dying after it. Each test has its own runtimes (it breaks them)."""
+dying after it. Each test starts the runtime it breaks, next to one of the shared runtimes,
+which keeps serving."""
 
 from __future__ import annotations
 
@@ -10,26 +11,38 @@ import grpc
 import pytest
 
 from llmserve.processes import DaemonProcess, RedisServer
-from tests.gateway.gateway_harness import Client, api_keys, reply_to, start_gateway, start_runtimes
+from llmserve.v1 import gateway_pb2
+from tests.gateway.gateway_harness import (
+    MODEL,
+    Client,
+    api_keys,
+    busy,
+    greedy,
+    runtime_status,
+    start_gateway,
+    start_runtimes,
+)
 
-Stack = tuple[DaemonProcess, list[DaemonProcess], Client]
+Stack = tuple[DaemonProcess, DaemonProcess, Client]
 
 
 @pytest.fixture
-def make_stack(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Stack]]:
-    """make_stack(runtime_flags, ...) -> (gateway, runtimes, alice's client): one runtime per
-    list of flags."""
+def make_stack(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    runtimes: list[DaemonProcess],
+    smollm2_dir: Path,
+) -> Iterator[Callable[..., Stack]]:
+    """make_stack(*flags) -> (own runtime, shared runtime, alice's client of a gateway routing
+    to both): the own runtime is started with `flags`, and the test may break it."""
     procs: list[DaemonProcess] = []
 
-    def make(*flags: list[str]) -> Stack:
-        runtimes = [
-            start_runtimes(tmp_path, 1, *extra, name=f"runtime{i}-")[0]
-            for i, extra in enumerate(flags)
-        ]
-        procs.extend(runtimes)
-        gateway, keys = start_gateway(tmp_path, redis_server, runtimes)
+    def make(*flags: str) -> Stack:
+        (own,) = start_runtimes(smollm2_dir, tmp_path, list(flags), name="own")
+        procs.append(own)
+        gateway, keys = start_gateway(tmp_path, redis_server, [own, runtimes[0]])
         procs.append(gateway)
-        return gateway, runtimes, Client(gateway.address, keys["alice"])
+        return own, runtimes[0], Client(gateway.address, keys["alice"])
 
     try:
         yield make
@@ -38,25 +51,29 @@ def make_stack(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[.
             proc.kill() if proc.module != "gateway" else proc.terminate()
 
 
+def gateway_log(tmp_path: Path) -> str:
+    return next(tmp_path.glob("gateway-*.log")).read_text()
+
+
 def test_killing_the_pinned_runtime_moves_the_session_with_its_history(
     make_stack: Callable[..., Stack],
 ) -> None:
-    _, runtimes, alice = make_stack([], [])
-    sid = alice.create(system_prompt="Be brief.").session_id
-    alice.chat(sid, "first question")
-    pinned = alice.get(sid).runtime
-    victim = next(r for r in runtimes if r.address == pinned)
-    survivor = next(r for r in runtimes if r.address != pinned)
-    victim.kill()  # SIGKILL: no drain; the gateway still believes it healthy
-    second = alice.chat(sid, "second question")
-    # The other runtime got the whole history: system + turn 1 + the new message.
-    assert second.text == reply_to("second question", 2, 4)
+    own, shared, alice = make_stack()
+    with busy(shared):  # the own runtime is the least loaded: the session goes there
+        sid = alice.create(system_prompt="Be brief.").session_id
+        first = alice.chat(sid, "What is the capital of France?", sampling=greedy(16))
+    victim = alice.get(sid).runtime
+    assert victim == own.address
+    own.kill()  # SIGKILL: no drain; the gateway still believes it healthy
+    second = alice.chat(sid, "And of Italy?", sampling=greedy(16))
+    # The other runtime got the whole history (alone, the question gets no such answer).
+    assert "Rome" in second.text
     session = alice.get(sid)
-    assert session.runtime == survivor.address
+    assert session.runtime == shared.address
     assert [m.content for m in session.messages] == [
-        "first question",
-        reply_to("first question", 1, 2),
-        "second question",
+        "What is the capital of France?",
+        first.text,
+        "And of Italy?",
         second.text,
     ]
 
@@ -64,47 +81,62 @@ def test_killing_the_pinned_runtime_moves_the_session_with_its_history(
 def test_runtime_refusing_before_the_first_token_is_retried_on_another(
     make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
-    # The refusing runtime reports the lower load, so it is chosen first every time.
-    _, (refusing, healthy), alice = make_stack(
-        ["--fail-first", "1000"], ["--reported-waiting", "5"]
+    # A runtime whose waiting queue holds nothing: healthy, but refuses every request.
+    refusing, healthy, alice = make_stack("--max-waiting", "0")
+    sessions = []
+    with busy(healthy):  # the refusing runtime looks less loaded: it is tried first
+        for i in range(2):
+            sid = alice.create().session_id
+            result = alice.chat(sid, f"Hello {i}!")
+            assert alice.messages(sid) == [("user", f"Hello {i}!"), ("assistant", result.text)]
+            sessions.append(sid)
+    assert {alice.get(sid).runtime for sid in sessions} == {healthy.address}
+    refusals = gateway_log(tmp_path).count(
+        f"runtime {refusing.address} failed before the first token: RESOURCE_EXHAUSTED:"
+        " the waiting queue is full"
     )
-    for i in range(3):
-        sid = alice.create().session_id
-        result = alice.chat(sid, f"hello {i}")
-        assert result.text == reply_to(f"hello {i}", 1, 1)
-        assert alice.get(sid).runtime == healthy.address
-    log = next(tmp_path.glob("gateway-*.log")).read_text()
-    assert f"runtime {refusing.address} failed before the first token" in log
+    assert refusals == 2
+    # Full is not broken: the refusing runtime is still healthy, so still routed to.
+    (model,) = alice.stub.ListModels(
+        gateway_pb2.ListModelsRequest(), metadata=alice.metadata, timeout=10
+    ).models
+    assert (model.name, model.num_healthy_runtimes) == (MODEL, 2)
 
 
 def test_runtime_dying_after_the_first_token_leaves_the_session_unchanged(
     make_stack: Callable[..., Stack],
 ) -> None:
-    _, (dying, healthy), alice = make_stack(
-        ["--die-after-chunks", "3", "--token-delay-s", "0.01"], ["--reported-waiting", "5"]
-    )
+    dying, healthy, alice = make_stack()
     sid = alice.create().session_id
+    story = "Tell me a long story."
     received: list[str] = []
-    with pytest.raises(grpc.RpcError) as err:
-        for chunk in alice.chat_call(sid, "tell me a long story please"):
-            received.append(chunk.text)
+    with busy(healthy):  # the new runtime is the least loaded: the reply streams from it
+        call = alice.chat_call(sid, story, sampling=greedy(1000, ignore_eos=True))
+        with pytest.raises(grpc.RpcError) as err:
+            for chunk in call:
+                received.append(chunk.text)
+                if len(received) == 3:
+                    assert runtime_status(dying).num_running == 1
+                    dying.kill()  # SIGKILL mid-reply
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "failed after the reply had started" in err.value.details()
     assert "the session is unchanged" in err.value.details()
-    assert received  # the client had seen the start of the reply
+    assert len(received) >= 3  # the client had seen the start of the reply
     session = alice.get(sid)
     assert list(session.messages) == [] and session.runtime == ""
     # Not busy, and the same turn again goes to the other runtime.
-    again = alice.chat(sid, "tell me a long story please")
-    assert again.text == reply_to("tell me a long story please", 1, 1)
+    again = alice.chat(sid, story)
+    assert alice.messages(sid) == [("user", story), ("assistant", again.text)]
     assert alice.get(sid).runtime == healthy.address
     assert dying.proc is not None and dying.proc.poll() is not None
 
 
-def test_runtimes_found_by_dns(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_runtimes_found_by_dns(
+    tmp_path: Path, redis_server: RedisServer, runtimes: list[DaemonProcess]
+) -> None:
     """--runtime-dns NAME:PORT (the chart's headless Service): "localhost" resolves to the
-    stand-in on 127.0.0.1 (and perhaps ::1, where nothing listens: unhealthy, not routed to)."""
-    (runtime,) = start_runtimes(tmp_path, 1)
+    runtime on 127.0.0.1 (and perhaps ::1, where nothing listens: unhealthy, not routed to)."""
+    runtime = runtimes[0]
     keys_file, keys = api_keys(redis_server)
     gateway = DaemonProcess(
         "gateway",
@@ -118,8 +150,8 @@ def test_runtimes_found_by_dns(tmp_path: Path, redis_server: RedisServer) -> Non
         gateway.wait_serving()
         alice = Client(gateway.address, keys["alice"])
         sid = alice.create().session_id
-        assert alice.chat(sid, "found you").text == reply_to("found you", 1, 1)
+        reply = alice.chat(sid, "Found you!")
+        assert alice.messages(sid) == [("user", "Found you!"), ("assistant", reply.text)]
         assert alice.get(sid).runtime == f"127.0.0.1:{runtime.port}"
     finally:
         gateway.terminate()
-        runtime.terminate()

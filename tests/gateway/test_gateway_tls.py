@@ -18,7 +18,8 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmserve.processes import DaemonProcess, RedisServer
-from tests.gateway.gateway_harness import api_keys, reply_to, start_runtimes
+from llmserve.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.gateway.gateway_harness import api_keys
 
 
 def issue(
@@ -56,11 +57,13 @@ def issue(
     return cert, key
 
 
-def test_mtls_listener_and_chat_client(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_mtls_listener_and_chat_client(
+    tmp_path: Path, redis_server: RedisServer, runtimes: list[DaemonProcess]
+) -> None:
     ca = issue(tmp_path, "ca", None)
     issue(tmp_path, "server", ca)
     issue(tmp_path, "client", ca)
-    (runtime,) = start_runtimes(tmp_path, 1)
+    runtime = runtimes[0]
     keys_file, keys = api_keys(redis_server)
     gateway = DaemonProcess(
         "gateway",
@@ -98,10 +101,24 @@ def test_mtls_listener_and_chat_client(tmp_path: Path, redis_server: RedisServer
         command = [sys.executable, "-m", "llmserve", "chat", "--gateway", gateway.address]
         with_certs = [*command, *(a for pair in zip(tls, files, strict=True) for a in pair)]
         out = subprocess.run(
-            with_certs, input="secure?\n", capture_output=True, text=True, timeout=60, env=env
-        )
+            [*with_certs, "--temperature", "0", "--max-tokens", "16"],
+            input="What is the capital of France?\n",
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
         assert out.returncode == 0, out.stderr
-        assert out.stdout.splitlines()[1] == reply_to("secure?", 1, 1)
+        created, reply = out.stdout.splitlines()
+        # The reply printed is the one stored in the session.
+        with grpc.secure_channel(gateway.address, credentials) as channel:
+            session = (
+                gateway_pb2_grpc.GatewayStub(channel)
+                .GetSession(
+                    gateway_pb2.GetSessionRequest(session_id=created.split()[1]),
+                    metadata=[("authorization", f"Bearer {keys['alice']}")],
+                    timeout=10,
+                )
+                .session
+            )
+        assert [m.content for m in session.messages] == ["What is the capital of France?", reply]
         # Without a client certificate the handshake fails.
         no_cert = subprocess.run(
             [*command, "--tls-ca", files[0]], input="hi\n", capture_output=True, text=True,
@@ -110,4 +127,3 @@ def test_mtls_listener_and_chat_client(tmp_path: Path, redis_server: RedisServer
         assert no_cert.returncode == 1 and "UNAVAILABLE" in no_cert.stderr
     finally:
         gateway.terminate()
-        runtime.terminate()

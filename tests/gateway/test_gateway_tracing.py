@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmserve.processes import RedisServer
-from tests.gateway.gateway_harness import Client, start_gateway, start_runtimes
+from llmserve.processes import DaemonProcess, RedisServer
+from tests.gateway.gateway_harness import Client, spans_path, start_gateway
 
 
 def spans(path: Path) -> list[dict[str, Any]]:
@@ -19,12 +19,11 @@ def spans(path: Path) -> list[dict[str, Any]]:
 
 
 def test_one_trace_from_client_through_gateway_to_runtime(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, runtimes: list[DaemonProcess]
 ) -> None:
-    runtime_trace, gateway_trace = tmp_path / "runtime.jsonl", tmp_path / "gateway.jsonl"
-    (runtime,) = start_runtimes(tmp_path, 1, "--trace-file", str(runtime_trace))
+    gateway_trace = tmp_path / "gateway.jsonl"
     gateway, keys = start_gateway(
-        tmp_path, redis_server, [runtime], "--trace-file", str(gateway_trace)
+        tmp_path, redis_server, runtimes, "--trace-file", str(gateway_trace)
     )
     try:
         alice = Client(gateway.address, keys["alice"])
@@ -34,12 +33,25 @@ def test_one_trace_from_client_through_gateway_to_runtime(
         alice.chat(sid, "trace me")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            ours = [s for s in spans(runtime_trace) if s["context"]["trace_id"] == f"0x{trace_id}"]
+            ours = [
+                s
+                for r in runtimes
+                for s in spans(spans_path(r))
+                if s["context"]["trace_id"] == f"0x{trace_id}"
+                and s["name"] == "llmserve.v1.Runtime/Generate"
+            ]
             if ours:
                 break
             time.sleep(0.1)
         (runtime_span,) = ours
-        assert runtime_span["name"] == "llmserve.v1.Runtime/Generate"
+        # The runtime's own spans of the request hang under its server span.
+        steps = {
+            s["name"]
+            for r in runtimes
+            for s in spans(spans_path(r))
+            if s["parent_id"] == runtime_span["context"]["span_id"]
+        }
+        assert steps == {f"llmserve.runtime.{step}" for step in ("queue", "prefill", "decode")}
         by_id = {
             s["context"]["span_id"]: s
             for s in spans(gateway_trace)
@@ -52,4 +64,3 @@ def test_one_trace_from_client_through_gateway_to_runtime(
         assert server_span["parent_id"] == f"0x{parent}"
     finally:
         gateway.terminate()
-        runtime.terminate()

@@ -1,4 +1,5 @@
-"""Every engine a test creates must end with all its KV blocks back in the pool."""
+"""Every engine core a test creates in this process must end with all its KV blocks back in
+the pool (cores in other processes are checked through GetStatus or AsyncLLM.stats)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime_service.engine.engine import LLMEngine
+from runtime_service.engine.core import EngineCore
 
 
 @pytest.fixture(autouse=True)
-def engines_end_idle(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[LLMEngine]]:
-    created: list[LLMEngine] = []
-    original = LLMEngine.__init__
+def engines_end_idle(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[EngineCore]]:
+    created: list[EngineCore] = []
+    original = EngineCore.__init__
 
-    def tracking_init(self: LLMEngine, *args: object, **kwargs: object) -> None:
+    def tracking_init(self: EngineCore, *args: object, **kwargs: object) -> None:
         original(self, *args, **kwargs)
         created.append(self)
 
-    monkeypatch.setattr(LLMEngine, "__init__", tracking_init)
+    monkeypatch.setattr(EngineCore, "__init__", tracking_init)
     yield created
     for engine in created:
-        deadline = time.monotonic() + 10  # an AsyncLLM thread may still be applying aborts
+        deadline = time.monotonic() + 10  # a core thread may still be applying aborts
         while engine.has_unfinished_requests and time.monotonic() < deadline:
             time.sleep(0.01)
         bm = engine.block_manager

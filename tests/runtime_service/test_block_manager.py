@@ -92,3 +92,28 @@ def test_free_hits_count_against_capacity() -> None:
     assert len(hits) == 2
     assert not bm.allocate_slots(b, 8, hits)  # 2 hits + 2 new > 3 blocks
     assert bm.num_free_blocks == 3 and all(blk.ref_count == 0 for blk in bm.blocks)
+
+
+def test_cached_free_counter_matches_the_free_queue() -> None:
+    bm = BlockManager(num_blocks=6, block_size=BS, enable_prefix_caching=True)
+
+    def counted() -> int:
+        return sum(1 for b in bm._free.values() if b.block_hash is not None)
+
+    a = request("a", list(range(13)))
+    assert bm.allocate_slots(a, 13)
+    compute(bm, a, 13)
+    bm.free(a)
+    assert bm.num_cached_free_blocks == counted() == 3
+    b = request("b", [*range(8), 70, 71, 72, 73, 74, 75])
+    hits = bm.get_computed_blocks(b)
+    assert bm.allocate_slots(b, 6, hits)  # 2 hits leave the queue, 2 fresh blocks evict none
+    assert bm.num_cached_free_blocks == counted()
+    c = request("c", [90] * 8)
+    assert bm.allocate_slots(c, 8)  # takes the last free blocks, evicting a cached one
+    assert bm.num_cached_free_blocks == counted()
+    bm.free(b)
+    bm.free(c)
+    assert bm.num_cached_free_blocks == counted()
+    bm.reset_prefix_cache()
+    assert bm.num_cached_free_blocks == counted() == 0

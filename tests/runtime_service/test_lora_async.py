@@ -1,5 +1,6 @@
 """Adapters through AsyncLLM: loaded while other requests stream, unloaded with and without
-waiting, loaded on first use — outputs equal transformers + PEFT."""
+waiting, loaded on first use — outputs equal transformers + PEFT. The core runs on a thread
+(the conftest checks its pool), and once in its own process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from runtime_service.engine.async_llm import AsyncLLM
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.params import SamplingParams
 from tests.runtime_service.lora_reference import make_adapter, make_adapters, peft_greedy
-from tests.runtime_service.reference import assert_pool_idle, hf_greedy
+from tests.runtime_service.reference import hf_greedy
 from tests.runtime_service.test_async_llm import wait_idle
 from tests.runtime_service.test_engine_parity import mixed_prompts
 
@@ -27,25 +28,30 @@ def adapters(tiny_model_dir: Callable[[str], Path], tmp_path_factory) -> list[Pa
     return make_adapters(path, tmp_path_factory.mktemp("llama-adapters"), 4)
 
 
+def config(path: Path, lora_dir: Path) -> EngineConfig:
+    return EngineConfig(
+        model=path,
+        dtype="float32",
+        num_kv_blocks=128,
+        max_num_batched_tokens=64,
+        max_model_len=256,
+        enable_lora=True,
+        max_loras=3,
+        max_lora_rank=16,
+        lora_dir=lora_dir,
+    )
+
+
 @pytest.fixture
 def llm(tiny_model_dir: Callable[[str], Path], adapters: list[Path]) -> Iterator[AsyncLLM]:
-    engine = AsyncLLM(
-        EngineConfig(
-            model=tiny_model_dir("llama"),
-            dtype="float32",
-            num_kv_blocks=128,
-            max_num_batched_tokens=64,
-            max_model_len=256,
-            enable_lora=True,
-            max_loras=3,
-            max_lora_rank=16,
-            lora_dir=adapters[0].parent,
-        )
-    )
+    engine = AsyncLLM(config(tiny_model_dir("llama"), adapters[0].parent), in_process=True)
     yield engine
-    engine.shutdown()
     wait_idle(engine)
-    assert_pool_idle(engine.engine)
+    engine.shutdown()
+
+
+async def num_running(llm: AsyncLLM) -> int:
+    return (await asyncio.wrap_future(llm.call("stats"))).num_running
 
 
 async def collect(
@@ -72,7 +78,7 @@ def test_adapter_loaded_while_others_stream(
             asyncio.create_task(collect(llm, prompts[1], "two", long)),
             asyncio.create_task(collect(llm, prompts[2], None, long)),
         ]
-        while llm.engine.scheduler.num_unfinished < 3 or not llm.engine.scheduler.running:
+        while await num_running(llm) < 3:
             await asyncio.sleep(0.005)
         info = await llm.load_adapter("late", adapters[3])
         assert info.rank == 2 and info.num_requests == 0
@@ -104,7 +110,7 @@ def test_unload_waits_for_its_requests(
     async def main() -> None:
         await llm.load_adapter("one", adapters[0])
         stream = asyncio.create_task(collect(llm, prompt, "one", long))
-        while not llm.engine.scheduler.running:
+        while not await num_running(llm):
             await asyncio.sleep(0.005)
         with pytest.raises(FailedPrecondition, match="in use by 1 request"):
             await llm.unload_adapter("one")
@@ -159,3 +165,34 @@ def test_first_use_loads_from_lora_dir_off_the_engine_thread(
             llm.add_request(prompts[0], PARAMS, adapter="missing")
 
     asyncio.run(main())
+
+
+def test_adapters_in_a_core_process(
+    tiny_model_dir: Callable[[str], Path], adapters: list[Path]
+) -> None:
+    """The core in its own process: an adapter read here crosses to it (shared memory), one
+    from lora_dir loads on first use, and both answer as transformers + PEFT."""
+    path = tiny_model_dir("llama")
+    prompts = mixed_prompts(path, 3, seed=63, max_len=30)
+    llm = AsyncLLM(config(path, adapters[0].parent), log_format="text")
+    try:
+
+        async def main() -> None:
+            info = await llm.load_adapter("one", adapters[0])
+            assert info.target_modules == ("q_proj", "v_proj") and info.rank == 8
+            results = await asyncio.gather(
+                collect(llm, prompts[0], "one"),
+                collect(llm, prompts[1], "adapter2"),  # first use, from lora_dir
+                collect(llm, prompts[2], None),
+            )
+            assert results[0] == peft_greedy(path, adapters[0], prompts[0], 24)
+            assert results[1] == peft_greedy(path, adapters[2], prompts[1], 24)
+            assert results[2] == hf_greedy(path, prompts[2], 24)
+            assert [i.name for i in await llm.list_adapters()] == ["adapter2", "one"]
+            await llm.unload_adapter("one")
+            assert [i.name for i in await llm.list_adapters()] == ["adapter2"]
+
+        asyncio.run(main())
+        wait_idle(llm)
+    finally:
+        llm.shutdown()

@@ -12,8 +12,7 @@ out spans all the parts and part p's rows only ever meet part p's A.
 
 Errors:
 - InvalidArgument: the adapter itself is unusable here — malformed files, rank above
-  `max_lora_rank` (named), PEFT features this engine does not implement (DoRA, biases,
-  rank/alpha patterns, LoRA on embeddings or the LM head, ...), refused rather than ignored.
+  `max_lora_rank` (named), PEFT features this engine does not implement (peft_config.py).
 - FailedPrecondition: a well-formed adapter that does not fit this base model — a module the
   model does not have, a layer index past its depth, a tensor of the wrong shape.
 - NotFound: the directory or one of its two files is missing.
@@ -23,23 +22,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime_service.engine.lora.peft_config import (
+    UNSUPPORTED_MODULES,
+    AdapterSpec,
+    check_adapter_name,
+    parse_adapter_config,
+)
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.lora import fused_input_size
 from runtime_service.models.weights import FUSED_LINEARS, LORA_TARGETS, fused_output_sizes
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-MAX_NAME_LENGTH = 64  # as protos/llmserve/v1/runtime.proto LoadAdapterRequest.name says
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TENSOR = re.compile(
     r"^base_model\.model\.model\.layers\.(\d+)\.(\w+)\.(\w+)\.lora_([AB])\.weight$"
 )
@@ -49,41 +50,6 @@ _MODULE_PARTS = {
     for fused, modules in FUSED_LINEARS.items()
     for part, module in enumerate(modules)
 }
-# Keys of adapter_config.json that do not change inference (or are checked on their own).
-_IGNORED_KEYS = {
-    "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path",
-    "revision", "inference_mode", "r", "lora_alpha", "use_rslora", "target_modules",
-    "exclude_modules", "lora_dropout", "init_lora_weights", "loftq_config", "eva_config",
-    "corda_config", "lora_ga_config", "megatron_config", "megatron_core", "qalora_group_size",
-    "layers_to_transform", "layers_pattern", "ensure_weight_tying", "runtime_config", "bias",
-}  # fmt: skip
-# Llama-family modules that exist but cannot carry a LoRA here.
-_UNSUPPORTED_MODULES = ("embed_tokens", "lm_head")
-
-
-def check_adapter_name(name: str) -> None:
-    """Adapter names are single path components (lora_dir/<name>): letters, digits, '.', '_'
-    and '-', starting with a letter or digit."""
-    if not name:
-        raise InvalidArgument("adapter name must not be empty")
-    if len(name) > MAX_NAME_LENGTH or not _NAME.match(name) or ".." in name:
-        raise InvalidArgument(
-            f"adapter name {name[:MAX_NAME_LENGTH]!r} is invalid: at most {MAX_NAME_LENGTH} "
-            "letters, digits, '.', '_' and '-', starting with a letter or digit"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class AdapterSpec:
-    """What adapter_config.json says that matters for inference."""
-
-    rank: int
-    alpha: float
-    use_rslora: bool
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
 
 
 @dataclass(slots=True)
@@ -115,48 +81,13 @@ class LoRAAdapter:
         return sum(w.a.nbytes + w.b.nbytes for w in self.layers.values())
 
 
-def parse_adapter_config(raw: dict[str, Any], max_rank: int) -> AdapterSpec:
-    """Checks adapter_config.json: a plain LoRA of rank <= max_rank, no unsupported feature."""
-    if raw.get("peft_type", "LORA") != "LORA":
-        raise InvalidArgument(f"adapter_config.json: peft_type {raw['peft_type']!r} is not LORA")
-    rank = raw.get("r")
-    if not isinstance(rank, int) or rank < 1:
-        raise InvalidArgument(f"adapter_config.json: r must be a positive integer, got {rank!r}")
-    if rank > max_rank:
-        raise InvalidArgument(
-            f"adapter_config.json: r = {rank} is above this engine's max_lora_rank ({max_rank})"
-        )
-    alpha = raw.get("lora_alpha", 8)
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool):
-        raise InvalidArgument(f"adapter_config.json: lora_alpha must be a number, got {alpha!r}")
-    if raw.get("bias", "none") != "none":
-        raise InvalidArgument(
-            f"adapter_config.json: bias = {raw['bias']!r} is not supported (only 'none')"
-        )
-    for key, value in raw.items():
-        if key not in _IGNORED_KEYS and value not in (None, False, {}, []):
-            raise InvalidArgument(
-                f"adapter_config.json: {key} = {json.dumps(value)[:80]} is a PEFT feature this "
-                "engine does not support"
-            )
-    targets = raw.get("target_modules")
-    names = [targets] if isinstance(targets, str) else list(targets or [])
-    for module in names:
-        if module in _UNSUPPORTED_MODULES:
-            raise InvalidArgument(
-                f"adapter_config.json: target module {module!r} is not supported (supported: "
-                f"{', '.join(LORA_TARGETS)})"
-            )
-    return AdapterSpec(rank, float(alpha), bool(raw.get("use_rslora", False)))
-
-
 def _place(
     name: str, tensor: torch.Tensor, config: ModelConfig, spec: AdapterSpec
 ) -> tuple[int, str, int, str]:
     """(layer, fused layer, part, "A"|"B") of one tensor, after checking it fits the model."""
     m = _TENSOR.match(name)
     if m is None:
-        if any(f".{module}." in name for module in _UNSUPPORTED_MODULES):
+        if any(f".{module}." in name for module in UNSUPPORTED_MODULES):
             raise InvalidArgument(
                 f"adapter tensor {name}: LoRA on embeddings or the LM head is not supported"
             )
@@ -285,3 +216,35 @@ def read_adapter(
         layers=layers,
         parts={f: tuple(sorted(ps)) for f, ps in parts.items()},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterReader:
+    """What reading adapters for one engine takes. Plain data: the engine core hands it to
+    its frontend (CoreInfo.lora), which reads and validates adapters off the core's thread."""
+
+    model_config: ModelConfig
+    max_rank: int
+    dtype: torch.dtype
+    lora_dir: Path | None = None  # adapters to load on first use, as lora_dir/<name>/
+
+    def find(self, name: str) -> Path | None:
+        """lora_dir/<name> if it holds an adapter."""
+        if self.lora_dir is None:
+            return None
+        check_adapter_name(name)
+        path = self.lora_dir / name
+        return path if (path / CONFIG_FILE).is_file() else None
+
+    def read(
+        self, name: str, path: Path | str | None = None, pin_memory: bool = False
+    ) -> LoRAAdapter:
+        """The adapter in `path`, or in lora_dir/<name> when path is None."""
+        if path is None:
+            path = self.find(name)
+            if path is None:
+                where = f", nor in lora_dir {self.lora_dir}" if self.lora_dir else ""
+                raise NotFound(f"adapter {name!r} is not loaded{where}")
+        return read_adapter(
+            name, Path(path), self.model_config, self.max_rank, self.dtype, pin_memory
+        )

@@ -18,24 +18,21 @@ NOTE: slot invariants and scheduling policy:
   Every pin belongs to a running request, which finishes or is preempted, so a waiting
   adapter always gets a slot eventually: no deadlock.
 - An adapter can be unloaded only when no request (waiting or running) uses it; with
-  `wait=True` it stops taking new requests and goes when its last request finishes.
+  `wait=True` it stops taking new requests and goes when its last request finishes (or, if
+  every waiter withdraws, takes requests again).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from llmserve.errors import AlreadyExists, FailedPrecondition, NotFound
-from runtime_service.engine.lora.adapter import (
-    CONFIG_FILE,
-    LoRAAdapter,
-    check_adapter_name,
-    read_adapter,
-)
+from runtime_service.engine.lora.adapter import AdapterReader, LoRAAdapter
 from runtime_service.engine.lora.slots import AdapterSlots
 from runtime_service.engine.request import Request
 from runtime_service.kernels.lora_torch import LoRABatch
@@ -46,8 +43,13 @@ if TYPE_CHECKING:
     from runtime_service.models.llama import LlamaModel
 
 
-def _nothing() -> None:
-    pass
+def _own(t: torch.Tensor, pin: bool) -> torch.Tensor:
+    """A host tensor this process owns: pinned for async copies to CUDA; out of shared
+    memory (an adapter sent from another process arrives there, one file descriptor per
+    tensor) into ordinary memory."""
+    if pin:
+        return t if t.is_pinned() else t.pin_memory()
+    return t.clone() if t.is_shared() else t
 
 
 class AdapterState(enum.Enum):
@@ -75,8 +77,7 @@ class AdapterInfo:
 
 
 class LoRAManager:
-    """Owns the adapters of one engine. All methods but `read`, `find` and `check` run on
-    the engine thread; those three touch no state and may run anywhere."""
+    """Owns the adapters of one engine core; single-threaded, like the core."""
 
     def __init__(
         self,
@@ -85,50 +86,22 @@ class LoRAManager:
         max_lora_rank: int,
         lora_dir: Path | None = None,
     ) -> None:
-        self.model_config = model.config
-        self.dtype = model.dtype
         self.device = model.device
-        self.max_lora_rank = max_lora_rank
-        self.lora_dir = lora_dir
+        self.reader = AdapterReader(model.config, max_lora_rank, model.dtype, lora_dir)
         self.slots = AdapterSlots(max_loras)
         self.device_slots = attach_lora(model, max_loras, max_lora_rank)
         self.adapters: dict[str, LoRAAdapter] = {}
         self._requests: dict[str, set[str]] = {}  # adapter -> unfinished request ids
-        self._unloading: dict[str, list[Callable[[], None]]] = {}  # adapter -> callbacks
+        self._unloading: dict[str, int] = {}  # adapter -> unload(wait=True) calls waiting
 
-    # Reading adapters (any thread).
-    def read(self, name: str, path: Path) -> LoRAAdapter:
-        """Reads and validates an adapter for this model (slow: disk; no engine state)."""
-        return read_adapter(
-            name,
-            path,
-            self.model_config,
-            self.max_lora_rank,
-            self.dtype,
-            pin_memory=self.device.type == "cuda",
-        )
+    def read(self, name: str, path: Path | str | None = None) -> LoRAAdapter:
+        """Reads and validates an adapter (from lora_dir/<name> if path is None)."""
+        return self.reader.read(name, path, pin_memory=self.device.type == "cuda")
 
-    def find(self, name: str) -> Path | None:
-        """The adapter's directory under `lora_dir` (loading on first use), if there is one."""
-        if self.lora_dir is None:
-            return None
-        check_adapter_name(name)
-        path = self.lora_dir / name
-        return path if (path / CONFIG_FILE).is_file() else None
+    def is_loaded(self, name: str) -> bool:
+        return name in self.adapters
 
-    def check(self, name: str) -> None:
-        """Raises unless a request may name `name`: NotFound if it is neither loaded nor
-        loadable on first use, FailedPrecondition while it is being unloaded."""
-        if name in self._unloading:
-            raise FailedPrecondition(f"adapter {name!r} is being unloaded")
-        if name not in self.adapters and self.find(name) is None:
-            where = f" (nor in lora_dir {self.lora_dir})" if self.lora_dir else ""
-            raise NotFound(f"adapter {name!r} is not loaded{where}")
-
-    def needs_loading(self, name: str) -> bool:
-        return name not in self.adapters and self.find(name) is not None
-
-    # The host tier (engine thread).
+    # The host tier.
     def register(self, adapter: LoRAAdapter, exist_ok: bool = False) -> AdapterInfo:
         """Adds a read adapter. Loading the same content under a loaded name is a no-op;
         other content under it raises AlreadyExists unless exist_ok (then the loaded one
@@ -141,44 +114,39 @@ class LoRAManager:
                     "unload it first"
                 )
             return self.info(adapter.name)
+        pin = self.device.type == "cuda"
+        for weights in adapter.layers.values():  # read elsewhere (the frontend)?
+            weights.a, weights.b = _own(weights.a, pin), _own(weights.b, pin)
         self.adapters[adapter.name] = adapter
         self._requests[adapter.name] = set()
         return self.info(adapter.name)
 
-    def load(self, name: str, path: Path) -> AdapterInfo:
-        return self.register(self.read(name, path))
-
-    def unload(
-        self, name: str, wait: bool = False, on_unloaded: Callable[[], None] | None = None
-    ) -> bool:
+    def unload(self, name: str, wait: bool = False) -> bool:
         """Removes an adapter from both tiers. True: gone now. False (only with wait): it
-        takes no new requests and goes, calling on_unloaded, when its last one finishes.
+        takes no new requests and goes when its last one finishes (is_loaded tells when).
         Without wait, an adapter still in use raises FailedPrecondition."""
         if name not in self.adapters:
             raise NotFound(f"adapter {name!r} is not loaded")
         users = self._requests[name]
         if not users:
             self._remove(name)
-            if on_unloaded is not None:
-                on_unloaded()
             return True
         if not wait:
             raise FailedPrecondition(
                 f"adapter {name!r} is in use by {len(users)} request(s); unload it when they "
                 "finish, or unload with wait"
             )
-        self._unloading.setdefault(name, []).append(on_unloaded or _nothing)
+        self._unloading[name] = self._unloading.get(name, 0) + 1
         return False
 
-    def cancel_unload(self, name: str, on_unloaded: Callable[[], None]) -> None:
-        """Withdraws one unload(wait=True) that passed on_unloaded (its caller stopped
-        waiting); when none is left, the adapter takes requests again."""
-        callbacks = self._unloading.get(name)
-        if callbacks is None or on_unloaded not in callbacks:
-            return
-        callbacks.remove(on_unloaded)
-        if not callbacks:
-            del self._unloading[name]
+    def cancel_unload(self, name: str) -> None:
+        """Withdraws one unload(wait=True) whose caller stopped waiting; when none is left,
+        the adapter takes requests again."""
+        waiting = self._unloading.get(name, 0)
+        if waiting > 1:
+            self._unloading[name] = waiting - 1
+        else:
+            self._unloading.pop(name, None)
 
     def _remove(self, name: str) -> None:
         slot = self.slots.drop(name)
@@ -186,8 +154,7 @@ class LoRAManager:
             self.device_slots.clear(slot)
         del self.adapters[name]
         del self._requests[name]
-        for callback in self._unloading.pop(name, []):
-            callback()
+        self._unloading.pop(name, None)
 
     def info(self, name: str) -> AdapterInfo:
         adapter = self.adapters.get(name)
@@ -213,22 +180,21 @@ class LoRAManager:
     def infos(self) -> list[AdapterInfo]:
         return [self.info(name) for name in sorted(self.adapters)]
 
-    # Requests (engine thread).
+    # Requests.
     def bind(self, req: Request) -> None:
-        """Ties a new request to its adapter (loading it from lora_dir on first use): its
-        prefix-cache key gets the adapter's digest, and the adapter cannot be unloaded under
-        it."""
+        """Ties a new request to its adapter (read from lora_dir on first use if not loaded:
+        NotFound if it is not there either): its prefix-cache key gets the adapter's digest,
+        and the adapter cannot be unloaded under it."""
         name = req.adapter
         assert name is not None
-        self.check(name)
+        if name in self._unloading:
+            raise FailedPrecondition(f"adapter {name!r} is being unloaded")
         if name not in self.adapters:
-            path = self.find(name)
-            assert path is not None
-            self.register(self.read(name, path), exist_ok=True)
+            self.register(self.read(name), exist_ok=True)
         req.adapter_digest = self.adapters[name].digest
         self._requests[name].add(req.request_id)
 
-    # Scheduler hooks (engine thread, inside schedule()).
+    # Scheduler hooks (inside schedule()).
     def can_acquire(self, req: Request) -> bool:
         assert req.adapter is not None
         return self.slots.can_place(req.adapter)

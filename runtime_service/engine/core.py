@@ -1,0 +1,255 @@
+"""EngineCore: the model, the KV cache, the scheduler and the sampler; token ids only.
+
+One `step()` is schedule -> execute -> update: every scheduled request advances; those due a
+token get one, and stop on EOS, a stop token or their length. Text (detokenization, stop
+strings) is the frontend's work (processor.py), so the core can run in a process of its own
+that does nothing but drive the device. Single-threaded: call it from one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from llmserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from runtime_service.engine.block_manager import BlockManager
+from runtime_service.engine.config import EngineConfig
+from runtime_service.engine.kv_pool import num_kv_blocks
+from runtime_service.engine.lora import AdapterInfo, LoRAAdapter, LoRAManager
+from runtime_service.engine.lora.adapter import AdapterReader
+from runtime_service.engine.model_runner import ModelRunner
+from runtime_service.engine.outputs import CoreOutput
+from runtime_service.engine.request import EngineRequest, Request, RequestStatus
+from runtime_service.engine.scheduler import Scheduler
+from runtime_service.models.loader import parse_dtype
+from runtime_service.models.open import load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Counters another thread may read while the engine steps (ints and lengths only)."""
+
+    num_running: int
+    num_waiting: int
+    block_size: int
+    num_blocks: int
+    num_free_blocks: int
+    num_cached_free_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+
+@dataclass(frozen=True, slots=True)
+class CoreInfo:
+    """What the frontend needs to know about the loaded model (plain data)."""
+
+    model_name: str
+    model_path: str
+    tokenizer_path: str
+    engine_id: str
+    quantization: str
+    architecture: str
+    dtype: str  # "float32" | "bfloat16" | "float16"
+    device: str  # "cpu" | "cuda:0"
+    vocab_size: int
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]  # from the model's config
+    num_blocks: int
+    block_size: int
+    lora: AdapterReader | None = None  # reads adapters for this model; None: LoRA is off
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return parse_dtype(name)
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, self.device)
+        self.model, info = load_model(
+            config.model, dtype, self.device, config.max_model_len, config.load_format
+        )
+        mc = self.model.config
+        self.max_model_len = min(
+            config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings
+        )
+        if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:
+            raise InvalidArgument(
+                f"without chunked prefill, max_num_batched_tokens ({config.max_num_batched_tokens})"
+                f" must be >= max_model_len ({self.max_model_len})"
+            )
+        # LoRA slots take their device memory before the KV pool is sized from what is left.
+        self.lora = (
+            LoRAManager(self.model, config.max_loras, config.max_lora_rank, config.lora_dir)
+            if config.enable_lora
+            else None
+        )
+        num_blocks = num_kv_blocks(config, self.model, self.device)
+        if num_blocks * config.block_size < self.max_model_len:
+            raise InvalidArgument(
+                f"the KV cache holds {num_blocks} blocks of {config.block_size} tokens, fewer "
+                f"than one sequence of max_model_len {self.max_model_len} needs"
+            )
+        self.block_manager = BlockManager(
+            num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.block_manager,
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            config.enable_chunked_prefill,
+            self.lora,
+        )
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.lora)
+        self.requests: dict[str, Request] = {}
+        self._aborted: list[Request] = []
+        self.info = CoreInfo(
+            model_name=info.name,
+            model_path=str(info.path),
+            tokenizer_path=str(info.tokenizer_path),
+            engine_id=info.engine_id,
+            quantization=info.quantization,
+            architecture=mc.architecture,
+            dtype=str(dtype).removeprefix("torch."),
+            device=str(self.device),
+            vocab_size=mc.vocab_size,
+            max_model_len=self.max_model_len,
+            eos_token_ids=tuple(mc.eos_token_ids),
+            num_blocks=num_blocks,
+            block_size=config.block_size,
+            lora=None if self.lora is None else self.lora.reader,
+        )
+        log.info(
+            "engine core ready: %s on %s (%s), %d KV blocks of %d tokens, max_model_len %d",
+            mc.architecture,
+            self.device,
+            dtype,
+            num_blocks,
+            config.block_size,
+            self.max_model_len,
+        )
+
+    # Requests.
+    def add(self, er: EngineRequest) -> None:
+        if er.request_id in self.requests:
+            raise AlreadyExists(f"request_id {er.request_id!r} is already in progress")
+        req = Request(
+            er.request_id,
+            er.prompt_token_ids,
+            er.params,
+            er.eos_token_ids,
+            self.max_model_len,
+            er.adapter,
+        )
+        req.times.arrival = er.arrival
+        if req.adapter is not None:
+            self._lora(req.adapter).bind(req)
+        self.requests[er.request_id] = req
+        self.scheduler.add(req)
+
+    def abort(self, request_ids: Iterable[str]) -> None:
+        """Ends requests at once; their blocks are free when this returns."""
+        reqs = [self.requests[r] for r in request_ids if r in self.requests]
+        self.scheduler.finish(reqs, RequestStatus.FINISHED_ABORTED)
+        self._aborted.extend(reqs)
+
+    @property
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.num_unfinished > 0 or bool(self._aborted)
+
+    # Adapters (lora/manager.py), called between steps.
+    def _lora(self, adapter: str | None = None) -> LoRAManager:
+        if self.lora is None:
+            off = "this engine serves no adapters (enable_lora is off)"
+            raise NotFound(f"adapter {adapter!r}: {off}") if adapter else FailedPrecondition(off)
+        return self.lora
+
+    def register_adapter(self, adapter: LoRAAdapter, exist_ok: bool = False) -> AdapterInfo:
+        """Adds an adapter read by AdapterReader (host memory; a device slot when a request
+        using it is scheduled)."""
+        return self._lora().register(adapter, exist_ok)
+
+    def unload_adapter(self, name: str, wait: bool = False) -> bool:
+        """True: gone. FailedPrecondition while requests use it, unless wait: then False,
+        and it goes when they have finished (adapter_loaded turns False)."""
+        return self._lora().unload(name, wait)
+
+    def cancel_unload(self, name: str) -> None:
+        self._lora().cancel_unload(name)
+
+    def adapter_loaded(self, name: str) -> bool:
+        return self.lora is not None and self.lora.is_loaded(name)
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        return [] if self.lora is None else self.lora.infos()
+
+    def take_newly_scheduled(self) -> list[str]:
+        return self.scheduler.take_newly_scheduled()
+
+    def stats(self) -> EngineStats:
+        bm, sched = self.block_manager, self.scheduler
+        return EngineStats(
+            num_running=len(sched.running),
+            num_waiting=len(sched.waiting),
+            block_size=bm.block_size,
+            num_blocks=bm.num_blocks,
+            num_free_blocks=bm.num_free_blocks,
+            num_cached_free_blocks=bm.num_cached_free_blocks,
+            prefix_cache_queries=bm.prefix_cache_queries,
+            prefix_cache_hits=bm.prefix_cache_hits,
+            num_preemptions=sched.num_preemptions,
+        )
+
+    # The step.
+    def step(self) -> list[CoreOutput]:
+        outputs = [self._output(r, None, None) for r in self._aborted]
+        self._aborted.clear()
+        sched = self.scheduler.schedule()
+        if not sched.requests:
+            return outputs
+        result = self.runner.execute(sched)
+        self.scheduler.update(sched)
+        for req, token, logprobs in zip(
+            result.requests, result.token_ids, result.logprobs, strict=True
+        ):
+            req.append_output_token(token, logprobs)
+            status = req.check_token_stop()
+            if status is not None:
+                self.scheduler.finish([req], status)
+            outputs.append(self._output(req, token, logprobs))
+        return outputs
+
+    def _output(self, req: Request, token: int | None, logprobs) -> CoreOutput:
+        out = CoreOutput(
+            request_id=req.request_id,
+            token_ids=[] if token is None else [token],
+            logprobs=[] if logprobs is None else [logprobs],
+            num_prompt_tokens=req.num_prompt_tokens,
+            num_output_tokens=req.num_output_tokens,
+            num_cached_tokens=max(req.num_cached_tokens, 0),
+        )
+        if req.is_finished:
+            self.requests.pop(req.request_id, None)
+            out.finished = True
+            out.finish_reason = req.status.value
+            out.stop_token_id = req.stop_reason if isinstance(req.stop_reason, int) else None
+        return out

@@ -1,0 +1,156 @@
+"""Hosting an EngineCore on its own thread or in its own process, behind one message protocol.
+
+To the core:   ("add", EngineRequest) | ("abort", [ids]) | ("call", id, method, args)
+               | ("shutdown",)
+From the core: ("ready", CoreInfo, EngineStats) | ("failed", exception)
+               | ("step", [CoreOutput], [newly scheduled ids], EngineStats)
+               | ("reply", id, ok, value) | ("dead", message)
+
+The core blocks on its inbox while idle and drains it between steps, so a burst of requests
+joins the next step. In a process it owns the device and the GIL of its own interpreter: the
+frontend's gRPC and detokenization work cannot slow its steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from llmserve.errors import LLMServeError
+from runtime_service.engine.config import EngineConfig
+from runtime_service.engine.core import EngineCore
+from runtime_service.engine.outputs import CoreOutput
+
+log = logging.getLogger(__name__)
+
+
+class QueueConnection:
+    """One end of an in-process duplex channel with multiprocessing.Connection's methods."""
+
+    def __init__(self, inbox: queue.SimpleQueue, outbox: queue.SimpleQueue) -> None:
+        self._inbox, self._outbox = inbox, outbox
+        self._peeked: list[Any] = []
+
+    def send(self, message: Any) -> None:
+        self._outbox.put(message)
+
+    def recv(self) -> Any:
+        return self._peeked.pop() if self._peeked else self._inbox.get()
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        if self._peeked:
+            return True
+        try:
+            self._peeked.append(self._inbox.get(block=timeout != 0.0, timeout=timeout))
+            return True
+        except queue.Empty:
+            return False
+
+    def close(self) -> None:
+        pass
+
+
+def queue_pipe() -> tuple[QueueConnection, QueueConnection]:
+    a, b = queue.SimpleQueue(), queue.SimpleQueue()
+    return QueueConnection(a, b), QueueConnection(b, a)
+
+
+def _handle(core: EngineCore, message: tuple, conn: Any) -> bool:
+    """Applies one inbox message; False on shutdown."""
+    kind = message[0]
+    if kind == "add":
+        try:
+            core.add(message[1])
+        except LLMServeError as e:  # the frontend prevents these; never let one kill the core
+            log.error("%s", e)
+            aborted = CoreOutput(message[1].request_id, [], [], 0, 0, 0, True, "abort")
+            conn.send(("step", [aborted], [], core.stats()))
+    elif kind == "abort":
+        core.abort(message[1])
+    elif kind == "call":
+        _, call_id, method, args = message
+        try:
+            conn.send(("reply", call_id, True, getattr(core, method)(*args)))
+        except Exception as e:
+            conn.send(("reply", call_id, False, e))
+    elif kind == "shutdown":
+        return False
+    return True
+
+
+def core_loop(make_core: Callable[[], EngineCore], conn: Any) -> None:
+    """Builds the core, reports ready (or failed), then serves its inbox until shutdown."""
+    try:
+        core = make_core()
+    except Exception as e:
+        log.exception("engine core failed to start")
+        conn.send(("failed", e))
+        return
+    conn.send(("ready", core.info, core.stats()))
+    try:
+        running = True
+        while running:
+            if not core.has_unfinished_requests:  # idle: wait for work
+                running = _handle(core, conn.recv(), conn)
+            while running and conn.poll(0):  # whatever else arrived joins this step
+                running = _handle(core, conn.recv(), conn)
+            if running and core.has_unfinished_requests:
+                outputs = core.step()
+                conn.send(("step", outputs, core.take_newly_scheduled(), core.stats()))
+    except (EOFError, BrokenPipeError):
+        return  # the frontend is gone
+    except Exception as e:
+        log.exception("engine core step failed")
+        conn.send(("dead", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("dead", "shut down"))  # lets the frontend's receiver thread finish
+
+
+def _process_main(config: EngineConfig, conn: Any, log_level: str, log_format: str) -> None:
+    from llmserve.logs import setup_logging
+
+    setup_logging(log_level, log_format)
+    # The parent decides when to stop (it drains first); Ctrl-C in a terminal reaches the
+    # whole process group, so the core ignores it and exits when its pipe closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    core_loop(lambda: EngineCore(config), conn)
+
+
+def start_core(
+    config: EngineConfig, in_process: bool, log_level: str = "info", log_format: str = "json"
+) -> tuple[Any, Callable[[float], None]]:
+    """Starts a core; returns (the frontend's connection, join(timeout))."""
+    if in_process:
+        frontend, backend = queue_pipe()
+        thread = threading.Thread(
+            target=core_loop,
+            args=(lambda: EngineCore(config), backend),
+            name="engine-core",
+            daemon=True,
+        )
+        thread.start()
+        return frontend, thread.join
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    frontend, backend = ctx.Pipe()
+    process = ctx.Process(
+        target=_process_main,
+        args=(config, backend, log_level, log_format),
+        name="llmserve-engine-core",
+        daemon=True,
+    )
+    process.start()
+    backend.close()
+
+    def join(timeout: float) -> None:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+    return frontend, join

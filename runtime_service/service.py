@@ -1,0 +1,155 @@
+"""The Runtime servicer: protobuf <-> engine types, admission, metrics and spans."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+
+from llmserve.errors import NotFound, ResourceExhausted, Unavailable, Unimplemented
+from llmserve.v1 import runtime_pb2, runtime_pb2_grpc
+from runtime_service.config import RuntimeConfig
+from runtime_service.convert import check_request_id, output_to_pb, prompt_from_pb, sampling_from_pb
+from runtime_service.engine.async_llm import AsyncLLM
+from runtime_service.engine.outputs import RequestOutput
+from runtime_service.engine.request import RequestTimes
+from runtime_service.metrics import RuntimeMetrics
+
+tracer = trace.get_tracer("llmserve.runtime")
+
+
+@dataclass
+class Serving:
+    """What the runtime serves once warm-up has loaded it."""
+
+    llm: AsyncLLM
+    engine: Any  # llmserve.v1.engine_pb2.Engine
+    device: str
+
+
+class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
+    def __init__(self, config: RuntimeConfig, metrics: RuntimeMetrics, draining: Any) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._draining = draining  # () -> bool
+        self.serving: Serving | None = None
+
+    def _ready(self) -> Serving:
+        if self.serving is None:
+            raise Unavailable("the engine is still loading; retry when health reads SERVING")
+        return self.serving
+
+    async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        serving = self._ready()
+        llm = serving.llm
+        check_request_id(request.request_id)
+        prompt = prompt_from_pb(request.prompt)
+        params = sampling_from_pb(request.sampling)
+        if request.adapter:
+            raise NotFound(f"adapter {request.adapter!r} is not loaded on this runtime")
+        waiting = llm.num_waiting()
+        if waiting >= self.config.max_waiting:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ResourceExhausted(
+                f"the waiting queue is full: {waiting} requests wait (limit max_waiting="
+                f"{self.config.max_waiting}); retry later or on another runtime"
+            )
+        request_id = request.request_id or uuid.uuid4().hex
+        wall_ns, mono = time.time_ns(), time.monotonic()
+        stream = llm.add_request(prompt, params, request_id)
+        decode = llm.tokenizer.decode
+        merged: RequestOutput | None = None
+        last: RequestOutput | None = None
+        seen_tokens = 0
+        try:
+            async for out in llm.iterate(stream):
+                last = out
+                for latency in out.token_latencies:
+                    if seen_tokens == 0:
+                        self.metrics.time_to_first_token.observe(latency)
+                    else:
+                        self.metrics.inter_token_latency.observe(latency)
+                    seen_tokens += 1
+                if request.final_only:
+                    if merged is None:
+                        merged = out
+                    else:
+                        merged.merge(out)
+                    if out.finished:
+                        yield output_to_pb(merged, decode)
+                else:
+                    yield output_to_pb(out, decode)
+        finally:
+            self._record(request_id, last, wall_ns, mono)
+
+    def _record(
+        self, request_id: str, last: RequestOutput | None, wall_ns: int, mono: float
+    ) -> None:
+        """Metrics and queue/prefill/decode spans of a finished (or abandoned) request."""
+        finished = last is not None and last.finished
+        reason = (last.finish_reason if finished and last else None) or "abort"
+        m = self.metrics
+        m.requests.labels(reason).inc()
+        m.prompt_tokens.inc(last.num_prompt_tokens if last else 0)
+        m.generation_tokens.inc(last.num_output_tokens if last else 0)
+        t = last.times if finished and last and last.times else RequestTimes(arrival=mono)
+        end = t.finished or time.monotonic()
+        m.e2e_latency.observe(end - t.arrival)
+
+        def ns(moment: float) -> int:
+            return wall_ns + int((moment - mono) * 1e9)
+
+        attributes = {
+            "llmserve.request_id": request_id,
+            "llmserve.prompt_tokens": last.num_prompt_tokens if last else 0,
+            "llmserve.completion_tokens": last.num_output_tokens if last else 0,
+            "llmserve.cached_prompt_tokens": last.num_cached_tokens if last else 0,
+            "llmserve.finish_reason": reason,
+        }
+        scheduled = t.first_scheduled or end
+        first = t.first_token or end
+        for name, start, stop in (
+            ("queue", t.arrival, scheduled),
+            ("prefill", scheduled, first),
+            ("decode", first, end),
+        ):
+            span = tracer.start_span(
+                f"llmserve.runtime.{name}", start_time=ns(start), attributes=attributes
+            )
+            span.end(end_time=ns(max(stop, start)))
+
+    async def GetStatus(self, request: Any, context: Any) -> Any:
+        serving = self._ready()
+        llm = serving.llm
+        s = llm.stats()
+        return runtime_pb2.GetStatusResponse(
+            engine=serving.engine,
+            kv_cache=runtime_pb2.KvCacheStatus(
+                block_size=s.block_size,
+                num_blocks=s.num_blocks,
+                num_free_blocks=s.num_free_blocks,
+                num_cached_blocks=s.num_cached_free_blocks,
+                prefix_cache_queries=s.prefix_cache_queries,
+                prefix_cache_hits=s.prefix_cache_hits,
+            ),
+            num_running=s.num_running,
+            num_waiting=llm.num_waiting(),
+            generation_tokens_per_second=llm.tokens_per_second(),
+            device=serving.device,
+            num_preemptions=s.num_preemptions,
+            draining=self._draining(),
+        )
+
+    async def LoadAdapter(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("Runtime.LoadAdapter is not implemented yet (pending: LoRA issue)")
+
+    async def UnloadAdapter(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("Runtime.UnloadAdapter is not implemented yet (pending: LoRA issue)")
+
+    async def ListAdapters(self, request: Any, context: Any) -> Any:
+        self._ready()
+        return runtime_pb2.RuntimeListAdaptersResponse()  # no adapter can be loaded yet
