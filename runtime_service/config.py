@@ -37,6 +37,9 @@ class RuntimeConfig(ServerConfig):
     max_waiting: int = setting(1024, "most requests waiting to start; beyond: RESOURCE_EXHAUSTED")
     enable_prefix_caching: bool = setting(True, "reuse KV blocks of shared prompt prefixes")
     enable_chunked_prefill: bool = setting(True, "split long prompts across steps")
+    cpu_threads: int = setting(
+        0, "CPU threads of the engine (0: all cores); set it when runtimes share a machine"
+    )
     load_format: str = setting("auto", "with --model: auto, or dummy (random weights; benchmarks)")
 
     def __post_init__(self) -> None:
@@ -50,6 +53,7 @@ class RuntimeConfig(ServerConfig):
             0 < self.gpu_memory_utilization <= 1,
             f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
         )
+        require(self.cpu_threads >= 0, f"cpu_threads must be >= 0, got {self.cpu_threads}")
         require(self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         require(
             self.load_format in ("auto", "dummy"),

@@ -61,6 +61,7 @@ def engine_config(config: RuntimeConfig, path: Path) -> EngineConfig:
         enable_prefix_caching=config.enable_prefix_caching,
         enable_chunked_prefill=config.enable_chunked_prefill,
         load_format=config.load_format,
+        cpu_threads=config.cpu_threads,
     )
 
 

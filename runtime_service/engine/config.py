@@ -26,6 +26,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     load_format: str = "auto"  # auto: read the weights; dummy: random weights (benchmarks)
+    cpu_threads: int = 0  # torch intra-op threads of the core; 0: torch's default (all cores)
     # LoRA: device slots of stacked adapter weights (allocated up front, before the KV pool is
     # sized), the highest rank they hold, and a directory of adapters (<lora_dir>/<name>/) to
     # load on first use.

@@ -83,6 +83,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 class EngineCore:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        if config.cpu_threads:
+            torch.set_num_threads(config.cpu_threads)
         self.device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, self.device)
         self.model, info = load_model(

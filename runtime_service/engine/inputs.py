@@ -68,6 +68,12 @@ class InputProcessor:
         if not ids:
             raise InvalidArgument("prompt must not be empty")
         self.check_length(len(ids))
+        if max_tokens is not None and len(ids) + max_tokens > self.max_model_len:
+            raise InvalidArgument(
+                f"prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceed "
+                f"max_model_len ({self.max_model_len}); lower max_tokens to at most "
+                f"{self.max_model_len - len(ids)} or leave it unset to fill the context"
+            )
         return ids
 
     def check_length(self, num_tokens: int, field_name: str = "prompt") -> None:
@@ -100,7 +106,12 @@ class InputProcessor:
         ids = self.render_chat(messages, prompt.add_generation_prompt)
         if not prompt.truncate_history:
             return ids
-        budget = self.max_model_len - max(max_tokens or 1, 1)
+        if max_tokens is not None and max_tokens >= self.max_model_len:
+            raise InvalidArgument(
+                f"max_tokens ({max_tokens}) must be below max_model_len ({self.max_model_len}) "
+                "to leave room for the conversation"
+            )
+        budget = self.max_model_len - (max_tokens or 1)
         keep_system = messages[0].get("role") == "system"
         first = 1 if keep_system else 0
         while len(ids) > budget and len(messages) - first > 1:

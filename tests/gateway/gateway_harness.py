@@ -26,9 +26,9 @@ from llmserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, runtime_pb2, 
 RUNTIME_MODULE = "runtime_service"
 MODEL = "smollm2"  # the name the runtimes serve SmolLM2 under (--served-model-name)
 MAX_MODEL_LEN = 2048
-# One compute thread per runtime: two runtimes, a gateway and the test share 2 cores, and
-# torch's default (a thread per core in every process) oversubscribes them, about 10x slower.
-RUNTIME_ENV = {"OMP_NUM_THREADS": "1"}
+# One compute thread per runtime (--cpu-threads 1): two runtimes, a gateway and the test share
+# 2 cores, and torch's default (a thread per core in every process) oversubscribes them,
+# about 10x slower.
 RUNTIME_START_TIMEOUT_S = 300.0
 GATEWAY_REFRESH_S = 0.5  # how often a test gateway re-reads its runtimes' health and status
 MAX_TOKENS = 8  # of a reply, unless a test asks for more
@@ -51,6 +51,7 @@ def runtime_args(model: Path, *extra: str) -> list[str]:
         "--served-model-name", MODEL,
         "--max-model-len", str(MAX_MODEL_LEN),
         "--num-kv-blocks", "256",
+        "--cpu-threads", "1",
         "--log-format", "text",
         *extra,
     ]  # fmt: skip
@@ -70,7 +71,7 @@ def start_runtimes(
     for i, extra in enumerate(flags):
         log = tmp / f"{name}{i}-{secrets.token_hex(3)}.log"
         args = runtime_args(model, "--trace-file", str(log.with_suffix(".spans.jsonl")), *extra)
-        procs.append(DaemonProcess(RUNTIME_MODULE, args, env=RUNTIME_ENV, log_path=log).start())
+        procs.append(DaemonProcess(RUNTIME_MODULE, args, log_path=log).start())
     try:
         for proc in procs:
             proc.wait_serving(timeout=RUNTIME_START_TIMEOUT_S)

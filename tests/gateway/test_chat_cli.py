@@ -135,5 +135,8 @@ def test_errors_are_reported(gateway: tuple[DaemonProcess, dict[str, str]], tmp_
         env=env_with_key(keys["alice"]),
     )
     assert big.returncode == 0
-    assert "[error] INVALID_ARGUMENT: runtime: prompt.chat: the last message" in big.stderr
+    assert (
+        "[error] INVALID_ARGUMENT: runtime: max_tokens (100000) must be below max_model_len (2048)"
+        in big.stderr
+    )
     assert big.stderr.count("[error]") == 2  # the client went on to the second line

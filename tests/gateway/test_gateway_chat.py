@@ -267,10 +267,15 @@ def test_bad_inputs_get_precise_codes(stack: Stack) -> None:
             "unknown API key",
         ),
         (
-            # The runtime's refusal, with its code and message.
-            lambda: alice.chat(sid, "hi", sampling=greedy(10_000)),
+            # The runtime's refusals, with their codes and messages.
+            lambda: alice.chat(sid, "1" * 4000),  # 4,000 tokens in 4,000 bytes
             grpc.StatusCode.INVALID_ARGUMENT,
             "runtime: prompt.chat: the last message alone renders to",
+        ),
+        (
+            lambda: alice.chat(sid, "hi", sampling=greedy(10_000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "runtime: max_tokens (10000) must be below max_model_len (2048)",
         ),
     ]
     for call, code, message in cases:

@@ -74,7 +74,7 @@ def test_concurrent_streams_equal_transformers(llm: AsyncLLM, tiny_model_dir) ->
 def test_leaving_a_stream_aborts_the_request(llm: AsyncLLM, tiny_model_dir) -> None:
     path = tiny_model_dir("qwen2")
     prompts = mixed_prompts(path, 6, seed=32, max_len=60)
-    long = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+    long = SamplingParams(temperature=0, max_tokens=180, ignore_eos=True)
 
     async def quit_early(prompt: list[int]) -> int:
         seen = 0

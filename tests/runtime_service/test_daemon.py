@@ -79,7 +79,7 @@ def test_64_concurrent_streams_and_a_quarter_cancelled(runtime: DaemonProcess, m
     async def client(i: int, stub: runtime_pb2_grpc.RuntimeStub) -> list[int] | None:
         if i not in cancelled:
             return tokens(await collect(stub, generate_request(prompts[i], 16)))
-        call = stub.Generate(generate_request(prompts[i], 2000))
+        call = stub.Generate(generate_request(prompts[i], 150))
         await call.read()  # the request is running
         call.cancel()
         return None
@@ -201,7 +201,7 @@ def test_duplicate_request_id_in_flight(runtime: DaemonProcess) -> None:
     async def main() -> None:
         async with grpc.aio.insecure_channel(runtime.address) as channel:
             stub = runtime_pb2_grpc.RuntimeStub(channel)
-            request = generate_request(prompt(3), 3000)
+            request = generate_request(prompt(3), 150)
             request.request_id = "same-id"
             first = stub.Generate(request)
             await first.read()

@@ -10,6 +10,7 @@ import pytest
 from llmserve.errors import InvalidArgument
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.engine import LLMEngine
+from runtime_service.engine.inputs import ChatPrompt
 from runtime_service.engine.params import SamplingParams
 from tests.runtime_service.reference import (
     assert_pool_idle,
@@ -151,6 +152,16 @@ def test_min_tokens_holds_back_eos(tiny_model_dir: Callable[[str], Path]) -> Non
         ([], None, "prompt must not be empty"),
         (list(range(3, 300)), None, "prompt has 297 tokens; at most 255 fit"),
         ([5, 99999], None, "prompt.token_ids[1] = 99999 is outside the vocabulary"),
+        (
+            [5] * 100,
+            SamplingParams(max_tokens=200),
+            "prompt (100 tokens) plus max_tokens (200) exceed max_model_len (256)",
+        ),
+        (
+            ChatPrompt([{"role": "user", "content": "hi"}], truncate_history=True),
+            SamplingParams(max_tokens=256),
+            "max_tokens (256) must be below max_model_len (256)",
+        ),
     ],
 )
 def test_bad_prompts_are_refused_and_the_engine_keeps_serving(
@@ -190,3 +201,34 @@ def test_bad_sampling_params_name_the_field(kwargs: dict, message: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         SamplingParams(**kwargs)
     assert message in str(err.value)
+
+
+def test_chat_history_is_truncated_oldest_first(tiny_model_dir: Callable[[str], Path]) -> None:
+    path = tiny_model_dir("qwen3")
+    engine = make_engine(path)
+    tok = hf_tokenizer(path)
+    turns = []
+    for i in range(12):
+        turns += [
+            {"role": "user", "content": f"question {i} about the harbor and the bridge"},
+            {"role": "assistant", "content": f"answer {i} about boats, bread and rain"},
+        ]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        *turns,
+        {"role": "user", "content": "last question"},
+    ]
+    with pytest.raises(InvalidArgument, match=r"prompt has \d+ tokens; at most 255 fit"):
+        engine.inputs(ChatPrompt(messages), 40)
+    ids = engine.inputs(ChatPrompt(messages, truncate_history=True), 40)
+    assert len(ids) <= 256 - 40
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert text.endswith("last question<|im_end|>\n<|im_start|>assistant\n")
+    assert "question 0 " not in text and "question 11 " in text  # oldest turns went first
+    kept = [m for m in messages if m["content"] in text]
+    assert kept[1]["role"] == "user"  # the kept history starts on a user turn
+    # The longest suffix of whole turns that fits, not less.
+    first_kept = messages.index(kept[1])
+    longer = [messages[0], *messages[first_kept - 2 :]]
+    assert len(engine.inputs.render_chat(longer, True)) > 256 - 40
