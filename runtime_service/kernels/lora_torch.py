@@ -1,15 +1,17 @@
-"""Grouped LoRA product in plain torch: one pair of matmuls per (adapter slot, part) in the batch.
+"""Grouped LoRA product in plain torch, in the manner of Punica's SGMV, S-LoRA and LoRAX.
 
-In the manner of Punica's SGMV (segmented gather matrix-vector), S-LoRA and LoRAX: the batch's
-tokens that use an adapter are grouped by device slot into contiguous segments (LoRABatch,
-built once per step), and each segment is multiplied by its slot's stacked A and B. The loop
-is over the distinct adapters of the step, never over requests or tokens. A CUDA kernel (one
-launch over all segments, as Punica's) can replace `add_lora` with the same arguments.
+The step's tokens that use an adapter are grouped by device slot into contiguous segments
+(lora_batch.py). Short segments (decodes) go through one padded batched matmul per
+projection, whatever the number of adapters: x [G, L, in] against the G slots' stacked A and
+B. Long segments (prefill chunks) are multiplied one by one, at their adapter's own rank. No
+loop runs over requests or tokens, and rows without an adapter are never touched. A CUDA
+kernel (one launch over all segments, as Punica's) can replace `add_lora`: LoRABatch carries
+the segments as device tensors too.
 
 Weights of one fused layer with P parts (q/k/v: 3; gate/up: 2; o, down: 1):
   a [slots, P, max_rank, in]   b [slots, out, max_rank]
-Part p's output columns are [offsets[p], offsets[p+1]); only the first `ranks[slot]` rank
-columns of a slot are used (the rest are zero).
+Part p's output columns are [offsets[p], offsets[p+1]). A slot's rank columns past its
+adapter's rank, and the parts its adapter leaves alone, are zero.
 """
 
 from __future__ import annotations
@@ -19,45 +21,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from runtime_service.kernels.lora_batch import LoRABatch, ShortSegments
+
 
 @dataclass(slots=True)
-class LoRABatch:
-    """Which of a step's T tokens use which slot, grouped by slot."""
+class SlotTable:
+    """Per-slot facts the product needs."""
 
-    token_indices: torch.Tensor  # [N] long: rows of the batch using an adapter, by segment
-    segments: list[tuple[int, int, int]]  # (start, end, slot) ranges of token_indices
-    # The same segments as device tensors, for kernels that take them in one launch.
-    seg_starts: torch.Tensor  # [G + 1] int32
-    seg_slots: torch.Tensor  # [G] int32
-
-    @classmethod
-    def build(
-        cls, token_counts: list[int], slots: list[int | None], device: torch.device
-    ) -> LoRABatch | None:
-        """From each request's token count and slot (None: base model) in batch order;
-        None when no token uses an adapter."""
-        by_slot: dict[int, list[tuple[int, int]]] = {}
-        start = 0
-        for n, slot in zip(token_counts, slots, strict=True):
-            if slot is not None and n:
-                by_slot.setdefault(slot, []).append((start, n))
-            start += n
-        if not by_slot:
-            return None
-        rows: list[int] = []
-        segments = []
-        for slot in sorted(by_slot):
-            begin = len(rows)
-            for first, n in by_slot[slot]:
-                rows.extend(range(first, first + n))
-            segments.append((begin, len(rows), slot))
-        starts = [s for s, _, _ in segments] + [len(rows)]
-        return cls(
-            token_indices=torch.tensor(rows, dtype=torch.long, device=device),
-            segments=segments,
-            seg_starts=torch.tensor(starts, dtype=torch.int32, device=device),
-            seg_slots=torch.tensor([s for _, _, s in segments], dtype=torch.int32, device=device),
-        )
+    ranks: list[int]
+    scalings: list[float]
+    scalings_tensor: torch.Tensor  # [slots] on the device, the same values
+    parts: list[tuple[int, ...]]  # per slot: the parts of this fused layer its adapter changes
 
 
 def add_lora(
@@ -67,28 +41,51 @@ def add_lora(
     b: torch.Tensor,
     offsets: tuple[int, ...],
     batch: LoRABatch,
-    ranks: list[int],
-    scalings: list[float],
-    parts: list[tuple[int, ...]],
+    table: SlotTable,
 ) -> None:
     """y[t] += scaling_s * B_{s,p} (A_{s,p} x[t]) for every token t of slot s and part p the
-    slot's adapter changes, in place. Rows without an adapter are left untouched.
-
-    y [T, out], x [T, in]; ranks, scalings and parts are per slot.
-    """
-    todo = [(start, end, slot) for start, end, slot in batch.segments if parts[slot]]
-    if not todo:
+    slot's adapter changes, in place. y [T, out], x [T, in]."""
+    if not any(table.parts[slot] for _, _, slot in batch.segments):
         return
-    num_parts, max_rank, in_features = a.shape[1:]
     xs = x.index_select(0, batch.token_indices)
     delta = torch.zeros(xs.shape[0], y.shape[1], dtype=y.dtype, device=y.device)
-    for start, end, slot in todo:
-        r = ranks[slot]
-        # Shrink for every part at once (rank columns past r are zero), then expand per part.
+    num_parts, max_rank, in_features = a.shape[1:]
+    for start, end, slot in batch.long_segments:
+        r = table.ranks[slot]
+        # Shrink for every part at once (rank columns past r are zero), expand per part.
         h = F.linear(xs[start:end], a[slot].view(num_parts * max_rank, in_features))
-        h.mul_(scalings[slot])
-        for p in parts[slot]:
+        h.mul_(table.scalings[slot])
+        for p in table.parts[slot]:
             lo, hi = offsets[p], offsets[p + 1]
             h_p = h[:, p * max_rank : p * max_rank + r]
             delta[start:end, lo:hi] = F.linear(h_p, b[slot, lo:hi, :r])
+    if batch.short is not None:
+        _add_short(delta, xs, a, b, offsets, batch.short, table)
     y.index_add_(0, batch.token_indices, delta)
+
+
+def _add_short(
+    delta: torch.Tensor,
+    xs: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    offsets: tuple[int, ...],
+    short: ShortSegments,
+    table: SlotTable,
+) -> None:
+    """The short segments, padded to [G, L]: a fixed number of batched matmuls (at the
+    slots' full rank: the extra columns are zero)."""
+    num_parts, max_rank, in_features = a.shape[1:]
+    g, length = short.slots.shape[0], short.length
+    padded = torch.cat([xs, xs.new_zeros(1, in_features)]).index_select(0, short.pad_rows)
+    a_g = a.index_select(0, short.slots).view(g, num_parts * max_rank, in_features)
+    h = torch.bmm(padded.view(g, length, in_features), a_g.transpose(1, 2))  # [G, L, P * R]
+    h.mul_(table.scalings_tensor.index_select(0, short.slots).view(g, 1, 1))
+    b_g = b.index_select(0, short.slots)  # [G, out, R]
+    out = torch.empty(g, length, delta.shape[1], dtype=delta.dtype, device=delta.device)
+    for p in range(num_parts):
+        lo, hi = offsets[p], offsets[p + 1]
+        h_p = h[:, :, p * max_rank : (p + 1) * max_rank]
+        out[:, :, lo:hi] = torch.bmm(h_p, b_g[:, lo:hi].transpose(1, 2))
+    flat = out.view(g * length, delta.shape[1])
+    delta.index_copy_(0, short.rows, flat.index_select(0, short.places))

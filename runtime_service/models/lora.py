@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from runtime_service.kernels.lora_torch import LoRABatch, add_lora
+from runtime_service.kernels.lora_batch import LoRABatch
+from runtime_service.kernels.lora_torch import SlotTable, add_lora
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.linear import Linear
 from runtime_service.models.weights import FUSED_LINEARS, fused_output_sizes
@@ -41,14 +42,19 @@ def fused_input_size(config: ModelConfig, fused: str) -> int:
 
 class LoRASlots:
     """Per-slot state shared by every LoRALinear: rank, scaling, the parts each fused layer
-    changes, and this step's LoRABatch."""
+    changes (one SlotTable per fused layer, sharing the lists), and this step's LoRABatch."""
 
-    def __init__(self, num_slots: int, max_rank: int) -> None:
+    def __init__(self, num_slots: int, max_rank: int, device: torch.device) -> None:
         self.num_slots = num_slots
         self.max_rank = max_rank
         self.ranks = [0] * num_slots
         self.scalings = [0.0] * num_slots
+        self.scalings_tensor = torch.zeros(num_slots, device=device)
         self.parts: dict[str, list[tuple[int, ...]]] = {f: [()] * num_slots for f in FUSED_LINEARS}
+        self.tables = {
+            f: SlotTable(self.ranks, self.scalings, self.scalings_tensor, parts)
+            for f, parts in self.parts.items()
+        }
         self.layers: list[LoRALinear] = []
         self.batch: LoRABatch | None = None
 
@@ -65,6 +71,7 @@ class LoRASlots:
                 layer.b[slot, :, :r].copy_(weights.b, non_blocking=True)
         self.ranks[slot] = adapter.rank
         self.scalings[slot] = adapter.spec.scaling
+        self.scalings_tensor[slot] = adapter.spec.scaling
         for fused, per_slot in self.parts.items():
             per_slot[slot] = adapter.parts.get(fused, ())
 
@@ -72,6 +79,7 @@ class LoRASlots:
         """Marks `slot` empty (its tensors are overwritten when it is next filled)."""
         self.ranks[slot] = 0
         self.scalings[slot] = 0.0
+        self.scalings_tensor[slot] = 0.0
         for per_slot in self.parts.values():
             per_slot[slot] = ()
 
@@ -114,24 +122,14 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         batch = self.slots.batch
         if batch is not None:
-            add_lora(
-                y,
-                x,
-                self.a,
-                self.b,
-                self.offsets,
-                batch,
-                self.slots.ranks,
-                self.slots.scalings,
-                self.slots.parts[self.fused],
-            )
+            add_lora(y, x, self.a, self.b, self.offsets, batch, self.slots.tables[self.fused])
         return y
 
 
 def attach_lora(model: LlamaModel, num_slots: int, max_rank: int) -> LoRASlots:
     """Wraps every fused linear layer of `model` in a LoRALinear with `num_slots` slots of
     rank up to `max_rank` (on the model's device, in its dtype); returns their shared state."""
-    slots = LoRASlots(num_slots, max_rank)
+    slots = LoRASlots(num_slots, max_rank, model.device)
     for i, layer in enumerate(model.layers):
         for owner_name, fused in _FUSED_OWNERS:
             owner = getattr(layer, owner_name)

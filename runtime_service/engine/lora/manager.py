@@ -35,7 +35,7 @@ from llmserve.errors import AlreadyExists, FailedPrecondition, NotFound
 from runtime_service.engine.lora.adapter import AdapterReader, LoRAAdapter
 from runtime_service.engine.lora.slots import AdapterSlots
 from runtime_service.engine.request import Request
-from runtime_service.kernels.lora_torch import LoRABatch
+from runtime_service.kernels.lora_batch import LoRABatch
 from runtime_service.models.lora import attach_lora
 
 if TYPE_CHECKING:
