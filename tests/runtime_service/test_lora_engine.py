@@ -116,6 +116,8 @@ def test_unload_fails_while_in_use_or_waits(
     assert info.unloading and info.num_requests == 1 and info.state == AdapterState.DEVICE
     with pytest.raises(FailedPrecondition, match="'x' is being unloaded"):
         engine.add_request("r2", prompt, GREEDY, adapter="x")
+    with pytest.raises(FailedPrecondition, match="'x' is being unloaded"):
+        engine.load_adapter("x", qwen2_adapters[0])
     tokens = [t for out in first for t in out.token_ids]
     tokens += run_to_completion(engine)["r1"].token_ids
     assert tokens == expected(path, prompt, qwen2_adapters[0])

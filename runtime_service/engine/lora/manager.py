@@ -107,6 +107,10 @@ class LoRAManager:
         other content under it raises AlreadyExists unless exist_ok (then the loaded one
         stays)."""
         existing = self.adapters.get(adapter.name)
+        if adapter.name in self._unloading:
+            raise FailedPrecondition(
+                f"adapter {adapter.name!r} is being unloaded; load it again once it is gone"
+            )
         if existing is not None:
             if existing.digest != adapter.digest and not exist_ok:
                 raise AlreadyExists(
