@@ -23,7 +23,8 @@ C = TypeVar("C")
 
 
 def setting(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with its help text."""
+    """A dataclass field with its help text. `positional=True` makes it a positional argument
+    instead of a flag (still with its environment variable)."""
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
@@ -85,9 +86,13 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
             )
         else:
             metavar = f.metadata.get("metavar") or f.name.upper()
+            if f.metadata.get("positional"):
+                names, where = [f.name], {"nargs": "?"}
+            else:
+                names, where = [flag], {"dest": f.name}
             parser.add_argument(
-                flag,
-                dest=f.name,
+                *names,
+                **where,
                 default=None,
                 metavar=metavar,
                 help=help_text,

@@ -1,4 +1,4 @@
-"""Loading a model: from a Hugging Face directory (fused in place) or an engine's weights."""
+"""Loading a model: from a Hugging Face directory (fused in place) or an engine directory."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ from pathlib import Path
 
 import torch
 
+from llmserve.device import device_info
+from llmserve.errors import FailedPrecondition
+from llmserve.store.manifest import ENGINE_FORMAT_VERSION, EngineManifest, verify_files
+from llmserve.targets import require_engine_target
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.llama import LlamaModel
 from runtime_service.models.weights import SafetensorsCheckpoint, fuse_hf_weights
 
+# Weight files of an engine: weights-00001-of-00002.safetensors, ...
+ENGINE_WEIGHTS_GLOB = "weights-*.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -63,3 +69,48 @@ def allocate_kv_caches(
     """One [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer."""
     shape = (2, num_blocks, block_size, config.num_kv_heads, config.head_dim)
     return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+
+
+def read_engine_manifest(engine_dir: Path) -> EngineManifest:
+    """The manifest of an engine directory (as published by the builder)."""
+    return EngineManifest.read(engine_dir)
+
+
+def load_engine(
+    engine_dir: Path,
+    device: torch.device,
+    *,
+    verify: bool = True,
+    check_target: bool = True,
+    max_positions: int | None = None,
+) -> LlamaModel:
+    """Builds the model of an engine directory (a store fetch, or the builder's staging).
+
+    verify: check every file against the manifest's SHA-256 first; a mismatch raises
+        llmserve.errors.DataLoss naming the file.
+    check_target: refuse (FailedPrecondition, naming both) an engine built for another
+        target than `device` ("cpu" or its sm_XY); the builder turns this off to validate
+        engines for other GPUs on its own device.
+    max_positions: rotary tables length; default the engine's max_model_len.
+    """
+    manifest = read_engine_manifest(engine_dir)
+    if manifest.format_version > ENGINE_FORMAT_VERSION:
+        raise FailedPrecondition(
+            f"engine {manifest.engine_id} has format version {manifest.format_version}; this "
+            f"runtime reads versions up to {ENGINE_FORMAT_VERSION}"
+        )
+    if check_target:
+        device_target = "cpu" if device.type == "cpu" else device_info(device.index or 0).target
+        require_engine_target(manifest.engine_id, manifest.target, device_target)
+    if verify:
+        verify_files(engine_dir, manifest.files, f"engine {manifest.engine_id} at {engine_dir}")
+    from safetensors.torch import load_file
+
+    weights: dict[str, torch.Tensor] = {}
+    for path in sorted(engine_dir.glob(ENGINE_WEIGHTS_GLOB)):
+        weights.update(load_file(path, device=str(device)))
+    config = read_hf_config(engine_dir)
+    weights = cast_weights(weights, parse_dtype(manifest.dtype), device)
+    return LlamaModel(
+        config, weights, manifest.quantization, max_positions or manifest.max_model_len
+    )

@@ -1,0 +1,98 @@
+"""Weight quantizers producing the tensor formats of runtime_service/models/linear.py.
+
+All take a float32 weight [out, in] and return the tensors of one quantized linear layer
+(without `bias`/`act_scale`, which the caller adds):
+
+- int8: symmetric, one scale per output channel, q in [-127, 127].
+- int4: asymmetric in groups of input channels, integer zero points, q in [0, 15], packed two
+  per byte with the even channel in the low nibble.
+- fp8: e4m3 with one scale per output channel, mapping each row's largest magnitude to 448.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmserve.errors import FailedPrecondition
+from runtime_service.models.linear import INT4_GROUP_SIZE, dequantize_int4, pack_int4
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+_TINY = 1e-8
+
+
+def int4_group_size(in_features: int) -> int:
+    """128, or for an input width that 128 does not divide, the largest power of two <= 128
+    that divides it (576 -> 64): every group must be whole for the layout to hold."""
+    if in_features % INT4_GROUP_SIZE == 0:
+        return INT4_GROUP_SIZE
+    size = INT4_GROUP_SIZE
+    while size > 1 and in_features % size:
+        size //= 2
+    if size < 8:
+        raise FailedPrecondition(
+            f"int4 needs linear layers whose input width is a multiple of 8, got {in_features}"
+        )
+    return size
+
+
+def quantize_int8(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    w = w.float()
+    scales = w.abs().amax(dim=1).clamp(min=_TINY) / 127.0
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return {"weight": q, "scales": scales}
+
+
+def quantize_fp8(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    w = w.float()
+    scales = w.abs().amax(dim=1).clamp(min=_TINY) / FP8_MAX
+    q = (w / scales[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return {"weight": q, "scales": scales}
+
+
+def int4_params(
+    w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q [out, in] uint8 in 0..15, scales [out, G], zeros [out, G]) of w [out, in].
+
+    `clip` [out, G] in (0, 1], if given, shrinks each group's range before quantizing
+    (values outside are clamped).
+    """
+    out, num_in = w.shape
+    groups = w.float().reshape(out, num_in // group_size, group_size)
+    w_max = groups.amax(dim=2)
+    w_min = groups.amin(dim=2)
+    if clip is not None:
+        w_max, w_min = w_max * clip, w_min * clip
+    w_max = torch.maximum(w_max, torch.zeros_like(w_max))
+    w_min = torch.minimum(w_min, torch.zeros_like(w_min))
+    scales = ((w_max - w_min) / 15.0).clamp(min=_TINY)
+    zeros = torch.round(-w_min / scales).clamp(0, 15)
+    q = torch.round(groups / scales[:, :, None] + zeros[:, :, None])
+    q = q.clamp(0, 15).to(torch.uint8).reshape(out, num_in)
+    return q, scales, zeros
+
+
+def quantize_int4(
+    w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    q, scales, zeros = int4_params(w, group_size, clip)
+    return {"weight": pack_int4(q), "scales": scales, "zeros": zeros}
+
+
+def fake_quantize_int4(
+    w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """w quantized to int4 and back, float32 [out, in]: what the engine will compute with."""
+    q, scales, zeros = int4_params(w, group_size, clip)
+    out, num_in = q.shape
+    groups = q.float().reshape(out, num_in // group_size, group_size)
+    return ((groups - zeros[:, :, None]) * scales[:, :, None]).reshape(out, num_in)
+
+
+def dequantize(tensors: dict[str, torch.Tensor], quantization: str) -> torch.Tensor:
+    """float32 [out, in] weight of one quantized layer (for tests and error measurements)."""
+    if quantization in ("int8", "fp8"):
+        return tensors["weight"].float() * tensors["scales"][:, None]
+    if quantization == "int4":
+        return dequantize_int4(tensors["weight"], tensors["scales"], tensors["zeros"])
+    return tensors["weight"].float()

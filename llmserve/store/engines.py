@@ -1,0 +1,56 @@
+"""Engine-level operations over an artifact store, with EngineManifest in and out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmserve.store.base import ENGINES, ArtifactStore
+from llmserve.store.holds import Hold
+from llmserve.store.manifest import EngineManifest
+from llmserve.targets import require_engine_target
+
+
+def get_engine(store: ArtifactStore, engine_id: str) -> EngineManifest:
+    """The engine's manifest; NotFound if the store has no engine of that id."""
+    return EngineManifest.from_json(store.read(ENGINES, engine_id))
+
+
+def find_engine(store: ArtifactStore, engine_id: str) -> EngineManifest | None:
+    data = store.find(ENGINES, engine_id)
+    return None if data is None else EngineManifest.from_json(data)
+
+
+def list_engines(
+    store: ArtifactStore, model_name: str = "", target: str = ""
+) -> list[EngineManifest]:
+    """Engines in the store, newest first, optionally only of one model name or target."""
+    engines = [EngineManifest.from_json(m) for m in store.list(ENGINES)]
+    return [
+        e
+        for e in engines
+        if (not model_name or e.model_name == model_name) and (not target or e.target == target)
+    ]
+
+
+def delete_engine(store: ArtifactStore, engine_id: str) -> int:
+    """Removes an engine; returns bytes freed. FailedPrecondition while a runtime holds it."""
+    return store.delete(ENGINES, engine_id)
+
+
+def hold_engine(store: ArtifactStore, engine_id: str, holder: str | None = None) -> Hold:
+    """A runtime's hold on an engine (take it before fetching; release it when done)."""
+    return store.hold(ENGINES, engine_id, holder)
+
+
+def fetch_engine(
+    store: ArtifactStore, engine_id: str, cache_dir: Path, device_target: str | None = None
+) -> Path:
+    """A verified local copy of the engine under cache_dir/<engine_id>.
+
+    With `device_target`, an engine built for another target is refused first
+    (FailedPrecondition naming both). A file failing its checksum raises DataLoss naming it.
+    """
+    if device_target is not None:
+        manifest = get_engine(store, engine_id)
+        require_engine_target(engine_id, manifest.target, device_target)
+    return store.fetch(ENGINES, engine_id, cache_dir)
