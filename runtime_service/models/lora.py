@@ -126,6 +126,21 @@ class LoRALinear(nn.Module):
         return y
 
 
+def prescaled_layers(model: LlamaModel) -> tuple[str, ...]:
+    """Fused layers whose input arrives already divided by activation scales: an int4 engine
+    whose builder folded its AWQ scales into the RMSNorm before qkv / gate_up (their Linear
+    then has no act_scale). A LoRA A on such a layer would need those scales, which the
+    engine does not keep. Call before attach_lora."""
+    if model.quantization != "int4":
+        return ()
+    layer = model.layers[0]
+    return tuple(
+        fused
+        for owner, fused in _FUSED_OWNERS
+        if getattr(getattr(layer, owner), fused).act_scale is None and fused in ("qkv", "gate_up")
+    )
+
+
 def attach_lora(model: LlamaModel, num_slots: int, max_rank: int) -> LoRASlots:
     """Wraps every fused linear layer of `model` in a LoRALinear with `num_slots` slots of
     rank up to `max_rank` (on the model's device, in its dtype); returns their shared state."""

@@ -150,3 +150,33 @@ def test_requests_naming_unknown_adapters(tiny_model_dir: Callable[[str], Path])
     with pytest.raises(FailedPrecondition, match="enable_lora is off"):
         off.load_adapter("a", base)
     assert not engine.requests and not off.requests
+
+
+def test_int4_engine_with_folded_scales_refuses_lora_on_qkv_and_gate_up(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The builder folds int4 AWQ scales into the norms before qkv and gate_up (they have no
+    act_scale): their inputs arrive pre-divided, so an A there would be wrong. Refused;
+    o and down (act_scale kept, applied inside the layer) are fine."""
+    from builder_service.quantize import int4_group_size, quantize_int4
+    from runtime_service.engine.lora import LoRAManager
+    from runtime_service.models.llama import LlamaModel
+    from runtime_service.models.weights import SafetensorsCheckpoint, fuse_hf_weights, linear_names
+
+    base = tiny_model_dir("llama")
+    config = read_hf_config(base)
+    weights = dict(fuse_hf_weights(config, SafetensorsCheckpoint(base).get))
+    for name in linear_names(config):
+        w = weights.pop(name + ".weight").float()
+        for key, t in quantize_int4(w, int4_group_size(w.shape[1])).items():
+            weights[f"{name}.{key}"] = t
+        if name.endswith((".o", ".down")):
+            weights[name + ".act_scale"] = torch.ones(w.shape[1])
+    model = LlamaModel(config, weights, "int4")
+    manager = LoRAManager(model, max_loras=2, max_lora_rank=16)
+    assert manager.reader.prescaled == ("qkv", "gate_up")
+    attention = make_adapter(base, tmp_path / "qv", rank=4, targets=("q_proj", "v_proj"))
+    with pytest.raises(FailedPrecondition, match="int4 qkv layers take inputs divided by"):
+        manager.read("qv", attention)
+    ok = make_adapter(base, tmp_path / "od", rank=4, targets=("o_proj", "down_proj"))
+    assert manager.read("od", ok).target_modules == ("o_proj", "down_proj")

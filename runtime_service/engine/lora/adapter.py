@@ -82,7 +82,11 @@ class LoRAAdapter:
 
 
 def _place(
-    name: str, tensor: torch.Tensor, config: ModelConfig, spec: AdapterSpec
+    name: str,
+    tensor: torch.Tensor,
+    config: ModelConfig,
+    spec: AdapterSpec,
+    prescaled: tuple[str, ...] = (),
 ) -> tuple[int, str, int, str]:
     """(layer, fused layer, part, "A"|"B") of one tensor, after checking it fits the model."""
     m = _TENSOR.match(name)
@@ -109,6 +113,13 @@ def _place(
             f"adapter tensor {name}: layer {layer}, but the model has {config.num_layers} layers"
         )
     fused, part = target
+    if fused in prescaled:
+        raise FailedPrecondition(
+            f"adapter tensor {name}: this engine's int4 {fused} layers take inputs divided by "
+            "activation scales folded into the norm before them, which the engine does not "
+            f"keep; LoRA on {module} needs them (use an engine of another quantization, or "
+            "LoRA on o_proj/down_proj only)"
+        )
     if tensor.dim() != 2:
         raise InvalidArgument(f"adapter tensor {name} has {tensor.dim()} dims, expected 2")
     rank = tensor.shape[0] if which == "A" else tensor.shape[1]
@@ -137,8 +148,10 @@ def read_adapter(
     max_rank: int,
     dtype: torch.dtype,
     pin_memory: bool = False,
+    prescaled: tuple[str, ...] = (),
 ) -> LoRAAdapter:
-    """Reads and validates the adapter in directory `path` for a model of `config`."""
+    """Reads and validates the adapter in directory `path` for a model of `config`; LoRA on
+    the fused layers in `prescaled` (see models/lora.py prescaled_layers) is refused."""
     from safetensors.torch import load as load_safetensors
 
     check_adapter_name(name)
@@ -172,7 +185,7 @@ def read_adapter(
     found: dict[tuple[int, str, int, str], torch.Tensor] = {}
     for tensor_name, tensor in sorted(tensors.items()):
         try:
-            found[_place(tensor_name, tensor, config, spec)] = tensor
+            found[_place(tensor_name, tensor, config, spec, prescaled)] = tensor
         except (InvalidArgument, FailedPrecondition) as e:
             raise type(e)(f"adapter {name!r}: {e}") from e
     for layer, fused, part, which in found:
@@ -227,6 +240,7 @@ class AdapterReader:
     max_rank: int
     dtype: torch.dtype
     lora_dir: Path | None = None  # adapters to load on first use, as lora_dir/<name>/
+    prescaled: tuple[str, ...] = ()  # fused layers LoRA cannot target here (int4 folding)
 
     def find(self, name: str) -> Path | None:
         """lora_dir/<name> if it holds an adapter."""
@@ -246,5 +260,11 @@ class AdapterReader:
                 where = f", nor in lora_dir {self.lora_dir}" if self.lora_dir else ""
                 raise NotFound(f"adapter {name!r} is not loaded{where}")
         return read_adapter(
-            name, Path(path), self.model_config, self.max_rank, self.dtype, pin_memory
+            name,
+            Path(path),
+            self.model_config,
+            self.max_rank,
+            self.dtype,
+            pin_memory,
+            self.prescaled,
         )

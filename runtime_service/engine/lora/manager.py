@@ -36,7 +36,7 @@ from runtime_service.engine.lora.adapter import AdapterReader, LoRAAdapter
 from runtime_service.engine.lora.slots import AdapterSlots
 from runtime_service.engine.request import Request
 from runtime_service.kernels.lora_batch import LoRABatch
-from runtime_service.models.lora import attach_lora
+from runtime_service.models.lora import attach_lora, prescaled_layers
 
 if TYPE_CHECKING:
     from runtime_service.engine.scheduler import SchedulerOutput
@@ -87,7 +87,9 @@ class LoRAManager:
         lora_dir: Path | None = None,
     ) -> None:
         self.device = model.device
-        self.reader = AdapterReader(model.config, max_lora_rank, model.dtype, lora_dir)
+        self.reader = AdapterReader(
+            model.config, max_lora_rank, model.dtype, lora_dir, prescaled_layers(model)
+        )
         self.slots = AdapterSlots(max_loras)
         self.device_slots = attach_lora(model, max_loras, max_lora_rank)
         self.adapters: dict[str, LoRAAdapter] = {}
