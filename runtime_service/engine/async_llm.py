@@ -7,7 +7,8 @@ receiver thread, handing each request's outputs to asyncio through a RequestStre
 A RequestStream holds at most one pending output: when the consumer reads slower than tokens
 arrive, new deltas are merged into the pending one (coalesced) instead of queueing without
 bound. Leaving the iterator early (a cancelled or disconnected client) aborts the request; its
-KV blocks are back in the pool within one engine step.
+KV blocks are back in the pool within one engine step. LoRA adapters are read on this side
+(lora/frontend.py), so the core never waits for a disk.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from llmserve.errors import AlreadyExists, Unavailable
@@ -28,9 +30,12 @@ from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo, EngineStats
 from runtime_service.engine.core_loop import start_core
 from runtime_service.engine.inputs import PromptInput
+from runtime_service.engine.lora import AdapterInfo
+from runtime_service.engine.lora.frontend import AdapterFrontend
 from runtime_service.engine.outputs import RequestOutput
 from runtime_service.engine.params import SamplingParams
 from runtime_service.engine.processor import Processor
+from runtime_service.engine.request import EngineRequest
 from runtime_service.models.open import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -99,6 +104,7 @@ class AsyncLLM:
         self._stopped = False
         self._ids = itertools.count()
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) per step
+        self.adapters = AdapterFrontend(self.info.lora, self.call)
         self._receiver = threading.Thread(target=self._receive, name="engine-outputs", daemon=True)
         self._receiver.start()
 
@@ -124,10 +130,17 @@ class AsyncLLM:
         if request_id in self._streams:
             raise AlreadyExists(f"request_id {request_id!r} is already in progress")
         er = self.processor.make_request(request_id, prompt, params, adapter)
+        load_first = adapter is not None and self.adapters.check(adapter)
         stream = RequestStream(request_id)
         self._streams[request_id] = stream
         self.processor.begin(er)
-        self._send(("add", er))
+        if load_first:
+            assert adapter is not None
+            self.adapters.load_then(
+                adapter, lambda: self._add_if_wanted(er), lambda e: self._fail(request_id, e)
+            )
+        else:
+            self._send(("add", er))
         return stream
 
     async def generate(
@@ -164,6 +177,24 @@ class AsyncLLM:
         self._send(("call", call_id, method, args))
         return future
 
+    # Adapters (lora/frontend.py).
+    async def load_adapter(self, name: str, path: str | Path) -> AdapterInfo:
+        return await self.adapters.load(name, path)
+
+    async def unload_adapter(self, name: str, wait: bool = False) -> None:
+        await self.adapters.unload(name, wait)
+
+    async def list_adapters(self) -> list[AdapterInfo]:
+        return await self.adapters.list()
+
+    def _add_if_wanted(self, er: EngineRequest) -> None:  # its adapter is loaded now
+        if er.request_id in self._streams:  # else its consumer has gone
+            self._send(("add", er))
+
+    def _fail(self, request_id: str, error: BaseException) -> None:
+        self.processor.forget(request_id)
+        self._post(self._fail_one, (request_id, error))
+
     def stats(self) -> EngineStats:
         """The core's counters after its latest step."""
         return self._stats
@@ -184,6 +215,7 @@ class AsyncLLM:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stops the core (requests still running are abandoned)."""
         self._stopped = True
+        self.adapters.shutdown()
         if self._dead is None:
             with contextlib.suppress(BrokenPipeError, OSError):
                 self._send(("shutdown",))
@@ -239,3 +271,8 @@ class AsyncLLM:
     def _fail_all(self, error: BaseException) -> None:
         for stream in self._streams.values():
             stream.fail(error)
+
+    def _fail_one(self, item: tuple[str, BaseException]) -> None:
+        stream = self._streams.get(item[0])
+        if stream is not None:
+            stream.fail(item[1])

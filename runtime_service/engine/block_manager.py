@@ -75,7 +75,8 @@ class BlockManager:
         hashes = req.block_hashes
         for i in range(len(hashes), req.num_tokens // bs):
             parent = hashes[i - 1] if i else None
-            hashes.append(hash_block(parent, req.all_token_ids[i * bs : (i + 1) * bs], req.adapter))
+            tokens = req.all_token_ids[i * bs : (i + 1) * bs]
+            hashes.append(hash_block(parent, tokens, req.cache_key))
 
     def get_computed_blocks(self, req: Request) -> list[KVBlock]:
         """Cached blocks holding the longest prefix of req's tokens, stopping short of the last

@@ -28,9 +28,18 @@ class EngineConfig:
     load_format: str = "auto"  # auto: read the weights; dummy: random weights (benchmarks)
     cpu_threads: int = 0  # torch intra-op threads of the core; 0: torch's default (all cores)
     verify_engine: bool = True  # check a built engine's files against its manifest at load
+    # LoRA: device slots of stacked adapter weights (allocated up front, before the KV pool is
+    # sized), the highest rank they hold, and a directory of adapters (<lora_dir>/<name>/) to
+    # load on first use.
+    enable_lora: bool = False
+    max_loras: int = 4
+    max_lora_rank: int = 64
+    lora_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
+        if self.lora_dir is not None:
+            self.lora_dir = Path(self.lora_dir)
         checks = [
             (
                 self.block_size in (8, 16, 32, 64, 128),
@@ -52,6 +61,11 @@ class EngineConfig:
             (
                 self.max_num_batched_tokens >= 1,
                 f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}",
+            ),
+            (self.max_loras >= 1, f"max_loras must be >= 1, got {self.max_loras}"),
+            (
+                1 <= self.max_lora_rank <= 512,
+                f"max_lora_rank must be in [1, 512], got {self.max_lora_rank}",
             ),
         ]
         for ok, message in checks:

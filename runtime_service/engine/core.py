@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from llmserve.errors import AlreadyExists, InvalidArgument
+from llmserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from runtime_service.engine.block_manager import BlockManager
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.kv_pool import num_kv_blocks
+from runtime_service.engine.lora import AdapterInfo, LoRAAdapter, LoRAManager
+from runtime_service.engine.lora.adapter import AdapterReader
 from runtime_service.engine.model_runner import ModelRunner
 from runtime_service.engine.outputs import CoreOutput
 from runtime_service.engine.request import EngineRequest, Request, RequestStatus
@@ -60,6 +62,7 @@ class CoreInfo:
     eos_token_ids: tuple[int, ...]  # from the model's config
     num_blocks: int
     block_size: int
+    lora: AdapterReader | None = None  # reads adapters for this model; None: LoRA is off
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,6 +104,12 @@ class EngineCore:
                 f"without chunked prefill, max_num_batched_tokens ({config.max_num_batched_tokens})"
                 f" must be >= max_model_len ({self.max_model_len})"
             )
+        # LoRA slots take their device memory before the KV pool is sized from what is left.
+        self.lora = (
+            LoRAManager(self.model, config.max_loras, config.max_lora_rank, config.lora_dir)
+            if config.enable_lora
+            else None
+        )
         num_blocks = num_kv_blocks(config, self.model, self.device)
         if num_blocks * config.block_size < self.max_model_len:
             raise InvalidArgument(
@@ -115,8 +124,9 @@ class EngineCore:
             config.max_num_seqs,
             config.max_num_batched_tokens,
             config.enable_chunked_prefill,
+            self.lora,
         )
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size)
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.lora)
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
         self.info = CoreInfo(
@@ -133,6 +143,7 @@ class EngineCore:
             eos_token_ids=tuple(mc.eos_token_ids),
             num_blocks=num_blocks,
             block_size=config.block_size,
+            lora=None if self.lora is None else self.lora.reader,
         )
         log.info(
             "engine core ready: %s on %s (%s), %d KV blocks of %d tokens, max_model_len %d",
@@ -157,6 +168,8 @@ class EngineCore:
             er.adapter,
         )
         req.times.arrival = er.arrival
+        if req.adapter is not None:
+            self._lora(req.adapter).bind(req)
         self.requests[er.request_id] = req
         self.scheduler.add(req)
 
@@ -169,6 +182,32 @@ class EngineCore:
     @property
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.num_unfinished > 0 or bool(self._aborted)
+
+    # Adapters (lora/manager.py), called between steps.
+    def _lora(self, adapter: str | None = None) -> LoRAManager:
+        if self.lora is None:
+            off = "this engine serves no adapters (enable_lora is off)"
+            raise NotFound(f"adapter {adapter!r}: {off}") if adapter else FailedPrecondition(off)
+        return self.lora
+
+    def register_adapter(self, adapter: LoRAAdapter, exist_ok: bool = False) -> AdapterInfo:
+        """Adds an adapter read by AdapterReader (host memory; a device slot when a request
+        using it is scheduled)."""
+        return self._lora().register(adapter, exist_ok)
+
+    def unload_adapter(self, name: str, wait: bool = False) -> bool:
+        """True: gone. FailedPrecondition while requests use it, unless wait: then False,
+        and it goes when they have finished (adapter_loaded turns False)."""
+        return self._lora().unload(name, wait)
+
+    def cancel_unload(self, name: str) -> None:
+        self._lora().cancel_unload(name)
+
+    def adapter_loaded(self, name: str) -> bool:
+        return self.lora is not None and self.lora.is_loaded(name)
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        return [] if self.lora is None else self.lora.infos()
 
     def take_newly_scheduled(self) -> list[str]:
         return self.scheduler.take_newly_scheduled()

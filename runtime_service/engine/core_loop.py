@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from llmserve.errors import AlreadyExists
+from llmserve.errors import LLMServeError
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import EngineCore
 from runtime_service.engine.outputs import CoreOutput
@@ -66,7 +66,7 @@ def _handle(core: EngineCore, message: tuple, conn: Any) -> bool:
     if kind == "add":
         try:
             core.add(message[1])
-        except AlreadyExists as e:  # the frontend prevents this; never let it kill the core
+        except LLMServeError as e:  # the frontend prevents these; never let one kill the core
             log.error("%s", e)
             aborted = CoreOutput(message[1].request_id, [], [], 0, 0, 0, True, "abort")
             conn.send(("step", [aborted], [], core.stats()))

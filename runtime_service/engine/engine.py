@@ -8,10 +8,13 @@ two halves across processes instead.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
+from llmserve.errors import FailedPrecondition
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import EngineCore, EngineStats
 from runtime_service.engine.inputs import PromptInput
+from runtime_service.engine.lora import AdapterInfo, LoRAManager
 from runtime_service.engine.outputs import RequestOutput
 from runtime_service.engine.params import SamplingParams
 from runtime_service.engine.processor import Processor
@@ -59,6 +62,10 @@ class LLMEngine:
     def max_model_len(self) -> int:
         return self.core.max_model_len
 
+    @property
+    def lora(self) -> LoRAManager | None:
+        return self.core.lora
+
     def stats(self) -> EngineStats:
         return self.core.stats()
 
@@ -82,6 +89,22 @@ class LLMEngine:
     @property
     def has_unfinished_requests(self) -> bool:
         return self.core.has_unfinished_requests
+
+    # Adapters (a request names one with add_request(..., adapter=name)).
+    def load_adapter(self, name: str, path: Path | str) -> AdapterInfo:
+        """Reads, validates and adds a PEFT adapter (see lora/adapter.py for the errors)."""
+        reader = self.core.info.lora
+        if reader is None:
+            raise FailedPrecondition("this engine serves no adapters (enable_lora is off)")
+        return self.core.register_adapter(reader.read(name, path))
+
+    def unload_adapter(self, name: str, wait: bool = False) -> bool:
+        """True: gone. FailedPrecondition while requests use it, unless wait: then False, and
+        it goes when they have finished."""
+        return self.core.unload_adapter(name, wait)
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        return self.core.list_adapters()
 
     def step(self) -> list[RequestOutput]:
         outputs = self.core.step()

@@ -8,6 +8,7 @@ known tokens (a finished prefill chunk or a decode), and only those requests get
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,9 @@ from runtime_service.engine.scheduler import SchedulerOutput
 from runtime_service.models.attention import AttentionMetadata
 from runtime_service.models.llama import LlamaModel
 from runtime_service.models.loader import allocate_kv_caches
+
+if TYPE_CHECKING:
+    from runtime_service.engine.lora.manager import LoRAManager
 
 
 @dataclass(slots=True)
@@ -29,8 +33,15 @@ class RunnerOutput:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        num_blocks: int,
+        block_size: int,
+        lora: LoRAManager | None = None,
+    ) -> None:
         self.model = model
+        self.lora = lora
         self.device = model.device
         self.block_size = block_size
         self.num_blocks = num_blocks
@@ -80,6 +91,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         ids, positions, meta, rows, reqs = self._prepare(sched)
+        if self.lora is not None:
+            self.lora.begin_batch(sched)
         hidden = self.model(ids, positions, self.kv_caches, meta)
         if not reqs:
             return RunnerOutput([], [], [])

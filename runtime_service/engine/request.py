@@ -82,6 +82,8 @@ class Request:
         self.prompt_token_ids = list(prompt_token_ids)
         self.params = params
         self.adapter = adapter
+        # Content digest of the adapter, set when the engine binds the request to it.
+        self.adapter_digest: str | None = None
         self.status = RequestStatus.WAITING
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
@@ -114,6 +116,13 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
+
+    @property
+    def cache_key(self) -> str | None:
+        """What besides its tokens names this request's KV blocks in the prefix cache: the
+        adapter by name and content, so an adapter reloaded with other weights under the same
+        name cannot reuse stale KV."""
+        return None if self.adapter is None else f"{self.adapter}@{self.adapter_digest}"
 
     @property
     def is_finished(self) -> bool:

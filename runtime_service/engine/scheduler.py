@@ -6,7 +6,9 @@ asking for its remaining tokens (1 when decoding, a chunk of its prompt when pre
 then waiting requests, first come first served, after a prefix-cache lookup. When the pool
 has no block for a running request, the most recently admitted running request is preempted:
 its blocks are freed and it waits again at the head of the queue, to be recomputed (with
-prefix caching, mostly from its own cached blocks).
+prefix caching, mostly from its own cached blocks). With LoRA, a request also needs a device
+slot for its adapter; the policy (adapter requests wait in order for slots, requests without
+one pass them) is in lora/manager.py.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from runtime_service.engine.block_manager import BlockManager
 from runtime_service.engine.request import Request, RequestStatus
+
+if TYPE_CHECKING:
+    from runtime_service.engine.lora.manager import LoRAManager
 
 
 @dataclass(slots=True)
@@ -44,8 +50,10 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         enable_chunked_prefill: bool,
+        lora: LoRAManager | None = None,
     ) -> None:
         self.block_manager = block_manager
+        self.lora = lora
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.enable_chunked_prefill = enable_chunked_prefill
@@ -99,8 +107,16 @@ class Scheduler:
 
     def _admit_waiting(self, budget: int, scheduled: list[tuple[Request, int]]) -> int:
         bm = self.block_manager
+        held: list[Request] = []  # adapter requests waiting for a slot, in arrival order
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
+            if (
+                self.lora is not None
+                and req.adapter is not None
+                and (held or not self.lora.can_acquire(req))
+            ):
+                held.append(self.waiting.popleft())
+                continue
             hits = bm.get_computed_blocks(req)
             num_hit_tokens = len(hits) * bm.block_size
             num_new = req.num_tokens - num_hit_tokens
@@ -110,6 +126,8 @@ class Scheduler:
             if not bm.allocate_slots(req, num_new, hits):
                 break
             self.waiting.popleft()
+            if self.lora is not None and req.adapter is not None:
+                self.lora.acquire(req)
             if req.num_cached_tokens < 0:  # first admission
                 req.num_cached_tokens = num_hit_tokens
                 req.times.first_scheduled = time.monotonic()
@@ -120,10 +138,13 @@ class Scheduler:
             self.running.append(req)
             scheduled.append((req, num_new))
             budget -= num_new
+        self.waiting.extendleft(reversed(held))
         return budget
 
     def _preempt(self, req: Request) -> None:
         self.block_manager.free(req)
+        if self.lora is not None:
+            self.lora.release(req)
         req.status = RequestStatus.PREEMPTED
         req.num_computed_tokens = 0
         req.num_preemptions += 1
@@ -154,3 +175,5 @@ class Scheduler:
             req.status = status
             req.times.finished = time.monotonic()
             self.block_manager.free(req)
+            if self.lora is not None:
+                self.lora.finish(req)

@@ -32,3 +32,6 @@ def engines_end_idle(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[EngineCor
         )
         assert all(b.ref_count == 0 for b in bm.blocks)
         assert engine.scheduler.num_unfinished == 0 and not engine.requests
+        if engine.lora is not None:  # no adapter slot still pinned, no request still bound
+            assert engine.lora.slots.num_pinned_slots == 0
+            assert engine.lora.num_bound_requests == 0
