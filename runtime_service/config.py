@@ -37,6 +37,14 @@ class RuntimeConfig(ServerConfig):
     max_waiting: int = setting(1024, "most requests waiting to start; beyond: RESOURCE_EXHAUSTED")
     enable_prefix_caching: bool = setting(True, "reuse KV blocks of shared prompt prefixes")
     enable_chunked_prefill: bool = setting(True, "split long prompts across steps")
+    enable_lora: bool = setting(False, "serve LoRA adapters (reserves device slots for them)")
+    max_loras: int = setting(
+        4, "adapters held on the device at once (LRU; the rest in host memory)"
+    )
+    max_lora_rank: int = setting(64, "highest LoRA rank accepted")
+    lora_dir: Path | None = setting(
+        None, "directory of adapters (<dir>/<name>/) loaded on a request's first use"
+    )
     cpu_threads: int = setting(
         0, "CPU threads of the engine (0: all cores); set it when runtimes share a machine"
     )
@@ -53,6 +61,12 @@ class RuntimeConfig(ServerConfig):
             0 < self.gpu_memory_utilization <= 1,
             f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",
         )
+        require(self.max_loras >= 1, f"max_loras must be >= 1, got {self.max_loras}")
+        require(
+            1 <= self.max_lora_rank <= 512,
+            f"max_lora_rank must be in [1, 512], got {self.max_lora_rank}",
+        )
+        require(self.lora_dir is None or self.enable_lora, "lora_dir needs --enable-lora")
         require(self.cpu_threads >= 0, f"cpu_threads must be >= 0, got {self.cpu_threads}")
         require(self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         require(

@@ -105,6 +105,10 @@ def engine_config(config: RuntimeConfig, path: Path, device: DeviceInfo) -> Engi
         enable_chunked_prefill=config.enable_chunked_prefill,
         load_format=config.load_format,
         cpu_threads=config.cpu_threads,
+        enable_lora=config.enable_lora,
+        max_loras=config.max_loras,
+        max_lora_rank=config.max_lora_rank,
+        lora_dir=config.lora_dir,
         verify_engine=False,  # fetch_engine verified every file on the way into the cache
     )
 

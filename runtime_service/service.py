@@ -10,16 +10,22 @@ from typing import Any
 
 from opentelemetry import trace
 
-from llmserve.errors import NotFound, ResourceExhausted, Unavailable, Unimplemented
-from llmserve.v1 import runtime_pb2, runtime_pb2_grpc
+from llmserve.errors import InvalidArgument, ResourceExhausted, Unavailable, Unimplemented
+from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
 from runtime_service.config import RuntimeConfig
 from runtime_service.convert import check_request_id, output_to_pb, prompt_from_pb, sampling_from_pb
 from runtime_service.engine.async_llm import AsyncLLM
+from runtime_service.engine.lora import AdapterInfo
+from runtime_service.engine.lora.manager import AdapterState
 from runtime_service.engine.outputs import RequestOutput
 from runtime_service.engine.request import RequestTimes
 from runtime_service.metrics import RuntimeMetrics
 
 tracer = trace.get_tracer("llmserve.runtime")
+ADAPTER_STATES = {
+    AdapterState.HOST: common_pb2.ADAPTER_STATE_HOST,
+    AdapterState.DEVICE: common_pb2.ADAPTER_STATE_DEVICE,
+}
 
 
 @dataclass
@@ -37,6 +43,8 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         self.metrics = metrics
         self._draining = draining  # () -> bool
         self.serving: Serving | None = None
+        # Adapters loaded from the store: name -> (adapter id, base model digest).
+        self._origins: dict[str, tuple[str, str]] = {}
 
     def _ready(self) -> Serving:
         if self.serving is None:
@@ -49,8 +57,6 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         check_request_id(request.request_id)
         prompt = prompt_from_pb(request.prompt)
         params = sampling_from_pb(request.sampling)
-        if request.adapter:
-            raise NotFound(f"adapter {request.adapter!r} is not loaded on this runtime")
         waiting = llm.num_waiting()
         if waiting >= self.config.max_waiting:
             self.metrics.rejected.labels("queue_full").inc()
@@ -60,7 +66,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             )
         request_id = request.request_id or uuid.uuid4().hex
         wall_ns, mono = time.time_ns(), time.monotonic()
-        stream = llm.add_request(prompt, params, request_id)
+        stream = llm.add_request(prompt, params, request_id, request.adapter or None)
         decode = llm.tokenizer.decode
         merged: RequestOutput | None = None
         last: RequestOutput | None = None
@@ -140,16 +146,50 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             num_waiting=llm.num_waiting(),
             generation_tokens_per_second=llm.tokens_per_second(),
             device=serving.device,
+            adapters=await self._adapters(),
             num_preemptions=s.num_preemptions,
             draining=self._draining(),
         )
 
     async def LoadAdapter(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("Runtime.LoadAdapter is not implemented yet (pending: LoRA issue)")
+        serving = self._ready()
+        if not request.name:
+            raise InvalidArgument("name must be set")
+        source = request.WhichOneof("source")
+        if source == "path":
+            info = await serving.llm.load_adapter(request.name, request.path)
+        elif source == "adapter_id":
+            raise Unimplemented("LoadAdapter by adapter_id lands with Builder.RegisterAdapter")
+        else:
+            raise InvalidArgument("source must be set: path or adapter_id")
+        return runtime_pb2.LoadAdapterResponse(adapter=self._adapter_pb(info))
 
     async def UnloadAdapter(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("Runtime.UnloadAdapter is not implemented yet (pending: LoRA issue)")
+        serving = self._ready()
+        if not request.name:
+            raise InvalidArgument("name must be set")
+        await serving.llm.unload_adapter(request.name, request.wait)
+        self._origins.pop(request.name, None)
+        return runtime_pb2.UnloadAdapterResponse()
 
     async def ListAdapters(self, request: Any, context: Any) -> Any:
-        self._ready()
-        return runtime_pb2.RuntimeListAdaptersResponse()  # no adapter can be loaded yet
+        return runtime_pb2.RuntimeListAdaptersResponse(adapters=await self._adapters())
+
+    async def _adapters(self) -> list[Any]:
+        serving = self._ready()
+        if serving.llm.info.lora is None:
+            return []
+        return [self._adapter_pb(info) for info in await serving.llm.list_adapters()]
+
+    def _adapter_pb(self, info: AdapterInfo) -> Any:
+        adapter_id, base_digest = self._origins.get(info.name, ("", ""))
+        return common_pb2.Adapter(
+            name=info.name,
+            adapter_id=adapter_id,
+            base_model_digest=base_digest or self._ready().engine.model_digest,
+            rank=info.rank,
+            alpha=info.alpha,
+            target_modules=list(info.target_modules),
+            state=ADAPTER_STATES[info.state],
+            active_requests=info.num_requests,
+        )

@@ -179,7 +179,7 @@ BAD_INPUTS = [
     (
         runtime_pb2.GenerateRequest(prompt=common_pb2.Prompt(text="hi"), adapter="nope"),
         grpc.StatusCode.NOT_FOUND,
-        "adapter 'nope' is not loaded",
+        "adapter 'nope': this engine serves no adapters",
     ),
 ]
 
