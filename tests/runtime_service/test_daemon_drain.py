@@ -52,9 +52,11 @@ def test_sigterm_lets_streams_finish(smollm2_dir: Path, tmp_path: Path) -> None:
                 assert len(tokens(chunks)) == STREAM_TOKENS
             assert time.monotonic() - started < GRACE_S
 
-    asyncio.run(main())
-    assert proc.proc.wait(timeout=GRACE_S + 10) == 0
-    proc.terminate()
+    try:
+        asyncio.run(main())
+        assert proc.proc.wait(timeout=GRACE_S + 10) == 0
+    finally:
+        proc.terminate()
 
 
 def run_runtime(args: list[str]) -> subprocess.CompletedProcess[str]:
