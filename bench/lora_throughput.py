@@ -1,0 +1,208 @@
+"""Multi-LoRA throughput: the same workload on the base model alone, then with every request
+using one of N distinct adapters (all in one batch), through the offline engine.
+
+The adapters are written in PEFT's file format (adapter_config.json + adapter_model.safetensors,
+random weights, bf16) for the model's shapes, so an 8B-shaped model needs no checkpoint.
+
+  python bench/lora_throughput.py                                   # CPU: tiny llama, 8 adapters
+  python bench/lora_throughput.py --shape llama3-8b --num-adapters 32 --rank 16 \\
+      --num-requests 256 --input-len 128 --output-len 128          # CUDA
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from offline_throughput import device_name, shaped_model_dir, sync  # noqa: E402
+
+MODULES = {  # PEFT name -> (attribute path in the layer, in features, out features)
+    "q_proj": "self_attn",
+    "k_proj": "self_attn",
+    "v_proj": "self_attn",
+    "o_proj": "self_attn",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
+}
+
+
+def shapes(config: dict) -> dict[str, tuple[int, int]]:
+    h, i = config["hidden_size"], config["intermediate_size"]
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads")
+    d = config.get("head_dim") or h // heads
+    kv = kv or heads
+    return {
+        "q_proj": (h, heads * d),
+        "k_proj": (h, kv * d),
+        "v_proj": (h, kv * d),
+        "o_proj": (heads * d, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
+
+
+def write_adapter(out: Path, config: dict, rank: int, targets: list[str], seed: int) -> Path:
+    """A random PEFT LoRA adapter for a model of `config`'s shapes."""
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for name in targets:
+            fan_in, fan_out = shapes(config)[name]
+            prefix = f"base_model.model.model.layers.{layer}.{MODULES[name]}.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = (
+                torch.randn(rank, fan_in, generator=g) / fan_in**0.5
+            ).to(torch.bfloat16)
+            tensors[f"{prefix}.lora_B.weight"] = (
+                torch.randn(fan_out, rank, generator=g) * 0.01
+            ).to(torch.bfloat16)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": rank,
+                "lora_alpha": 2 * rank,
+                "target_modules": targets,
+                "bias": "none",
+                "lora_dropout": 0.0,
+                "fan_in_fan_out": False,
+                "use_rslora": False,
+                "use_dora": False,
+                "task_type": "CAUSAL_LM",
+            }
+        )
+    )
+    return out
+
+
+def run(
+    model: Path, args: argparse.Namespace, adapters: list[Path] | None, prompts: list[list[int]]
+) -> tuple[float, int]:
+    from runtime_service.engine.llm import LLM
+    from runtime_service.engine.params import SamplingParams
+
+    llm = LLM(
+        str(model),
+        dtype=args.dtype,
+        device=args.device,
+        load_format="dummy" if args.shape else "auto",
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.input_len + args.output_len + 16,
+        enable_prefix_caching=False,
+        enable_lora=adapters is not None,
+        max_loras=max(1, len(adapters or [])),
+        max_lora_rank=args.rank,
+    )
+    engine = llm.engine
+    names = []
+    for i, path in enumerate(adapters or []):
+        engine.load_adapter(f"a{i}", path)
+        names.append(f"a{i}")
+    params = SamplingParams(
+        temperature=0, max_tokens=args.output_len, ignore_eos=True, detokenize=False
+    )
+
+    def generate(batch: list[list[int]]) -> int:
+        for j, prompt in enumerate(batch):
+            engine.add_request(
+                f"r{time.monotonic_ns()}-{j}",
+                prompt,
+                params,
+                adapter=names[j % len(names)] if names else None,
+            )
+        tokens = 0
+        while engine.has_unfinished_requests:
+            tokens += sum(len(o.token_ids) for o in engine.step())
+        return tokens
+
+    generate(prompts[: max(4, len(names))])  # warm-up, every adapter into its slot
+    sync(args.device)
+    start = time.perf_counter()
+    tokens = generate(prompts)
+    sync(args.device)
+    seconds = time.perf_counter() - start
+    assert tokens == len(prompts) * args.output_len, tokens
+    return seconds, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shape", help="random weights of this shape (see offline_throughput)")
+    parser.add_argument("--num-adapters", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )
+    parser.add_argument("--num-requests", type=int, default=16)
+    parser.add_argument("--input-len", type=int, default=32)
+    parser.add_argument("--output-len", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    parser.add_argument("--report", type=Path, help="append the markdown table to this file")
+    args = parser.parse_args()
+    if args.shape:
+        model = shaped_model_dir(args.shape)
+    else:
+        from llmserve.testing.tiny_models import tiny_model
+
+        model = tiny_model("llama", REPO / ".cache" / "models")
+    config = json.loads((model / "config.json").read_text())
+    tmp = Path(tempfile.mkdtemp(prefix="adapters-"))
+    targets = args.targets.split(",")
+    adapters = [
+        write_adapter(tmp / f"a{i}", config, args.rank, targets, seed=i)
+        for i in range(args.num_adapters)
+    ]
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(
+        100, config["vocab_size"] - 100, (args.num_requests, args.input_len), generator=g
+    ).tolist()
+    base_s, tokens = run(model, args, None, prompts)
+    gc.collect()  # the first engine's weights and KV cache go before the second's come
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    lora_s, _ = run(model, args, adapters, prompts)
+    lines = [
+        f"Device: {device_name(args.device)}; torch {torch.__version__}; "
+        f"{time.strftime('%Y-%m-%d')}.",
+        f"Workload: {args.num_requests} requests x {args.input_len} prompt tokens -> "
+        f"{args.output_len} output tokens; {args.num_adapters} adapters of rank {args.rank} on "
+        f"{', '.join(targets)}, request i using adapter i mod {args.num_adapters}.",
+        "",
+        "| run | output tokens | seconds | output tok/s |",
+        "| --- | ---: | ---: | ---: |",
+        f"| base model only | {tokens} | {base_s:.2f} | {tokens / base_s:,.0f} |",
+        f"| {args.num_adapters} distinct adapters | {tokens} | {lora_s:.2f} | "
+        f"{tokens / lora_s:,.0f} |",
+        "",
+        f"Multi-LoRA runs at {base_s / lora_s:.0%} of the base model's throughput.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.report:
+        with args.report.open("a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
