@@ -70,6 +70,7 @@ class BuilderConfig(ServerConfig, StoreSettings):
 
     port: int = setting(50053, "gRPC port (0 picks a free one)")
     max_concurrent_builds: int = setting(1, "builds running at once; more wait their turn")
+    max_lora_rank: int = setting(64, "RegisterAdapter refuses LoRA adapters of a higher rank")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,4 +78,8 @@ class BuilderConfig(ServerConfig, StoreSettings):
         require(
             self.max_concurrent_builds >= 1,
             f"max_concurrent_builds must be >= 1, got {self.max_concurrent_builds}",
+        )
+        require(
+            1 <= self.max_lora_rank <= 512,
+            f"max_lora_rank must be in [1, 512], got {self.max_lora_rank}",
         )

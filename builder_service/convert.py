@@ -20,6 +20,8 @@ from runtime_service.models.weights import linear_names
 
 # Which RMSNorm feeds a linear layer (where int4 activation scales are folded).
 _FEEDING_NORM = {"qkv": "attn_norm", "gate_up": "mlp_norm"}
+# Fused layers of an int4 engine whose inputs arrive divided by those folded scales.
+INT4_FOLDED_LAYERS = tuple(_FEEDING_NORM)
 
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
 

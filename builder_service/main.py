@@ -36,7 +36,7 @@ def setup(config: BuilderConfig, daemon: Daemon) -> None:
     log.info(
         "builder on %s (%s), store %s", builder.device.name, builder.device.target, config.store
     )
-    servicer = BuilderService(builder, config.max_concurrent_builds)
+    servicer = BuilderService(builder, config.max_concurrent_builds, config.max_lora_rank)
     daemon.add_service(
         Service("llmserve.v1.Builder", servicer, builder_pb2_grpc.add_BuilderServicer_to_server)
     )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmserve.store.base import ENGINES, ArtifactStore, BuildLock
+from llmserve.store.adapters import AdapterManifest, adapter_id
+from llmserve.store.base import ADAPTERS, ENGINES, ArtifactStore, BuildLock
 from llmserve.store.holds import Hold
 from llmserve.store.local import LocalStore
 from llmserve.store.manifest import (
@@ -32,9 +33,11 @@ def open_store(uri: str, options: StoreOptions | None = None) -> ArtifactStore:
 
 
 __all__ = [
+    "ADAPTERS",
     "ENGINES",
     "ENGINE_FORMAT_VERSION",
     "MANIFEST_NAME",
+    "AdapterManifest",
     "ArtifactStore",
     "BuildLock",
     "EngineManifest",
@@ -43,6 +46,7 @@ __all__ = [
     "LocalStore",
     "StoreOptions",
     "Validation",
+    "adapter_id",
     "engine_id",
     "open_store",
 ]

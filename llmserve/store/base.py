@@ -1,6 +1,6 @@
 """The artifact store: one interface, implemented over a local directory and over S3.
 
-An artifact (an engine; adapters later) is a set of files plus a JSON manifest, addressed by
+An artifact (an engine, or a LoRA adapter) is a set of files plus a JSON manifest, addressed by
 (kind, id). The rules every backend keeps:
 
 - **Atomic publish.** Files are written to a staging place; the artifact becomes visible all
@@ -37,7 +37,8 @@ from llmserve.store.options import StoreOptions
 log = logging.getLogger(__name__)
 
 ENGINES = "engines"
-KINDS = (ENGINES, "adapters")
+ADAPTERS = "adapters"
+KINDS = (ENGINES, ADAPTERS)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 Manifest = dict[str, Any]
@@ -256,3 +257,11 @@ class ArtifactStore(ABC):
         from llmserve.store.fetch import fetch_artifact
 
         return fetch_artifact(self, kind, artifact_id, cache_dir)
+
+    def fetch_file(self, kind: str, artifact_id: str, name: str, dest: Path) -> Path:
+        """One file of a published artifact copied to `dest` and checked against the manifest
+        (DataLoss naming it if it is bad): for reading an engine's config.json, say, without
+        fetching its weights."""
+        from llmserve.store.fetch import fetch_one_file
+
+        return fetch_one_file(self, kind, artifact_id, name, dest)

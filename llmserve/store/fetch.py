@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmserve.errors import DataLoss
+from llmserve.errors import DataLoss, NotFound
 from llmserve.store.manifest import MANIFEST_NAME, FileEntry, verify_file, verify_files
 
 if TYPE_CHECKING:
@@ -74,3 +74,21 @@ def fetch_artifact(store: ArtifactStore, kind: str, artifact_id: str, cache_dir:
         raise
     store.touch(kind, artifact_id)
     return final
+
+
+def fetch_one_file(
+    store: ArtifactStore, kind: str, artifact_id: str, name: str, dest: Path
+) -> Path:
+    """dest, a verified copy of the file `name` of a published artifact."""
+    manifest = store.read(kind, artifact_id)
+    what = f"{kind[:-1]} {artifact_id} from {store.uri}"
+    entry = manifest_files(manifest).get(name)
+    if entry is None:
+        raise NotFound(f"{what} has no file {name}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        store._download(kind, artifact_id, name, dest)
+    except FileNotFoundError as e:
+        raise DataLoss(f"{what}: file {name} is missing from the store") from e
+    verify_file(dest, name, entry, what)
+    return dest

@@ -177,10 +177,3 @@ def test_build_refusals(
         build(daemon, request)
     assert err.value.code() == code
     assert message in err.value.details()
-
-
-def test_adapters_are_pending(daemon: DaemonProcess) -> None:
-    channel, stub = stub_for(daemon)
-    with channel, pytest.raises(grpc.RpcError) as err:
-        stub.ListAdapters(builder_pb2.BuilderListAdaptersRequest())
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -21,14 +21,16 @@ from builder_service.calibration import calibration_text
 from builder_service.spec import BuildSpec
 from llmserve.device import cpu_info
 from llmserve.errors import FailedPrecondition
-from llmserve.processes import DaemonProcess
+from llmserve.processes import REPO_ROOT, DaemonProcess
 from llmserve.store import ENGINES, EngineManifest, open_store
+from llmserve.store.adapters import ADAPTER_FILES, AdapterManifest, fetch_adapter
 from llmserve.store.engines import fetch_engine, find_engine
 from llmserve.testing import smollm2
 from llmserve.testing.references import engine_greedy, reference_perplexity, transformers_greedy
 from llmserve.v1 import builder_pb2, builder_pb2_grpc, common_pb2
+from runtime_service.engine.lora.adapter import AdapterReader
 from runtime_service.models.llama import LlamaModel
-from runtime_service.models.loader import load_engine
+from runtime_service.models.loader import load_engine, read_hf_config
 from runtime_service.models.scoring import sequence_logits
 
 CPU = torch.device("cpu")
@@ -36,6 +38,7 @@ GGUF = str(smollm2.gguf_path())
 # A lighter int4 search than the daemon's default (grid 20, 256 samples), to keep the suite
 # fast on two cores; docs/benchmarks.md has the default's figures.
 TEST_AWQ = AwqOptions(grid=10, samples=128)
+SHIPPED_ADAPTER = REPO_ROOT / "examples/adapters/smollm2-answer-format"
 
 
 @dataclass
@@ -158,3 +161,38 @@ def test_engine_in_the_store_is_checked_against_the_callers_bound(env: Env) -> N
     assert "above max_perplexity_increase = 0.00%" in str(err.value)
     assert env.build("int8", max_perplexity_increase=0.0, force=True) == existing
     assert find_engine(env.builder.store, existing.engine_id) == existing
+
+
+def test_shipped_adapter_registers_against_the_unquantized_engine_only(env: Env) -> None:
+    """examples/adapters/smollm2-answer-format (rank 8 on q/k/v/o) fits the unquantized
+    engine; the int4 engine refuses it (its q/k/v inputs arrive divided by folded scales)."""
+    none, int4 = env.build("none"), env.build("int4", force=True)
+    args = ["--store", str(env.store_dir), "--work-dir", str(env.work_dir / "adapters")]
+    proc = DaemonProcess("builder_service", args, log_path=env.work_dir / "b-lora.log").start()
+    try:
+        proc.wait_serving()
+        with grpc.insecure_channel(proc.address) as channel:
+            stub = builder_pb2_grpc.BuilderStub(channel)
+
+            def register(engine_id: str) -> Any:
+                request = builder_pb2.RegisterAdapterRequest(
+                    name="answer-format", source=str(SHIPPED_ADAPTER), engine_id=engine_id
+                )
+                return stub.RegisterAdapter(request, timeout=60).adapter
+
+            adapter = register(none.engine_id)
+            with pytest.raises(grpc.RpcError) as err:
+                register(int4.engine_id)
+    finally:
+        proc.terminate()
+    assert adapter.base_model_digest == none.model_digest
+    assert (adapter.name, adapter.rank, adapter.alpha) == ("answer-format", 8, 16.0)
+    assert list(adapter.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "this engine's int4 qkv layers" in err.value.details()
+    path = fetch_adapter(env.builder.store, adapter.adapter_id, env.cache_dir)
+    for name in ADAPTER_FILES:
+        assert (path / name).read_bytes() == (SHIPPED_ADAPTER / name).read_bytes()
+    engine_dir = fetch_engine(env.builder.store, none.engine_id, env.cache_dir)
+    loaded = AdapterReader(read_hf_config(engine_dir), 64, torch.float32).read("a", path)
+    assert loaded.digest == AdapterManifest.read(path).adapter_digest

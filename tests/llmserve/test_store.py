@@ -276,6 +276,18 @@ def test_corrupt_file_is_named_at_fetch(case: StoreCase, tmp_path: Path) -> None
     assert not (tmp_path / "cache" / "e1").exists()
 
 
+def test_one_file_is_fetched_and_checked(case: StoreCase, tmp_path: Path) -> None:
+    case.store.publish_once(ENGINES, "e1", writer(b"good" * 1000))
+    dest = tmp_path / "one" / "config.json"
+    assert case.store.fetch_file(ENGINES, "e1", "sub/config.json", dest) == dest
+    assert dest.read_text() == '{"a": 1}'
+    with pytest.raises(NotFound, match=r"engine e1 .* has no file nope\.json"):
+        case.store.fetch_file(ENGINES, "e1", "nope.json", dest)
+    case.overwrite_file("e1", "sub/config.json", b'{"a": 2}')
+    with pytest.raises(DataLoss, match=r"engine e1 .*file sub/config\.json is corrupt: sha256"):
+        case.store.fetch_file(ENGINES, "e1", "sub/config.json", dest)
+
+
 def test_corrupt_cached_copy_is_replaced(case: StoreCase, tmp_path: Path) -> None:
     case.store.publish_once(ENGINES, "e1", writer(b"good" * 1000))
     local = case.store.fetch(ENGINES, "e1", tmp_path / "cache")
