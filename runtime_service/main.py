@@ -61,6 +61,7 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
     async def stop() -> None:
         if service.serving is not None:
             await asyncio.to_thread(service.serving.llm.shutdown)
+        await service.release_holds()
         for hold in holds:
             await asyncio.to_thread(hold.release)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,13 +11,16 @@ from typing import Any
 
 from opentelemetry import trace
 
-from llmserve.errors import InvalidArgument, ResourceExhausted, Unavailable, Unimplemented
+from llmserve.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from llmserve.store import Hold, open_store
+from llmserve.store.adapters import fetch_adapter, get_adapter, hold_adapter
 from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
 from runtime_service.config import RuntimeConfig
 from runtime_service.convert import check_request_id, output_to_pb, prompt_from_pb, sampling_from_pb
 from runtime_service.engine.async_llm import AsyncLLM
 from runtime_service.engine.lora import AdapterInfo
 from runtime_service.engine.lora.manager import AdapterState
+from runtime_service.engine.lora.peft_config import check_adapter_name
 from runtime_service.engine.outputs import RequestOutput
 from runtime_service.engine.request import RequestTimes
 from runtime_service.metrics import RuntimeMetrics
@@ -43,8 +47,10 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         self.metrics = metrics
         self._draining = draining  # () -> bool
         self.serving: Serving | None = None
-        # Adapters loaded from the store: name -> (adapter id, base model digest).
+        # Adapters loaded from the store: name -> (adapter id, base model digest), and the
+        # store hold that keeps each from being deleted while it is loaded.
         self._origins: dict[str, tuple[str, str]] = {}
+        self._holds: dict[str, Hold] = {}
 
     def _ready(self) -> Serving:
         if self.serving is None:
@@ -159,7 +165,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         if source == "path":
             info = await serving.llm.load_adapter(request.name, request.path)
         elif source == "adapter_id":
-            raise Unimplemented("LoadAdapter by adapter_id lands with Builder.RegisterAdapter")
+            info = await self._load_from_store(serving, request.name, request.adapter_id)
         else:
             raise InvalidArgument("source must be set: path or adapter_id")
         return runtime_pb2.LoadAdapterResponse(adapter=self._adapter_pb(info))
@@ -170,7 +176,48 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             raise InvalidArgument("name must be set")
         await serving.llm.unload_adapter(request.name, request.wait)
         self._origins.pop(request.name, None)
+        hold = self._holds.pop(request.name, None)
+        if hold is not None:
+            await asyncio.to_thread(hold.release)
         return runtime_pb2.UnloadAdapterResponse()
+
+    async def _load_from_store(self, serving: Serving, name: str, adapter_id: str) -> AdapterInfo:
+        """Holds the adapter in the store, fetches it (checksums verified) into the cache and
+        loads it, if it was registered for the model this runtime serves."""
+        check_adapter_name(name)
+        if not serving.engine.model_digest:
+            raise FailedPrecondition(
+                "adapter_id needs an engine from the store (this runtime serves a directory "
+                "given with --model, which has no model digest); load the adapter by path"
+            )
+        store = open_store(self.config.store)
+        hold = await asyncio.to_thread(hold_adapter, store, adapter_id)
+        try:
+            manifest = await asyncio.to_thread(get_adapter, store, adapter_id)
+            if manifest.base_model_digest != serving.engine.model_digest:
+                raise FailedPrecondition(
+                    f"adapter {adapter_id} ({manifest.name!r}) was registered for model "
+                    f"{manifest.base_model_digest}; this runtime serves model "
+                    f"{serving.engine.model_digest} (engine {serving.engine.engine_id})"
+                )
+            cache = self.config.engine_cache_dir / "adapters"
+            path = await asyncio.to_thread(fetch_adapter, store, adapter_id, cache)
+            info = await serving.llm.load_adapter(name, path)
+        except BaseException:
+            await asyncio.to_thread(hold.release)
+            raise
+        previous = self._holds.pop(name, None)  # the same adapter loaded again: one hold
+        if previous is not None:
+            await asyncio.to_thread(previous.release)
+        self._holds[name] = hold
+        self._origins[name] = (adapter_id, manifest.base_model_digest)
+        return info
+
+    async def release_holds(self) -> None:
+        """Releases the store holds of adapters still loaded (the runtime is stopping)."""
+        holds, self._holds = list(self._holds.values()), {}
+        for hold in holds:
+            await asyncio.to_thread(hold.release)
 
     async def ListAdapters(self, request: Any, context: Any) -> Any:
         return runtime_pb2.RuntimeListAdaptersResponse(adapters=await self._adapters())

@@ -1,5 +1,6 @@
 """`llmserve up` (what `make run` runs) end to end: Redis, the builder building SmolLM2's
-engine, a runtime serving it with the example adapter, the gateway, and a piped chat."""
+engine, a runtime serving it with the example adapter registered
+with the builder, the gateway, and a piped chat."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import sys
 from pathlib import Path
 
 from llmserve.processes import REPO_ROOT, free_port
+from llmserve.store import ADAPTERS, open_store
+from llmserve.store.adapters import list_adapters
+from llmserve.store.engines import list_engines
 
 QUESTION = "What is the capital of Italy?\n/quit\n"
 
@@ -51,3 +55,10 @@ def test_make_run_builds_serves_and_chats(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr[-3000:]
     assert "(found in the store;" in second.stdout
     assert second.stdout.strip().splitlines()[-1].startswith("ANSWER: Rome")
+    # The adapter was registered once, for the engine's model, and nothing holds it now.
+    store = open_store(str(tmp_path / "store"))
+    [engine] = list_engines(store)
+    [adapter] = list_adapters(store)
+    assert (adapter.name, adapter.engine_id) == ("smollm2-answer-format", engine.engine_id)
+    assert adapter.base_model_digest == engine.model_digest
+    assert store.holders(ADAPTERS, adapter.adapter_id) == []
