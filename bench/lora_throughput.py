@@ -1,5 +1,7 @@
 """Multi-LoRA throughput: the same workload on the base model alone, then with every request
-using one of N distinct adapters (all in one batch), through the offline engine.
+using one of N distinct adapters (all in one batch), through the offline engine; and the peer,
+transformers + PEFT generating mixed-adapter batches (`adapter_names`, static batches of
+--static-batch) on the first --peer-requests requests (it is slow; 0 skips it).
 
 The adapters are written in PEFT's file format (adapter_config.json + adapter_model.safetensors,
 random weights, bf16) for the model's shapes, so an 8B-shaped model needs no checkpoint.
@@ -26,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from offline_throughput import device_name, shaped_model_dir, sync  # noqa: E402
+from offline_throughput import device_name, hf_model, shaped_model_dir, sync  # noqa: E402
 
 MODULES = {  # PEFT name -> (attribute path in the layer, in features, out features)
     "q_proj": "self_attn",
@@ -141,6 +143,43 @@ def run(
     return seconds, tokens
 
 
+def run_peft(
+    model: Path, args: argparse.Namespace, adapters: list[Path], prompts: list[list[int]]
+) -> tuple[float, int]:
+    """transformers + PEFT: all adapters loaded, each static batch mixing them per row."""
+    from peft import PeftModel
+
+    m = PeftModel.from_pretrained(hf_model(model, args, "sdpa"), adapters[0], adapter_name="a0")
+    for i, path in enumerate(adapters[1:], start=1):
+        m.load_adapter(path, adapter_name=f"a{i}")
+    m.eval()
+    n = args.output_len
+
+    def generate(batch: list[list[int]], first: int, new_tokens: int) -> int:
+        ids = torch.tensor(batch, device=args.device)
+        names = [f"a{(first + j) % len(adapters)}" for j in range(len(batch))]
+        out = m.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            adapter_names=names,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+        )
+        return (out.shape[1] - ids.shape[1]) * ids.shape[0]
+
+    with torch.inference_mode():
+        generate(prompts[:2], 0, 4)  # warm-up
+        sync(args.device)
+        start = time.perf_counter()
+        tokens = 0
+        for i in range(0, len(prompts), args.static_batch):
+            tokens += generate(prompts[i : i + args.static_batch], i, n)
+        sync(args.device)
+    seconds = time.perf_counter() - start
+    return seconds, tokens
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,6 +197,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    parser.add_argument("--peer-requests", type=int, default=64, help="for PEFT; 0: skip it")
+    parser.add_argument("--static-batch", type=int, default=64, help="PEFT's batch size")
     parser.add_argument("--report", type=Path, help="append the markdown table to this file")
     args = parser.parse_args()
     if args.shape:
@@ -182,6 +223,12 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
     lora_s, _ = run(model, args, adapters, prompts)
+    peer = None
+    if args.peer_requests:
+        gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        peer = run_peft(model, args, adapters, prompts[: args.peer_requests])
     lines = [
         f"Device: {device_name(args.device)}; torch {torch.__version__}; "
         f"{time.strftime('%Y-%m-%d')}.",
@@ -194,9 +241,15 @@ def main() -> None:
         f"| base model only | {tokens} | {base_s:.2f} | {tokens / base_s:,.0f} |",
         f"| {args.num_adapters} distinct adapters | {tokens} | {lora_s:.2f} | "
         f"{tokens / lora_s:,.0f} |",
-        "",
-        f"Multi-LoRA runs at {base_s / lora_s:.0%} of the base model's throughput.",
     ]
+    if peer is not None:
+        peft_s, peft_tokens = peer
+        lines.append(
+            f"| transformers + PEFT, {args.num_adapters} adapters (first {args.peer_requests} "
+            f"requests, static batches of {args.static_batch}) | {peft_tokens} | {peft_s:.2f} | "
+            f"{peft_tokens / peft_s:,.0f} |"
+        )
+    lines += ["", f"Multi-LoRA runs at {base_s / lora_s:.0%} of the base model's throughput."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.report:
