@@ -153,7 +153,7 @@ def run_peft(
     for i, path in enumerate(adapters[1:], start=1):
         m.load_adapter(path, adapter_name=f"a{i}")
     m.eval()
-    n = args.output_len
+    n = args.peer_output_len or args.output_len
 
     def generate(batch: list[list[int]], first: int, new_tokens: int) -> int:
         ids = torch.tensor(batch, device=args.device)
@@ -199,6 +199,9 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--peer-requests", type=int, default=64, help="for PEFT; 0: skip it")
     parser.add_argument("--static-batch", type=int, default=64, help="PEFT's batch size")
+    parser.add_argument(
+        "--peer-output-len", type=int, default=0, help="PEFT's output tokens (0: --output-len)"
+    )
     parser.add_argument("--report", type=Path, help="append the markdown table to this file")
     args = parser.parse_args()
     if args.shape:
@@ -218,16 +221,24 @@ def main() -> None:
     prompts = torch.randint(
         100, config["vocab_size"] - 100, (args.num_requests, args.input_len), generator=g
     ).tolist()
+
+    def note(what: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+    note("base model")
     base_s, tokens = run(model, args, None, prompts)
     gc.collect()  # the first engine's weights and KV cache go before the second's come
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
+    note(f"base: {tokens / base_s:,.0f} tok/s; {len(adapters)} adapters")
     lora_s, _ = run(model, args, adapters, prompts)
+    note(f"adapters: {tokens / lora_s:,.0f} tok/s")
     peer = None
     if args.peer_requests:
         gc.collect()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+        note("transformers + PEFT")
         peer = run_peft(model, args, adapters, prompts[: args.peer_requests])
     lines = [
         f"Device: {device_name(args.device)}; torch {torch.__version__}; "
@@ -246,7 +257,8 @@ def main() -> None:
         peft_s, peft_tokens = peer
         lines.append(
             f"| transformers + PEFT, {args.num_adapters} adapters (first {args.peer_requests} "
-            f"requests, static batches of {args.static_batch}) | {peft_tokens} | {peft_s:.2f} | "
+            f"requests, {args.peer_output_len or args.output_len} output tokens each, static "
+            f"batches of {args.static_batch}) | {peft_tokens} | {peft_s:.2f} | "
             f"{peft_tokens / peft_s:,.0f} |"
         )
     lines += ["", f"Multi-LoRA runs at {base_s / lora_s:.0%} of the base model's throughput."]

@@ -5,7 +5,8 @@ LoRA layer of the forward. The tokens that use an adapter are gathered in slot o
 `token_indices` (rows of the flattened batch), so each slot's tokens form one contiguous
 segment, as in Punica's SGMV. Segments of up to SHORT_SEGMENT tokens (decodes, mostly) are
 also laid out padded, [short segments, longest of them], so that one batched matmul covers
-them all; longer ones (prefill chunks) are multiplied one by one.
+them all; longer ones (prefill chunks) are multiplied one by one. For the Triton kernels
+(lora_triton.py) the segments are also cut into tiles of up to TILE_M tokens of one slot.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 SHORT_SEGMENT = 32  # tokens: segments up to this long go through the padded batched path
+TILE_M = 16  # tokens per tile of the Triton kernels
 
 
 @dataclass(slots=True)
@@ -37,6 +39,7 @@ class LoRABatch:
     # All segments as device tensors, for a kernel that takes them in one launch.
     seg_starts: torch.Tensor  # [G + 1] int32
     seg_slots: torch.Tensor  # [G] int32
+    tiles: torch.Tensor  # [tiles, 3] int32: (start, end, slot), ranges of token_indices
 
     @property
     def num_tokens(self) -> int:
@@ -86,6 +89,11 @@ class LoRABatch:
                 rows=tensor(short_rows),
                 places=tensor(places),
             )
+        tiles = [
+            (first, min(first + TILE_M, end), slot)
+            for begin, end, slot in segments
+            for first in range(begin, end, TILE_M)
+        ]
         return cls(
             token_indices=tensor(rows),
             segments=segments,
@@ -93,4 +101,5 @@ class LoRABatch:
             short=padded,
             seg_starts=tensor([s for s, _, _ in segments] + [len(rows)], torch.int32),
             seg_slots=tensor([s for _, _, s in segments], torch.int32),
+            tiles=tensor([v for tile in tiles for v in tile], torch.int32).view(-1, 3),
         )

@@ -18,6 +18,7 @@ from torch import nn
 
 from runtime_service.kernels.lora_batch import LoRABatch
 from runtime_service.kernels.lora_torch import SlotTable, add_lora
+from runtime_service.kernels.lora_triton import add_lora_triton
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.linear import Linear
 from runtime_service.models.weights import FUSED_LINEARS, fused_output_sizes
@@ -122,7 +123,13 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         batch = self.slots.batch
         if batch is not None:
-            add_lora(y, x, self.a, self.b, self.offsets, batch, self.slots.tables[self.fused])
+            table = self.slots.tables[self.fused]
+            if not any(table.parts[slot] for _, _, slot in batch.segments):
+                return y  # no adapter of the step changes this layer
+            if x.is_cuda:  # one launch for all adapters (and one per part to expand)
+                add_lora_triton(y, x, self.a, self.b, self.offsets, batch, table.scalings_tensor)
+            else:
+                add_lora(y, x, self.a, self.b, self.offsets, batch, table)
         return y
 
 

@@ -68,6 +68,7 @@ def setup(
     args = ["--store", str(store_dir), "--engine", engine_id]
     args += ["--engine-cache-dir", str(tmp / "cache"), "--log-format", "text"]
     args += ["--num-kv-blocks", "64", "--dtype", "float32", "--enable-lora"]
+    args += ["--device", "cpu"]  # the engines were built for the CPU target
     runtime = DaemonProcess("runtime_service", args, log_path=tmp / "runtime.log")
     runtime.start().wait_serving(timeout=120)
     try:

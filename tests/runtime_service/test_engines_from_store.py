@@ -45,7 +45,7 @@ def test_unquantized_engine_generates_like_its_source(
     store_uri, engine_id = build(tmp_path, source)
     engine_dir = fetch_engine(open_store(store_uri), engine_id, tmp_path / "cache", "cpu")
     prompts = mixed_prompts(source, 16, seed=51, max_len=80)
-    llm = LLM(str(engine_dir), num_kv_blocks=128)
+    llm = LLM(str(engine_dir), num_kv_blocks=128, device="cpu")  # built for the CPU target
     assert llm.engine.core.info.engine_id == engine_id
     for prompt, completion in zip(prompts, llm.generate(prompts, GREEDY), strict=True):
         assert completion.token_ids == hf_greedy(source, prompt, 16)
@@ -56,7 +56,7 @@ def test_smollm2_engine_from_the_gguf_generates_like_transformers(
 ) -> None:
     store_uri, engine_id = build(tmp_path, smollm2.gguf_path())
     engine_dir = fetch_engine(open_store(store_uri), engine_id, tmp_path / "cache", "cpu")
-    llm = LLM(str(engine_dir), num_kv_blocks=64, max_model_len=1024)
+    llm = LLM(str(engine_dir), num_kv_blocks=64, max_model_len=1024, device="cpu")
     tok = llm.engine.tokenizer
     chat = tok.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
@@ -112,7 +112,8 @@ def _start_by_id(tmp: Path, args: list[str]):
 
     proc = DaemonProcess(
         "runtime_service",
-        [*args, "--log-format", "text", "--num-kv-blocks", "64"],
+        # --device cpu: build() builds for the CPU target, also on a GPU machine.
+        [*args, "--log-format", "text", "--num-kv-blocks", "64", "--device", "cpu"],
         log_path=tmp / "runtime-by-id.log",
     )
     proc.start().wait_serving(timeout=120)
@@ -131,6 +132,8 @@ def run_runtime(args: list[str]) -> subprocess.CompletedProcess[str]:
             "text",
             "--num-kv-blocks",
             "64",
+            "--device",
+            "cpu",  # the engines are built for the CPU target, also on a GPU machine
             *args,
         ],
         cwd=REPO_ROOT,
