@@ -10,7 +10,7 @@ import yaml
 
 from builder_service.config import BuilderConfig
 from gateway.config import GatewayConfig
-from llmserve.config import env_name
+from llmserve.config import env_name, parse_config
 from llmserve.processes import REPO_ROOT
 from runtime_service.config import RuntimeConfig
 
@@ -83,6 +83,20 @@ def test_every_env_setting_is_a_daemon_setting() -> None:
         assert PENDING[name].isdisjoint(settings), "now a setting: drop it from PENDING"
         assert env - settings - PENDING[name] == set(), name
         assert "LLMSERVE_PORT" in env
+
+
+def test_lora_settings_reach_the_runtime_and_builder() -> None:
+    off = {e["name"] for e in containers(render(BASE_VALUES))["runtime"]["env"]}
+    assert "LLMSERVE_ENABLE_LORA" not in off
+    values = {"runtime": {"engineId": "0123abcd", "lora": {"enabled": True, "maxLoras": 16}}}
+    docs = render(values)
+    runtime = {e["name"]: e["value"] for e in containers(docs)["runtime"]["env"] if "value" in e}
+    assert (runtime["LLMSERVE_ENABLE_LORA"], runtime["LLMSERVE_MAX_LORAS"]) == ("true", "16")
+    assert runtime["LLMSERVE_MAX_LORA_RANK"] == "64"
+    builder = {e["name"]: e.get("value") for e in containers(docs)["builder"]["env"]}
+    assert builder["LLMSERVE_MAX_LORA_RANK"] == "64"
+    parsed = parse_config(RuntimeConfig, [], env=runtime)  # as the daemon reads them
+    assert parsed.enable_lora and parsed.max_loras == 16
 
 
 def test_s3_store_and_external_redis() -> None:
