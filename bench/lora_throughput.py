@@ -28,7 +28,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from offline_throughput import device_name, hf_model, shaped_model_dir, sync  # noqa: E402
+from offline_throughput import (  # noqa: E402
+    bench_llm,
+    device_name,
+    hf_model,
+    print_report,
+    shaped_model_dir,
+    sync,
+)
 
 MODULES = {  # PEFT name -> (attribute path in the layer, in features, out features)
     "q_proj": "self_attn",
@@ -95,18 +102,11 @@ def write_adapter(out: Path, config: dict, rank: int, targets: list[str], seed: 
 def run(
     model: Path, args: argparse.Namespace, adapters: list[Path] | None, prompts: list[list[int]]
 ) -> tuple[float, int]:
-    from runtime_service.engine.llm import LLM
     from runtime_service.engine.params import SamplingParams
 
-    llm = LLM(
-        str(model),
-        dtype=args.dtype,
-        device=args.device,
-        load_format="dummy" if args.shape else "auto",
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.input_len + args.output_len + 16,
-        enable_prefix_caching=False,
+    llm = bench_llm(
+        model,
+        args,
         enable_lora=adapters is not None,
         max_loras=max(1, len(adapters or [])),
         max_lora_rank=args.rank,
@@ -262,11 +262,7 @@ def main() -> None:
             f"{peft_tokens / peft_s:,.0f} |"
         )
     lines += ["", f"Multi-LoRA runs at {base_s / lora_s:.0%} of the base model's throughput."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.report:
-        with args.report.open("a") as f:
-            f.write(text + "\n")
+    print_report("\n".join(lines) + "\n", args.report)
 
 
 if __name__ == "__main__":

@@ -86,11 +86,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_engine(args: argparse.Namespace, model: Path, prompts: list[list[int]]) -> Result:
+def bench_llm(model: Path, args: argparse.Namespace, **settings: object):
+    """The engine as every throughput bench runs it: the workload's lengths, no prefix
+    caching, dummy weights for a --shape."""
     from runtime_service.engine.llm import LLM
-    from runtime_service.engine.params import SamplingParams
 
-    llm = LLM(
+    return LLM(
         str(model),
         dtype=args.dtype,
         device=args.device,
@@ -99,7 +100,22 @@ def run_engine(args: argparse.Namespace, model: Path, prompts: list[list[int]]) 
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.input_len + args.output_len + 16,
         enable_prefix_caching=False,
+        **settings,
     )
+
+
+def print_report(text: str, report: Path | None) -> None:
+    """Prints a bench's markdown and appends it to --report."""
+    print(text)
+    if report:
+        with report.open("a") as f:
+            f.write(text + "\n")
+
+
+def run_engine(args: argparse.Namespace, model: Path, prompts: list[list[int]]) -> Result:
+    from runtime_service.engine.params import SamplingParams
+
+    llm = bench_llm(model, args)
     params = SamplingParams(
         temperature=0, max_tokens=args.output_len, ignore_eos=True, detokenize=False
     )
@@ -267,11 +283,7 @@ def main() -> None:
         except Exception as e:
             results.append(Result(f"{peer} (failed)", 0, float("nan"), repr(e)[:120]))
         print(results[-1], flush=True)
-    text = report(args, desc, results)
-    print(text)
-    if args.report:
-        with args.report.open("a") as f:
-            f.write(text + "\n")
+    print_report(report(args, desc, results), args.report)
 
 
 if __name__ == "__main__":

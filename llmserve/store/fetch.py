@@ -56,13 +56,7 @@ def fetch_artifact(store: ArtifactStore, kind: str, artifact_id: str, cache_dir:
     tmp = Path(tempfile.mkdtemp(prefix=f".{artifact_id}.", dir=cache_dir))
     try:
         for name, entry in manifest_files(manifest).items():
-            dest = tmp / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                store._download(kind, artifact_id, name, dest)
-            except FileNotFoundError as e:
-                raise DataLoss(f"{what}: file {name} is missing from the store") from e
-            verify_file(dest, name, entry, what)
+            _download_verified(store, kind, artifact_id, name, entry, tmp / name, what)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if final.exists():
             stale = cache_dir / f".stale-{artifact_id}-{tmp.name}"
@@ -76,6 +70,24 @@ def fetch_artifact(store: ArtifactStore, kind: str, artifact_id: str, cache_dir:
     return final
 
 
+def _download_verified(
+    store: ArtifactStore,
+    kind: str,
+    artifact_id: str,
+    name: str,
+    entry: FileEntry,
+    dest: Path,
+    what: str,
+) -> None:
+    """Downloads one file of an artifact to dest and checks it (DataLoss naming it if bad)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        store._download(kind, artifact_id, name, dest)
+    except FileNotFoundError as e:
+        raise DataLoss(f"{what}: file {name} is missing from the store") from e
+    verify_file(dest, name, entry, what)
+
+
 def fetch_one_file(
     store: ArtifactStore, kind: str, artifact_id: str, name: str, dest: Path
 ) -> Path:
@@ -85,10 +97,5 @@ def fetch_one_file(
     entry = manifest_files(manifest).get(name)
     if entry is None:
         raise NotFound(f"{what} has no file {name}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        store._download(kind, artifact_id, name, dest)
-    except FileNotFoundError as e:
-        raise DataLoss(f"{what}: file {name} is missing from the store") from e
-    verify_file(dest, name, entry, what)
+    _download_verified(store, kind, artifact_id, name, entry, dest, what)
     return dest

@@ -23,6 +23,20 @@ BLOCK_N = 64  # expand: output columns per program
 
 
 @triton.jit
+def _tile(tiles_ptr, rows_ptr, TILE: tl.constexpr):
+    """This program's tile: its places in token_indices, which of them are real, the rows of
+    the batch they are, and the tile's slot."""
+    tile = tl.program_id(0)
+    start = tl.load(tiles_ptr + tile * 3)
+    end = tl.load(tiles_ptr + tile * 3 + 1)
+    slot = tl.load(tiles_ptr + tile * 3 + 2).to(tl.int64)
+    m = start + tl.arange(0, TILE)
+    m_ok = m < end
+    rows = tl.load(rows_ptr + m, mask=m_ok, other=0).to(tl.int64)
+    return m, m_ok, rows, slot
+
+
+@triton.jit
 def _shrink(
     x_ptr,
     rows_ptr,
@@ -41,13 +55,7 @@ def _shrink(
     BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    start = tl.load(tiles_ptr + tile * 3)
-    end = tl.load(tiles_ptr + tile * 3 + 1)
-    slot = tl.load(tiles_ptr + tile * 3 + 2).to(tl.int64)
-    m = start + tl.arange(0, TILE)
-    m_ok = m < end
-    rows = tl.load(rows_ptr + m, mask=m_ok, other=0).to(tl.int64)
+    m, m_ok, rows, slot = _tile(tiles_ptr, rows_ptr, TILE)
     r = tl.arange(0, BLOCK_R)
     r_ok = r < width
     acc = tl.zeros([TILE, BLOCK_R], dtype=tl.float32)
@@ -89,13 +97,7 @@ def _expand(
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    start = tl.load(tiles_ptr + tile * 3)
-    end = tl.load(tiles_ptr + tile * 3 + 1)
-    slot = tl.load(tiles_ptr + tile * 3 + 2).to(tl.int64)
-    m = start + tl.arange(0, TILE)
-    m_ok = m < end
-    rows = tl.load(rows_ptr + m, mask=m_ok, other=0).to(tl.int64)
+    m, m_ok, rows, slot = _tile(tiles_ptr, rows_ptr, TILE)
     r = tl.arange(0, BLOCK_R)
     r_ok = r < rank
     n = col_offset + tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +30,12 @@ from llmserve.testing.s3_server import MotoS3Server
 from llmserve.v1 import builder_pb2, common_pb2
 from runtime_service.engine.lora.adapter import AdapterReader
 from runtime_service.models.loader import read_hf_config
-from tests.builder_service.test_service import build, start_builder, store_of, stub_for
+from tests.builder_service.test_service import build, store_of, stub_for
 from tests.runtime_service.lora_reference import ALL_MODULES, make_adapter
 
 TinyDir = Callable[[str], Path]
 INT4 = common_pb2.QUANTIZATION_INT4_WEIGHT_ONLY
 Code = grpc.StatusCode
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    tmp = tmp_path_factory.mktemp("builder")
-    proc = start_builder(tmp / "store", tmp / "work", tmp / "builder.log")
-    try:
-        proc.wait_serving()
-        yield proc
-    finally:
-        proc.terminate()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +14,10 @@ import pytest
 from llmserve.processes import DaemonProcess
 from llmserve.store import ENGINES, open_store
 from llmserve.v1 import builder_pb2, builder_pb2_grpc, common_pb2
+from tests.builder_service.conftest import start_builder
 
 TinyDir = Callable[[str], Path]
 INT8 = common_pb2.QUANTIZATION_INT8_WEIGHT_ONLY
-
-
-def start_builder(store: Path, work: Path, log: Path) -> DaemonProcess:
-    args = ["--store", str(store), "--work-dir", str(work), "--grace-period-s", "2"]
-    return DaemonProcess("builder_service", args, log_path=log).start()
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    tmp = tmp_path_factory.mktemp("builder")
-    proc = start_builder(tmp / "store", tmp / "work", tmp / "builder.log")
-    try:
-        proc.wait_serving()
-        yield proc
-    finally:
-        proc.terminate()
 
 
 def stub_for(proc: DaemonProcess) -> tuple[grpc.Channel, Any]:
