@@ -44,9 +44,8 @@ def add_lora(
     table: SlotTable,
 ) -> None:
     """y[t] += scaling_s * B_{s,p} (A_{s,p} x[t]) for every token t of slot s and part p the
-    slot's adapter changes, in place. y [T, out], x [T, in]."""
-    if not any(table.parts[slot] for _, _, slot in batch.segments):
-        return
+    slot's adapter changes, in place. y [T, out], x [T, in]. (LoRALinear skips the call when
+    no adapter of the batch changes the layer.)"""
     xs = x.index_select(0, batch.token_indices)
     delta = torch.zeros(xs.shape[0], y.shape[1], dtype=y.dtype, device=y.device)
     num_parts, max_rank, in_features = a.shape[1:]
