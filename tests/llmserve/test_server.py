@@ -14,7 +14,6 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from llmserve import errors
 from llmserve.server import Daemon, ServerConfig, Service
-from llmserve.server.unimplemented import fill_unimplemented
 from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
 
 NUM_CHUNKS = 5
@@ -168,35 +167,6 @@ def test_message_size_limit() -> None:
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     run_with_daemon(body, max_message_bytes=2048)
-
-
-def test_unimplemented_servicer_names_the_pending_work() -> None:
-    async def main() -> None:
-        daemon = Daemon("test", ServerConfig(port=0))
-        servicer = fill_unimplemented(
-            runtime_pb2_grpc.RuntimeServicer,
-            runtime_pb2.DESCRIPTOR.services_by_name["Runtime"],
-            "pending: some issue",
-        )()
-        daemon.add_service(
-            Service("llmserve.v1.Runtime", servicer, runtime_pb2_grpc.add_RuntimeServicer_to_server)
-        )
-        await daemon.start()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{daemon.port}") as channel:
-            stub = runtime_pb2_grpc.RuntimeStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.GetStatus(runtime_pb2.GetStatusRequest())
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert err.value.details() == (
-                "Runtime.GetStatus is not implemented yet (pending: some issue)"
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                async for _ in stub.Generate(runtime_pb2.GenerateRequest()):
-                    pass
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        await daemon.drain()
-
-    asyncio.run(main())
 
 
 def test_reflection_v1_and_v1alpha_list_services() -> None:
