@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmserve.device import CPU_TARGET
+from llmserve.engine_pb import DTYPES as DTYPE_ENUMS
+from llmserve.engine_pb import dtype_name, quantization_name
 from llmserve.errors import InvalidArgument
 from llmserve.store.manifest import EngineManifest
 from llmserve.targets import parse_target, require_quantization_supported
 
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = tuple(DTYPE_ENUMS)  # float32, bfloat16, float16
 PHASES = ("waiting", "loading", "converting", "validating", "publishing", "done")
 
 
@@ -64,23 +66,10 @@ class BuildSpec:
     # Protobuf helpers (the servicer passes llmserve.v1 messages).
     @classmethod
     def from_pb(cls, request: Any) -> BuildSpec:
-        from llmserve.v1 import common_pb2
-
-        quantization = {
-            common_pb2.QUANTIZATION_UNSPECIFIED: "none",
-            common_pb2.QUANTIZATION_NONE: "none",
-            common_pb2.QUANTIZATION_INT8_WEIGHT_ONLY: "int8",
-            common_pb2.QUANTIZATION_INT4_WEIGHT_ONLY: "int4",
-            common_pb2.QUANTIZATION_FP8: "fp8",
-        }.get(request.quantization)
+        quantization = quantization_name(request.quantization)
         if quantization is None:
             raise InvalidArgument(f"quantization {request.quantization} is not a known value")
-        dtype = {
-            common_pb2.DTYPE_UNSPECIFIED: "",
-            common_pb2.DTYPE_FLOAT32: "float32",
-            common_pb2.DTYPE_BFLOAT16: "bfloat16",
-            common_pb2.DTYPE_FLOAT16: "float16",
-        }.get(request.dtype)
+        dtype = dtype_name(request.dtype)
         if dtype is None:
             raise InvalidArgument(f"dtype {request.dtype} is not a known value")
         return cls(

@@ -4,6 +4,8 @@ runtime_pool.py touches protobuf."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.records import Reply, Session, Timings, Usage
@@ -75,19 +77,24 @@ def reply_of(text: str, token_ids: list[int], last: runtime_pb2.GenerateResponse
     )
 
 
-def chat_chunk(session_id: str, chunk: runtime_pb2.GenerateResponse) -> gateway_pb2.ChatResponse:
-    response = gateway_pb2.ChatResponse(
-        session_id=session_id,
-        token_ids=chunk.token_ids,
-        text=chunk.text,
-        logprobs=chunk.logprobs,
-        finish_reason=chunk.finish_reason,
-    )
+Streamed = TypeVar("Streamed", gateway_pb2.ChatResponse, gateway_pb2.GatewayGenerateResponse)
+
+
+def _with_chunk(response: Streamed, chunk: runtime_pb2.GenerateResponse) -> Streamed:
+    """`response` (a gateway stream message) carrying the runtime chunk's fields."""
+    response.token_ids.extend(chunk.token_ids)
+    response.text = chunk.text
+    response.logprobs.extend(chunk.logprobs)
+    response.finish_reason = chunk.finish_reason
     if chunk.HasField("usage"):
         response.usage.CopyFrom(chunk.usage)
     if chunk.HasField("timings"):
         response.timings.CopyFrom(chunk.timings)
     return response
+
+
+def chat_chunk(session_id: str, chunk: runtime_pb2.GenerateResponse) -> gateway_pb2.ChatResponse:
+    return _with_chunk(gateway_pb2.ChatResponse(session_id=session_id), chunk)
 
 
 def chat_replay(session_id: str, reply: Reply) -> gateway_pb2.ChatResponse:
@@ -113,18 +120,7 @@ def chat_replay(session_id: str, reply: Reply) -> gateway_pb2.ChatResponse:
 def generate_chunk(
     request_id: str, chunk: runtime_pb2.GenerateResponse
 ) -> gateway_pb2.GatewayGenerateResponse:
-    response = gateway_pb2.GatewayGenerateResponse(
-        request_id=request_id,
-        token_ids=chunk.token_ids,
-        text=chunk.text,
-        logprobs=chunk.logprobs,
-        finish_reason=chunk.finish_reason,
-    )
-    if chunk.HasField("usage"):
-        response.usage.CopyFrom(chunk.usage)
-    if chunk.HasField("timings"):
-        response.timings.CopyFrom(chunk.timings)
-    return response
+    return _with_chunk(gateway_pb2.GatewayGenerateResponse(request_id=request_id), chunk)
 
 
 def model_pb(info: ModelInfo) -> gateway_pb2.Model:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmserve.device import DeviceInfo, cpu_info, device_info
-from llmserve.engine_pb import engine_to_pb
+from llmserve.engine_pb import dtype_value, engine_to_pb
 from llmserve.errors import FailedPrecondition
 from llmserve.store import Hold, open_store
 from llmserve.store.engines import fetch_engine, hold_engine
@@ -26,12 +26,6 @@ from runtime_service.engine.core import CoreInfo
 from runtime_service.models.loader import read_engine_manifest
 
 log = logging.getLogger(__name__)
-
-DTYPES = {
-    "float32": common_pb2.DTYPE_FLOAT32,
-    "bfloat16": common_pb2.DTYPE_BFLOAT16,
-    "float16": common_pb2.DTYPE_FLOAT16,
-}
 
 
 @dataclass
@@ -126,7 +120,7 @@ def describe(info: CoreInfo, path: Path, config: RuntimeConfig, target: str) -> 
             source=info.model_path,
         )
     engine.model_name = config.served_model_name or engine.model_name
-    engine.dtype = DTYPES[info.dtype]
+    engine.dtype = dtype_value(info.dtype)
     engine.max_model_len = info.max_model_len  # what this runtime accepts
     return engine
 
