@@ -25,6 +25,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 4096
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
+    # CUDA graphs of the decode step (captured at start-up); off: every step runs eagerly.
+    enable_cuda_graphs: bool = True
     load_format: str = "auto"  # auto: read the weights; dummy: random weights (benchmarks)
     cpu_threads: int = 0  # torch intra-op threads of the core; 0: torch's default (all cores)
     verify_engine: bool = True  # check a built engine's files against its manifest at load

@@ -126,7 +126,16 @@ class EngineCore:
             config.enable_chunked_prefill,
             self.lora,
         )
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.lora)
+        self.runner = ModelRunner(
+            self.model,
+            num_blocks,
+            config.block_size,
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            self.max_model_len,
+            self.lora,
+            cuda_graphs=config.enable_cuda_graphs,
+        )
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
         self.info = CoreInfo(

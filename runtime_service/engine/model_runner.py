@@ -1,6 +1,7 @@
 """ModelRunner: turns a SchedulerOutput into input tensors, runs the model, samples.
 
-It owns the KV cache tensors. Inputs are one flattened batch of every scheduled token;
+It owns the KV cache tensors, the step's input buffers (step_inputs.py) and, on CUDA, the
+decode graphs (cuda_graphs.py). Inputs are one flattened batch of every scheduled token;
 logits are computed only at the last token of each request whose step reaches the end of its
 known tokens (a finished prefill chunk or a decode), and only those requests get a token.
 """
@@ -12,9 +13,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from runtime_service.engine.cuda_graphs import DecodeGraphs
+from runtime_service.engine.penalties import PenaltyState
 from runtime_service.engine.request import Request, TokenLogprobs
 from runtime_service.engine.sampler import sample
 from runtime_service.engine.scheduler import SchedulerOutput
+from runtime_service.engine.step_inputs import StepInputs
 from runtime_service.models.attention import AttentionMetadata
 from runtime_service.models.llama import LlamaModel
 from runtime_service.models.loader import allocate_kv_caches
@@ -38,64 +42,54 @@ class ModelRunner:
         model: LlamaModel,
         num_blocks: int,
         block_size: int,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
         lora: LoRAManager | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         self.model = model
         self.lora = lora
         self.device = model.device
         self.block_size = block_size
         self.num_blocks = num_blocks
+        # One block beyond the pool: the slot that padding rows of a graph batch write to.
         self.kv_caches = allocate_kv_caches(
-            model.config, num_blocks, block_size, model.dtype, model.device
+            model.config, num_blocks + 1, block_size, model.dtype, model.device
         )
+        self.inputs = StepInputs(
+            max_num_tokens=max(max_num_batched_tokens, max_num_seqs),
+            max_num_seqs=max_num_seqs,
+            max_blocks_per_seq=-(-max_model_len // block_size),
+            block_size=block_size,
+            pad_slot=num_blocks * block_size,
+            device=self.device,
+        )
+        self.penalties = PenaltyState(model.config.vocab_size, self.device)
+        self.graphs: DecodeGraphs | None = None
+        if cuda_graphs and self.device.type == "cuda":
+            self.graphs = DecodeGraphs(self.inputs, self._forward, max_num_seqs)
+            self.graphs.capture()
 
-    def _prepare(
-        self, sched: SchedulerOutput
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], list[Request]]:
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start = [0]
-        seq_lens: list[int] = []
-        sample_rows: list[int] = []
-        sample_reqs: list[Request] = []
-        for req, n, blocks in zip(
-            sched.requests, sched.num_scheduled_tokens, sched.block_ids, strict=True
-        ):
-            start = req.num_computed_tokens
-            end = start + n
-            input_ids.extend(req.all_token_ids[start:end])
-            positions.extend(range(start, end))
-            slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
-            query_start.append(query_start[-1] + n)
-            seq_lens.append(end)
-            if end == req.num_tokens:
-                sample_rows.append(query_start[-1] - 1)
-                sample_reqs.append(req)
-        width = max(len(b) for b in sched.block_ids)
-        tables = [b + [0] * (width - len(b)) for b in sched.block_ids]
-        dev = self.device
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-            query_start_loc=torch.tensor(query_start, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            query_lens_cpu=list(sched.num_scheduled_tokens),
-            seq_lens_cpu=seq_lens,
-        )
-        ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
-        pos = torch.tensor(positions, dtype=torch.long, device=dev)
-        return ids, pos, meta, sample_rows, sample_reqs
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        return self.model(ids, positions, self.kv_caches, meta)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        ids, positions, meta, rows, reqs = self._prepare(sched)
-        if self.lora is not None:
-            self.lora.begin_batch(sched)
-        hidden = self.model(ids, positions, self.kv_caches, meta)
-        if not reqs:
+        use_lora = self.lora is not None and self.lora.begin_batch(sched)
+        size = None
+        if self.graphs is not None and not use_lora:
+            decode_only = sched.total_num_scheduled_tokens == len(sched)
+            size = self.graphs.size_for(len(sched)) if decode_only else None
+        batch = self.inputs.prepare(sched, size)
+        if size is None:
+            hidden = self._forward(batch.input_ids, batch.positions, batch.meta)
+        else:
+            hidden = self.graphs.replay(size)  # type: ignore[union-attr]
+        if not batch.sample_requests:
             return RunnerOutput([], [], [])
-        logits = self.model.compute_logits(hidden[rows])
-        out = sample(logits, reqs)
-        return RunnerOutput(reqs, out.token_ids, out.logprobs)
+        logits = self.model.compute_logits(hidden[batch.logits_rows])
+        out = sample(logits, batch.sample_requests, self.penalties)
+        return RunnerOutput(batch.sample_requests, out.token_ids, out.logprobs)

@@ -1,12 +1,15 @@
-"""Sampler: logits of the requests due a token -> token ids (and logprobs).
+"""Sampler: logits of the requests due a token -> token ids (and logprobs), batched.
 
 Order of operations, per row: penalties (repetition on prompt and output tokens as in
 transformers; presence and frequency on output tokens as in OpenAI's API), the min_tokens
 mask of stop tokens, then greedy argmax, or temperature, top-k, top-p, min-p and a draw.
+Every step is one set of tensor operations over the batch: the per-request settings become
+tensors (SamplingMetadata), penalties read device tables (penalties.py), and the only Python
+loops are over the rows that need a setting at all, to build those tensors.
 
 The draw is argmax(p / q) with q ~ Exp(1) (the exponential-race form of sampling from p).
-A seeded request draws its q from its own generator, one vector per token, so its tokens do
-not depend on what else shares the batch; unseeded rows share one draw.
+A seeded request's q is a hash of (seed, output index, token) (kernels/seeded_noise.py), so
+its tokens do not depend on what else shares the batch; unseeded rows share one random draw.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from runtime_service.engine.penalties import PenaltyState
 from runtime_service.engine.request import Request, TokenLogprobs
+from runtime_service.kernels.seeded_noise import seeded_exponential
 
 
 @dataclass(slots=True)
@@ -24,76 +29,113 @@ class SamplerOutput:
     logprobs: list[TokenLogprobs | None]
 
 
-def _apply_penalties(logits: torch.Tensor, reqs: list[Request]) -> None:
-    vocab = logits.shape[1]
-    for row, req in enumerate(reqs):
-        p = req.params
-        if not p.has_penalties:
-            continue
-        device = logits.device
-        if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(req.all_token_ids)), device=device, dtype=torch.long)
-            seen = seen[seen < vocab]
-            values = logits[row, seen]
-            logits[row, seen] = torch.where(
-                values < 0, values * p.repetition_penalty, values / p.repetition_penalty
-            )
-        if req.output_token_ids and (p.presence_penalty or p.frequency_penalty):
-            ids = torch.tensor(req.output_token_ids, device=device, dtype=torch.long)
-            counts = torch.bincount(ids, minlength=vocab)[:vocab].to(logits.dtype)
-            logits[row] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+def _rows(reqs: list[Request], keep) -> list[int]:
+    return [i for i, r in enumerate(reqs) if keep(r)]
 
 
-def _mask_early_stops(logits: torch.Tensor, reqs: list[Request]) -> None:
+def apply_penalties(
+    logits: torch.Tensor, reqs: list[Request], state: PenaltyState | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Penalizes the rows of requests with penalties in place; returns (batch rows, table
+    rows) of those requests, for counting their new tokens, or None when there are none."""
+    rows = _rows(reqs, lambda r: r.params.has_penalties)
+    if not rows:
+        return None
+    device = logits.device
+    state = state or PenaltyState(logits.shape[1], device)
+    sub = [reqs[i] for i in rows]
+    table_rows = state.rows_of(sub)
+    batch_rows = torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
+    settings = torch.tensor(
+        [
+            (r.params.repetition_penalty, r.params.presence_penalty, r.params.frequency_penalty)
+            for r in sub
+        ],
+        dtype=torch.float32,
+    ).to(device, non_blocking=True)
+    rep, presence, frequency = (settings[:, i : i + 1] for i in range(3))
+    counts = state.output_counts[table_rows].to(torch.float32)
+    seen = state.prompt_mask[table_rows] | (counts > 0)
+    values = logits[batch_rows]
+    penalized = torch.where(values < 0, values * rep, values / rep)
+    values = torch.where(seen, penalized, values)
+    values = values - frequency * counts - presence * (counts > 0).to(torch.float32)
+    logits[batch_rows] = values
+    return batch_rows, table_rows
+
+
+def mask_early_stops(logits: torch.Tensor, reqs: list[Request]) -> None:
+    """Stop tokens cannot end a request before its min_tokens."""
     vocab = logits.shape[1]
+    rows, cols = [], []
     for row, req in enumerate(reqs):
         if req.num_output_tokens < req.params.min_tokens and req.stop_tokens:
             ids = [t for t in req.stop_tokens if t < vocab]
-            logits[row, ids] = float("-inf")
+            rows.extend([row] * len(ids))
+            cols.extend(ids)
+    if rows:
+        logits[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
 
 
-def _truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+def truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     """Temperature, top-k, top-p and min-p on float32 logits of non-greedy rows."""
     device = logits.device
-    temperature = torch.tensor([r.params.temperature for r in reqs], device=device)
-    logits = logits / temperature[:, None]
-    top_k = [r.params.top_k for r in reqs]
-    top_p = [r.params.top_p for r in reqs]
-    min_p = [r.params.min_p for r in reqs]
-    if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
+    settings = torch.tensor(
+        [(r.params.temperature, r.params.top_k, r.params.top_p, r.params.min_p) for r in reqs],
+        dtype=torch.float32,
+    ).to(device, non_blocking=True)
+    temperature, top_k, top_p, min_p = (settings[:, i : i + 1] for i in range(4))
+    logits = logits / temperature
+    vocab = logits.shape[1]
+    use_top_k = any(r.params.top_k > 0 for r in reqs)
+    use_top_p = any(r.params.top_p < 1.0 for r in reqs)
+    if use_top_p:
+        # Sorted once; top-k then top-p in sorted order (keep ties of the k-th value, as
+        # transformers does; drop a token when the tokens before it already reach top_p).
         sorted_logits, order = logits.sort(dim=-1, descending=True)
-        vocab = logits.shape[1]
-        k = torch.tensor([k if k > 0 else vocab for k in top_k], device=device)
-        ranks = torch.arange(vocab, device=device)[None, :]
-        drop = ranks >= k[:, None]
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        if use_top_k:
+            k = torch.where(top_k > 0, top_k, vocab).long().clamp(max=vocab)
+            kth = sorted_logits.gather(1, k - 1)
+            sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
         probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the tokens before it already reach top_p (keep at least one).
         before = probs.cumsum(dim=-1) - probs
-        drop = before >= torch.tensor(top_p, device=device)[:, None]
+        drop = before >= top_p
         drop[:, 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-    if any(p > 0 for p in min_p):
+        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+    elif use_top_k:
+        max_k = min(max(r.params.top_k for r in reqs), vocab)
+        top = logits.topk(max_k, dim=-1).values
+        k = torch.where(top_k > 0, top_k.clamp(max=max_k), max_k).long()
+        kth = top.gather(1, k - 1)
+        kth = torch.where(top_k > 0, kth, float("-inf"))
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if any(r.params.min_p > 0 for r in reqs):
         probs = logits.softmax(dim=-1)
-        threshold = (
-            probs.max(dim=-1, keepdim=True).values * torch.tensor(min_p, device=device)[:, None]
-        )
+        threshold = probs.max(dim=-1, keepdim=True).values * min_p
         logits = logits.masked_fill(probs < threshold, float("-inf"))
     return logits
 
 
-def _draw(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+def draw(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+    """One token per row from softmax(logits): argmax(p / q), q ~ Exp(1)."""
     probs = logits.softmax(dim=-1)
-    q = torch.empty_like(probs)
-    unseeded = [i for i, r in enumerate(reqs) if r.generator is None]
-    if unseeded:
-        q[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=q.device).exponential_()
-    for i, req in enumerate(reqs):
-        if req.generator is not None:
-            noise = torch.empty(probs.shape[1]).exponential_(generator=req.generator)
-            q[i] = noise.to(q.device)
+    vocab = probs.shape[1]
+    seeded = _rows(reqs, lambda r: r.params.seed is not None)
+    if len(seeded) == len(reqs):
+        q = _seeded_noise(reqs, vocab, probs.device)
+    else:
+        q = torch.empty_like(probs).exponential_()
+        if seeded:
+            index = torch.tensor(seeded).to(probs.device, non_blocking=True)
+            q[index] = _seeded_noise([reqs[i] for i in seeded], vocab, probs.device)
     return (probs / q).argmax(dim=-1)
+
+
+def _seeded_noise(reqs: list[Request], vocab: int, device: torch.device) -> torch.Tensor:
+    keys = torch.tensor([(r.params.seed, r.num_output_tokens) for r in reqs], dtype=torch.long)
+    keys = keys.to(device, non_blocking=True)
+    return seeded_exponential(keys[:, 0], keys[:, 1], vocab)
 
 
 def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, reqs: list[Request]) -> list:
@@ -116,16 +158,31 @@ def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, reqs: list[Request]) -> l
     return out
 
 
-def sample(logits: torch.Tensor, reqs: list[Request]) -> SamplerOutput:
-    """logits [len(reqs), vocab] float32 -> one token per request."""
+def sample(
+    logits: torch.Tensor, reqs: list[Request], penalties: PenaltyState | None = None
+) -> SamplerOutput:
+    """logits [len(reqs), vocab] float32 -> one token per request.
+
+    `penalties` keeps the token counts of requests with penalties across steps (one per
+    engine); without it they are rebuilt from the requests' tokens for this call.
+    """
     raw = logits
-    logits = logits.clone()
-    _apply_penalties(logits, reqs)
-    _mask_early_stops(logits, reqs)
-    tokens = logits.argmax(dim=-1)
-    random_rows = [i for i, r in enumerate(reqs) if not r.params.greedy]
-    if random_rows:
+    needs_copy = any(
+        r.params.has_penalties or r.params.min_tokens > r.num_output_tokens for r in reqs
+    )
+    logits = logits.clone() if needs_copy else logits
+    penalized = apply_penalties(logits, reqs, penalties)
+    mask_early_stops(logits, reqs)
+    random_rows = _rows(reqs, lambda r: not r.params.greedy)
+    if len(random_rows) == len(reqs):
+        tokens = draw(truncate(logits, reqs), reqs)
+    else:
+        tokens = logits.argmax(dim=-1)
+    if random_rows and len(random_rows) < len(reqs):
         sub = [reqs[i] for i in random_rows]
-        drawn = _draw(_truncate(logits[random_rows], sub), sub)
-        tokens[random_rows] = drawn
+        index = torch.tensor(random_rows).to(logits.device, non_blocking=True)
+        tokens[index] = draw(truncate(logits[index], sub), sub)
+    if penalized is not None and penalties is not None:
+        batch_rows, table_rows = penalized
+        penalties.add_tokens(table_rows, tokens[batch_rows])
     return SamplerOutput(tokens.tolist(), _logprobs(raw, tokens, reqs))

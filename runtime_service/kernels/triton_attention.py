@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -210,19 +211,14 @@ def _attention_kernel(
     )
 
 
-def _tiles(
-    query_lens: list[int], block_q: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    seqs: list[int] = []
-    index: list[int] = []
-    for i, n in enumerate(query_lens):
-        count = -(-n // block_q)
-        seqs.extend([i] * count)
-        index.extend(range(count))
-    return (
-        torch.tensor(seqs, dtype=torch.int32, device=device),
-        torch.tensor(index, dtype=torch.int32, device=device),
-    )
+def _tiles(query_lens, block_q: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(request, query tile within it) of every query tile of the batch."""
+    counts = -(-np.asarray(query_lens, dtype=np.int64) // block_q)
+    seqs = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    firsts = np.repeat(np.cumsum(counts) - counts, counts)
+    index = (np.arange(len(seqs), dtype=np.int64) - firsts).astype(np.int32)
+    both = torch.from_numpy(np.stack([seqs, index])).to(device, non_blocking=True)
+    return both[0], both[1]
 
 
 def paged_attention_triton(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from runtime_service.kernels.torch_attention import paged_attention_reference
@@ -23,9 +24,9 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [B, max_blocks] int32 (rows padded with 0)
     query_start_loc: torch.Tensor  # [B + 1] int32: request i owns tokens [qsl[i], qsl[i+1])
     seq_lens: torch.Tensor  # [B] int32: tokens in the cache after this step
-    # Host copies, for the reference backend and kernel launch sizes.
-    query_lens_cpu: list[int]
-    seq_lens_cpu: list[int]
+    # Host copies (lists or numpy arrays), for the reference backend and kernel launch sizes.
+    query_lens_cpu: list[int] | np.ndarray
+    seq_lens_cpu: list[int] | np.ndarray
     # Per-step values a backend derives once and reuses in every layer.
     backend_cache: dict[str, Any] = field(default_factory=dict)
 
@@ -35,11 +36,11 @@ class AttentionMetadata:
 
     @property
     def max_query_len(self) -> int:
-        return max(self.query_lens_cpu, default=0)
+        return int(np.max(self.query_lens_cpu)) if len(self.query_lens_cpu) else 0
 
     @property
     def max_seq_len(self) -> int:
-        return max(self.seq_lens_cpu, default=0)
+        return int(np.max(self.seq_lens_cpu)) if len(self.seq_lens_cpu) else 0
 
 
 def write_kv(

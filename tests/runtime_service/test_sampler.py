@@ -13,8 +13,9 @@ from transformers.generation.logits_process import (
 )
 
 from runtime_service.engine.params import SamplingParams
+from runtime_service.engine.penalties import PenaltyState
 from runtime_service.engine.request import Request
-from runtime_service.engine.sampler import _apply_penalties, _truncate, sample
+from runtime_service.engine.sampler import apply_penalties, sample, truncate
 
 VOCAB = 50
 
@@ -59,7 +60,7 @@ def test_truncation_keeps_the_same_tokens_as_transformers(
     for _ in range(20):
         logits = torch.randn(VOCAB, generator=g) * 3
         r = req([1], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-        ours = _truncate(logits[None].clone(), [r])[0]
+        ours = truncate(logits[None].clone(), [r])[0]
         theirs = hf_warped(logits, temperature, top_k, top_p, min_p)
         assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
         kept = torch.isfinite(ours)
@@ -71,7 +72,7 @@ def test_repetition_penalty_matches_transformers() -> None:
     logits = torch.randn(1, VOCAB, generator=g)
     r = req([3, 4, 4, 9], outputs=[9, 17], repetition_penalty=1.7)
     ours = logits.clone()
-    _apply_penalties(ours, [r])
+    apply_penalties(ours, [r])
     theirs = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor([r.all_token_ids]), logits.clone())
     torch.testing.assert_close(ours, theirs)
 
@@ -79,7 +80,7 @@ def test_repetition_penalty_matches_transformers() -> None:
 def test_presence_and_frequency_penalties_follow_the_openai_formula() -> None:
     logits = torch.zeros(1, VOCAB)
     r = req([5, 5, 6], outputs=[7, 7, 7, 8], presence_penalty=0.5, frequency_penalty=0.25)
-    _apply_penalties(logits, [r])
+    apply_penalties(logits, [r])
     expected = torch.zeros(VOCAB)
     expected[7] = -(0.5 + 3 * 0.25)
     expected[8] = -(0.5 + 0.25)  # prompt tokens 5 and 6 are not penalized
@@ -105,11 +106,14 @@ def test_greedy_rows_take_the_argmax_and_others_respect_their_mask() -> None:
 
 def test_sampling_follows_the_distribution() -> None:
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    r = req([1], temperature=1.0, seed=42)
-    counts = torch.zeros(4)
-    for _ in range(4000):
-        counts[sample(logits, [r]).token_ids[0]] += 1
-    torch.testing.assert_close(counts / 4000, logits[0].softmax(-1), atol=0.03, rtol=0)
+    torch.manual_seed(0)  # the unseeded rows' shared draw
+    for seeded in (False, True):
+        counts = torch.zeros(4)
+        for i in range(4000):
+            # Seeded: across seeds (and output positions), the hash noise is Exp(1) too.
+            r = req([1], outputs=[0] * (i % 7), temperature=1.0, seed=i if seeded else None)
+            counts[sample(logits, [r]).token_ids[0]] += 1
+        torch.testing.assert_close(counts / 4000, logits[0].softmax(-1), atol=0.03, rtol=0)
 
 
 def test_seeded_draws_do_not_depend_on_batch_neighbours() -> None:
@@ -140,3 +144,34 @@ def test_logprobs_are_the_raw_distribution() -> None:
     assert out is not None
     assert out.logprob == pytest.approx(float(raw[out.token_id]), abs=1e-6)
     assert [t for t, _ in out.top] == raw.topk(3).indices.tolist()
+
+
+def test_penalty_state_follows_the_tokens_across_steps() -> None:
+    """The device tables, bumped by each sampled token, penalize as a fresh count does."""
+    g = torch.Generator().manual_seed(5)
+    state = PenaltyState(VOCAB, torch.device("cpu"), capacity=1)
+    reqs = [
+        req([3, 4], repetition_penalty=1.5, presence_penalty=0.3, temperature=0),
+        req([5], temperature=0),  # no penalties: no table row
+        req([9, 9, 1], frequency_penalty=0.7, temperature=0),
+    ]
+    for _ in range(6):
+        logits = torch.randn(3, VOCAB, generator=g)
+        expected = logits.clone()
+        apply_penalties(expected, reqs)  # counted from the requests' tokens
+        out = sample(logits.clone(), reqs, state)
+        assert out.token_ids == expected.argmax(-1).tolist()
+        for r, t in zip(reqs, out.token_ids, strict=True):
+            r.append_output_token(t, None)
+    assert state.capacity == 2  # grew once: two requests with penalties
+
+
+def test_penalty_rows_of_finished_requests_are_reused() -> None:
+    state = PenaltyState(VOCAB, torch.device("cpu"), capacity=1)
+    first = req([1, 2], repetition_penalty=1.2)
+    state.rows_of([first])
+    first.status = first.status.FINISHED_STOPPED
+    second = req([7], repetition_penalty=1.2)
+    assert state.rows_of([second]).tolist() == [0]
+    assert state.capacity == 1
+    assert state.prompt_mask[0].nonzero().flatten().tolist() == [7]

@@ -230,8 +230,9 @@ class LoRAManager:
             self._remove(name)
 
     # The model runner.
-    def begin_batch(self, sched: SchedulerOutput) -> None:
-        """Tells the LoRA layers which of this step's tokens use which slot."""
+    def begin_batch(self, sched: SchedulerOutput) -> bool:
+        """Tells the LoRA layers which of this step's tokens use which slot; True when any
+        token uses an adapter."""
         slots = []
         for req in sched.requests:
             slot = None if req.adapter is None else self.slots.slot_of(req.adapter)
@@ -239,6 +240,7 @@ class LoRAManager:
                 raise RuntimeError(f"{req} runs with adapter {req.adapter!r} in no slot")
             slots.append(slot)
         self.device_slots.batch = LoRABatch.build(sched.num_scheduled_tokens, slots, self.device)
+        return self.device_slots.batch is not None
 
     @property
     def num_loads(self) -> int:

@@ -1,0 +1,255 @@
+"""Engine speed: the workloads of the engine-speed targets, through the offline LLM API.
+
+  python bench/engine_speed.py --shape llama3-8b                   # every row, bf16, CUDA
+  python bench/engine_speed.py --shape llama3-8b --rows single,throughput --quantization fp8
+  python bench/engine_speed.py --rows single,throughput --peers hf-static   # + transformers
+
+Rows (forced output lengths, random prompt ids, prefix caching off):
+  single      one request, 128 in -> 512 out: output tok/s
+  throughput  1,024 requests, 128 in / 128 out: output tok/s
+  long        64 requests, 2,048 in / 128 out: (in + out) tok/s
+  mixed       512 requests, inputs 32-1,024, outputs 16-512 (seed 0): output tok/s
+  sampler     one sampling call on 256 rows x vocab: greedy, top-p/top-k, penalties, seeds;
+              each against a greedy decode step of 256 rows
+Peers (same prompts, same process): hf-static (transformers generate, static batches) and
+hf-cb (generate_batch), on the rows named by --peer-rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.offline_throughput import (  # noqa: E402
+    Result,
+    device_name,
+    print_report,
+    run_hf_cb,
+    run_hf_static,
+    shaped_model_dir,
+)
+
+
+def workloads(vocab: int) -> dict[str, tuple[list[list[int]], list[int]]]:
+    """Row name -> (prompts, output lengths)."""
+    g = torch.Generator().manual_seed(0)
+
+    def prompts(n: int, length: int) -> list[list[int]]:
+        return torch.randint(100, vocab - 100, (n, length), generator=g).tolist()
+
+    rng = random.Random(0)
+    mixed_in = [rng.randint(32, 1024) for _ in range(512)]
+    mixed_out = [rng.randint(16, 512) for _ in range(512)]
+    return {
+        "single": (prompts(1, 128), [512]),
+        "throughput": (prompts(1024, 128), [128] * 1024),
+        "long": (prompts(64, 2048), [128] * 64),
+        "mixed": ([prompts(1, n)[0] for n in mixed_in], mixed_out),
+    }
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_row(llm, prompts: list[list[int]], out_lens: list[int]) -> tuple[int, int, float]:
+    from runtime_service.engine.params import SamplingParams
+
+    params = [
+        SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, detokenize=False)
+        for n in out_lens
+    ]
+    sync()
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params)
+    sync()
+    seconds = time.perf_counter() - start
+    out_tokens = sum(len(o.token_ids) for o in outputs)
+    assert out_tokens == sum(out_lens), (out_tokens, sum(out_lens))
+    return sum(len(p) for p in prompts), out_tokens, seconds
+
+
+def time_call(fn, repeats: int = 10) -> float:
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
+
+
+def sampler_rows(llm, vocab: int) -> list[str]:
+    """Sampling 256 rows, each setting against a greedy decode step of 256 rows."""
+    from runtime_service.engine.params import SamplingParams
+    from runtime_service.engine.request import Request
+    from runtime_service.engine.sampler import sample
+
+    device = llm.engine.core.device
+    runner = llm.engine.core.runner
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, vocab, (128,), generator=g).tolist()
+    outputs = torch.randint(0, vocab, (100,), generator=g).tolist()
+    logits = torch.randn(256, vocab, device=device)
+    settings = {
+        "greedy": dict(temperature=0),
+        "top-p 0.9 + top-k 50": dict(temperature=0.8, top_p=0.9, top_k=50),
+        "top-p 0.9": dict(temperature=0.8, top_p=0.9),
+        "penalties (rep 1.1, presence 0.5, frequency 0.5)": dict(
+            temperature=0, repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.5
+        ),
+        "per-request seeds": dict(temperature=1.0, seed=7),
+    }
+    step = decode_step_seconds(llm, vocab)
+    lines = [
+        f"Greedy decode step, 256 rows (graph replay + greedy sample): {step * 1e3:.2f} ms",
+        "",
+    ]
+    lines += ["| sampling (256 rows) | ms | share of a greedy step |", "| --- | ---: | ---: |"]
+    for name, kw in settings.items():
+        reqs = []
+        for i in range(256):
+            p = SamplingParams(**{**kw, **({"seed": i} if "seed" in kw else {})})
+            r = Request(f"s{i}", prompt, p, (), 4096)
+            for t in outputs:
+                r.append_output_token(t, None)
+            reqs.append(r)
+        seconds = time_call(lambda reqs=reqs: sample(logits, reqs, runner.penalties))
+        lines.append(f"| {name} | {seconds * 1e3:.2f} | {seconds / step:.1%} |")
+    return lines
+
+
+PROFILE = False
+
+
+def decode_step_seconds(llm, vocab: int) -> float:
+    """Mean seconds of one step of 256 running decodes (from a timed stretch of steps)."""
+    from runtime_service.engine.params import SamplingParams
+
+    g = torch.Generator().manual_seed(2)
+    engine = llm.engine
+    params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True, detokenize=False)
+    for i in range(256):
+        engine.add_request(
+            f"d{i}", torch.randint(100, vocab - 100, (128,), generator=g).tolist(), params
+        )
+    for _ in range(8):  # prefill and settle into decode
+        engine.step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(32):
+        engine.step()
+    sync()
+    seconds = (time.perf_counter() - start) / 32
+    if PROFILE:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(4):
+                engine.step()
+            sync()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    while engine.has_unfinished_requests:
+        engine.step()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shape", default="llama3-8b")
+    parser.add_argument("--rows", default="single,throughput,long,mixed,sampler")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--max-num-seqs", type=int, default=1024)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--peers", default="none", help="hf-static, hf-cb (comma-separated)")
+    parser.add_argument("--peer-rows", default="throughput")
+    parser.add_argument("--static-batch", type=int, default=256)
+    parser.add_argument("--report", type=Path)
+    parser.add_argument("--profile", action="store_true", help="profile 4 decode steps")
+    args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
+
+    from runtime_service.engine.llm import LLM
+
+    model = shaped_model_dir(args.shape)
+    from bench.offline_throughput import SHAPES
+
+    vocab = SHAPES[args.shape]["vocab_size"]
+    rows = [r for r in args.rows.split(",") if r]
+    loads = workloads(vocab)
+    sync()
+    start = time.perf_counter()
+    llm = LLM(
+        str(model),
+        dtype=args.dtype,
+        load_format="dummy",
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=4096,
+        enable_prefix_caching=False,
+        enable_cuda_graphs=not args.no_cuda_graphs,
+    )
+    load_seconds = time.perf_counter() - start
+    llm.generate([loads["single"][0][0]] * 4)  # warm-up
+    lines = [
+        f"### Engine speed: {args.shape} shape, random weights, {args.dtype}",
+        "",
+        f"Device: {device_name('cuda' if torch.cuda.is_available() else 'cpu')}; torch "
+        f"{torch.__version__}; {time.strftime('%Y-%m-%d')}; max_num_seqs {args.max_num_seqs}, "
+        f"max_num_batched_tokens {args.max_num_batched_tokens}, CUDA graphs "
+        f"{'off' if args.no_cuda_graphs else 'on'}; engine ready in {load_seconds:.1f} s "
+        f"({llm.engine.block_manager.num_blocks} KV blocks).",
+        "",
+        "| row | system | in tokens | out tokens | seconds | tok/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        if row == "sampler":
+            continue
+        prompts, outs = loads[row]
+        n_in, n_out, seconds = run_row(llm, prompts, outs)
+        rate = (n_in + n_out if row == "long" else n_out) / seconds
+        lines.append(f"| {row} | llmserve | {n_in} | {n_out} | {seconds:.2f} | {rate:,.0f} |")
+        print(lines[-1], flush=True)
+    if "sampler" in rows:
+        lines += ["", *sampler_rows(llm, vocab)]
+    del llm
+    gc.collect()
+    torch.cuda.empty_cache()
+    for peer in [p for p in args.peers.split(",") if p and p != "none"]:
+        for row in args.peer_rows.split(","):
+            prompts, outs = loads[row]
+            ns = argparse.Namespace(
+                device="cuda",
+                dtype=args.dtype,
+                shape=args.shape,
+                output_len=outs[0],
+                static_batch=args.static_batch,
+            )
+            runner = {"hf-static": run_hf_static, "hf-cb": run_hf_cb}[peer]
+            r: Result = runner(ns, model, prompts)
+            n_in = sum(len(p) for p in prompts)
+            lines.append(
+                f"| {row} | {r.system} | {n_in} | {r.tokens} | {r.seconds:.2f} | "
+                f"{r.tokens_per_second:,.0f} |"
+            )
+            print(lines[-1], flush=True)
+    print_report("\n".join(lines) + "\n", args.report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""StepInputs: one step's input tensors, built on the host with numpy and sent in two copies.
+
+The runner owns persistent buffers sized for the largest step (`max_num_batched_tokens`
+tokens, `max_num_seqs` requests, `max_blocks_per_seq` blocks each): pinned host arrays that
+`prepare` fills, and device tensors at fixed addresses that one copy per dtype fills from
+them. CUDA graphs capture the device tensors, so a replay reads whatever the last `prepare`
+wrote there.
+
+Per step, the only Python loop is one pass over the scheduled requests (their token slice and
+block table row); positions, KV slots, query starts and the rows to sample are vectorized.
+
+NOTE: a batch may be padded to `padded_size` rows (a captured graph's size): padding rows are
+decodes of token 0 at position 0 with no context (seq_len 0, so attention reads nothing) whose
+K/V go to `pad_slot`, a slot outside every block the block manager hands out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from runtime_service.engine.request import Request
+from runtime_service.engine.scheduler import SchedulerOutput
+from runtime_service.models.attention import AttentionMetadata
+
+
+@dataclass(slots=True)
+class StepBatch:
+    """What one forward needs, as views of the runner's buffers."""
+
+    input_ids: torch.Tensor  # [T] long
+    positions: torch.Tensor  # [T] long
+    meta: AttentionMetadata
+    logits_rows: torch.Tensor  # [S] long: the rows of the hidden states to sample from
+    sample_requests: list[Request]  # the S requests that get a token, in row order
+    num_rows: int  # T (padded rows included)
+    decode_only: bool  # every request has one new token (a graph can run it)
+
+
+class StepInputs:
+    def __init__(
+        self,
+        max_num_tokens: int,
+        max_num_seqs: int,
+        max_blocks_per_seq: int,
+        block_size: int,
+        pad_slot: int,
+        device: torch.device,
+    ) -> None:
+        self.block_size = block_size
+        self.pad_slot = pad_slot
+        self.device = device
+        self.max_num_tokens = max_num_tokens
+        self.max_num_seqs = max_num_seqs
+        self.max_blocks_per_seq = max_blocks_per_seq
+        pin = device.type == "cuda"
+        # Host mirrors: int64 [ids | positions | slots | logits rows], int32 [qsl | seq_lens].
+        self._host64 = torch.zeros(4 * max_num_tokens, dtype=torch.long, pin_memory=pin)
+        self._host32 = torch.zeros(2 * max_num_seqs + 1, dtype=torch.int32, pin_memory=pin)
+        self._host_tables = torch.zeros(
+            max_num_seqs, max_blocks_per_seq, dtype=torch.int32, pin_memory=pin
+        )
+        # On the CPU the host arrays are the inputs; on CUDA, device tensors at fixed addresses.
+        same = device.type != "cuda"
+        self._dev64 = self._host64 if same else torch.zeros_like(self._host64, device=device)
+        self._dev32 = self._host32 if same else torch.zeros_like(self._host32, device=device)
+        n, s = max_num_tokens, max_num_seqs
+        h64, d64 = self._host64.numpy(), self._dev64
+        self.h_ids, self.h_pos, self.h_slots, self.h_rows = (
+            h64[i * n : (i + 1) * n] for i in range(4)
+        )
+        self.input_ids, self.positions, self.slot_mapping, self.logits_rows = (
+            d64[i * n : (i + 1) * n] for i in range(4)
+        )
+        h32 = self._host32.numpy()
+        self.h_qsl, self.h_seq_lens = h32[: s + 1], h32[s + 1 :]
+        self.query_start_loc, self.seq_lens = self._dev32[: s + 1], self._dev32[s + 1 :]
+        self.h_tables = self._host_tables.numpy()
+        self.block_tables = (
+            self._host_tables if same else torch.zeros_like(self._host_tables, device=device)
+        )
+
+    def prepare(self, sched: SchedulerOutput, padded_size: int | None = None) -> StepBatch:
+        """Fills the buffers for `sched` (padded to `padded_size` decode rows if given)."""
+        num_reqs = len(sched.requests)
+        counts = np.fromiter(sched.num_scheduled_tokens, dtype=np.int64, count=num_reqs)
+        starts = np.empty(num_reqs, dtype=np.int64)
+        width = max(len(b) for b in sched.block_ids)
+        tables = self.h_tables
+        ids = self.h_ids
+        t = 0
+        for i, (req, n, blocks) in enumerate(
+            zip(sched.requests, sched.num_scheduled_tokens, sched.block_ids, strict=True)
+        ):
+            start = req.num_computed_tokens
+            starts[i] = start
+            if n == 1:
+                ids[t] = req.all_token_ids[start]
+            else:
+                ids[t : t + n] = req.all_token_ids[start : start + n]
+            tables[i, : len(blocks)] = blocks
+            t += n
+        num_tokens = t
+        ends = starts + counts
+        qsl = self.h_qsl
+        qsl[0] = 0
+        np.cumsum(counts, out=qsl[1 : num_reqs + 1])
+        rows_of = np.repeat(np.arange(num_reqs), counts)
+        pos = (
+            np.arange(num_tokens, dtype=np.int64)
+            - qsl[:num_reqs].repeat(counts)
+            + starts.repeat(counts)
+        )
+        self.h_pos[:num_tokens] = pos
+        bs = self.block_size
+        self.h_slots[:num_tokens] = tables[rows_of, pos // bs].astype(np.int64) * bs + pos % bs
+        self.h_seq_lens[:num_reqs] = ends
+        total = np.fromiter((r.num_tokens for r in sched.requests), dtype=np.int64, count=num_reqs)
+        due = np.nonzero(ends == total)[0]
+        num_sampled = len(due)
+        self.h_rows[:num_sampled] = qsl[1 : num_reqs + 1][due] - 1
+        decode_only = num_tokens == num_reqs
+        rows = num_reqs
+        if padded_size is not None:
+            assert decode_only and padded_size >= num_reqs
+            rows = padded_size
+            ids[num_reqs:rows] = 0
+            self.h_pos[num_reqs:rows] = 0
+            self.h_slots[num_reqs:rows] = self.pad_slot
+            self.h_seq_lens[num_reqs:rows] = 0
+            qsl[num_reqs + 1 : rows + 1] = np.arange(num_reqs + 1, rows + 1)
+        num_rows = max(rows, num_tokens)
+        self._copy(num_rows, rows, width)
+        meta = AttentionMetadata(
+            slot_mapping=self.slot_mapping[:num_rows],
+            block_tables=self.block_tables[:rows],
+            query_start_loc=self.query_start_loc[: rows + 1],
+            seq_lens=self.seq_lens[:rows],
+            query_lens_cpu=np.diff(qsl[: rows + 1]),
+            seq_lens_cpu=self.h_seq_lens[:rows].copy(),
+        )
+        return StepBatch(
+            input_ids=self.input_ids[:num_rows],
+            positions=self.positions[:num_rows],
+            meta=meta,
+            logits_rows=self.logits_rows[:num_sampled],
+            sample_requests=[sched.requests[i] for i in due.tolist()],
+            num_rows=num_rows,
+            decode_only=decode_only,
+        )
+
+    def _copy(self, num_tokens: int, num_seqs: int, width: int) -> None:
+        n, s = self.max_num_tokens, self.max_num_seqs
+        if self.device.type != "cuda":  # the host arrays are the inputs
+            return
+        # Sections of the packed buffers, each up to what this step uses.
+        for i in range(4):
+            self._dev64[i * n : i * n + num_tokens].copy_(
+                self._host64[i * n : i * n + num_tokens], non_blocking=True
+            )
+        self._dev32[: num_seqs + 1].copy_(self._host32[: num_seqs + 1], non_blocking=True)
+        self._dev32[s + 1 : s + 1 + num_seqs].copy_(
+            self._host32[s + 1 : s + 1 + num_seqs], non_blocking=True
+        )
+        self.block_tables[:num_seqs, :width].copy_(
+            self._host_tables[:num_seqs, :width], non_blocking=True
+        )

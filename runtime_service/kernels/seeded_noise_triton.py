@@ -1,0 +1,36 @@
+"""The seeded Exp(1) noise of seeded_noise.py as one Triton kernel (uint32 arithmetic)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _mix(x):
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _noise_kernel(keys_ptr, out_ptr, vocab, stride_out, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    key = tl.load(keys_ptr + row).to(tl.uint32)
+    x = _mix(key ^ (cols.to(tl.uint32) * 0x9E3779B1))
+    x = _mix(x ^ (key >> 7))
+    u = ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    tl.store(out_ptr + row * stride_out + cols, -tl.log(u), mask=cols < vocab)
+
+
+def seeded_exponential_triton(keys: torch.Tensor, vocab: int) -> torch.Tensor:
+    out = torch.empty(keys.shape[0], vocab, dtype=torch.float32, device=keys.device)
+    block = 1024
+    _noise_kernel[(keys.shape[0], triton.cdiv(vocab, block))](
+        keys, out, vocab, out.stride(0), BLOCK=block
+    )
+    return out
