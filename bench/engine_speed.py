@@ -129,7 +129,31 @@ def sampler_rows(llm, vocab: int) -> list[str]:
     return lines
 
 
-PROFILE = False
+def profile_decode(llm, vocab: int, batch: int, context: int) -> None:
+    """Prints the kernels of 4 decode steps of `batch` requests at ~`context` tokens."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from runtime_service.engine.params import SamplingParams
+
+    g = torch.Generator().manual_seed(3)
+    engine = llm.engine
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, detokenize=False)
+    for i in range(batch):
+        prompt = torch.randint(100, vocab - 100, (context,), generator=g).tolist()
+        engine.add_request(f"prof{i}", prompt, params)
+    for _ in range(4):
+        engine.step()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(4):
+            engine.step()
+        sync()
+    print(f"--- profile: {batch} decodes at ~{context} tokens, 4 steps")
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60)
+    )
+    while engine.has_unfinished_requests:
+        engine.step()
 
 
 def decode_step_seconds(llm, vocab: int) -> float:
@@ -151,14 +175,6 @@ def decode_step_seconds(llm, vocab: int) -> float:
         engine.step()
     sync()
     seconds = (time.perf_counter() - start) / 32
-    if PROFILE:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(4):
-                engine.step()
-            sync()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     while engine.has_unfinished_requests:
         engine.step()
     return seconds
@@ -178,10 +194,10 @@ def main() -> None:
     parser.add_argument("--peer-rows", default="throughput")
     parser.add_argument("--static-batch", type=int, default=256)
     parser.add_argument("--report", type=Path)
-    parser.add_argument("--profile", action="store_true", help="profile 4 decode steps")
+    parser.add_argument(
+        "--profile", default="", help="batch:context pairs to profile, e.g. 1:512,256:192"
+    )
     args = parser.parse_args()
-    global PROFILE
-    PROFILE = args.profile
 
     from runtime_service.engine.llm import LLM
 
@@ -227,6 +243,9 @@ def main() -> None:
         print(lines[-1], flush=True)
     if "sampler" in rows:
         lines += ["", *sampler_rows(llm, vocab)]
+    for pair in [p for p in args.profile.split(",") if p]:
+        batch, context = (int(x) for x in pair.split(":"))
+        profile_decode(llm, vocab, batch, context)
     del llm
     gc.collect()
     torch.cuda.empty_cache()
