@@ -187,6 +187,7 @@ def main() -> None:
     parser.add_argument("--shape", default="llama3-8b")
     parser.add_argument("--rows", default="single,throughput,long,mixed,sampler")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--quantization", default="none", help="none or fp8 (random weights)")
     parser.add_argument("--max-num-seqs", type=int, default=1024)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--no-cuda-graphs", action="store_true")
@@ -218,11 +219,13 @@ def main() -> None:
         max_model_len=4096,
         enable_prefix_caching=False,
         enable_cuda_graphs=not args.no_cuda_graphs,
+        dummy_quantization=args.quantization,
     )
     load_seconds = time.perf_counter() - start
     llm.generate([loads["single"][0][0]] * 4)  # warm-up
     lines = [
-        f"### Engine speed: {args.shape} shape, random weights, {args.dtype}",
+        f"### Engine speed: {args.shape} shape, random weights, {args.dtype}, "
+        f"quantization {args.quantization}",
         "",
         f"Device: {device_name('cuda' if torch.cuda.is_available() else 'cpu')}; torch "
         f"{torch.__version__}; {time.strftime('%Y-%m-%d')}; max_num_seqs {args.max_num_seqs}, "

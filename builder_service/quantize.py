@@ -14,9 +14,13 @@ from __future__ import annotations
 import torch
 
 from llmserve.errors import FailedPrecondition
-from runtime_service.models.linear import INT4_GROUP_SIZE, dequantize_int4, pack_int4
+from runtime_service.models.linear import (
+    INT4_GROUP_SIZE,
+    dequantize_int4,
+    pack_int4,
+    quantize_fp8_rowwise,
+)
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
 _TINY = 1e-8
 
 
@@ -43,10 +47,7 @@ def quantize_int8(w: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def quantize_fp8(w: torch.Tensor) -> dict[str, torch.Tensor]:
-    w = w.float()
-    scales = w.abs().amax(dim=1).clamp(min=_TINY) / FP8_MAX
-    q = (w / scales[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return {"weight": q, "scales": scales}
+    return quantize_fp8_rowwise(w)
 
 
 def int4_params(

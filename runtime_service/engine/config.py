@@ -16,10 +16,11 @@ class EngineConfig:
     dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bf16 on CUDA, fp32 on CPU)
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     block_size: int = 16
-    # KV pool size: an explicit block count, else GPU memory fraction, else CPU bytes.
+    # KV pool size: an explicit block count, else GPU memory fraction, else CPU bytes
+    # (None: a tenth of the available memory, at least one max_model_len sequence).
     num_kv_blocks: int | None = None
     gpu_memory_utilization: float = 0.9
-    cpu_kv_cache_bytes: int = 256 * 1024 * 1024
+    cpu_kv_cache_bytes: int | None = None
     max_model_len: int | None = None  # default: the model's limit
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 4096
@@ -28,6 +29,7 @@ class EngineConfig:
     # CUDA graphs of the decode step (captured at start-up); off: every step runs eagerly.
     enable_cuda_graphs: bool = True
     load_format: str = "auto"  # auto: read the weights; dummy: random weights (benchmarks)
+    dummy_quantization: str = "none"  # with load_format dummy: none, or fp8 random weights
     cpu_threads: int = 0  # torch intra-op threads of the core; 0: torch's default (all cores)
     verify_engine: bool = True  # check a built engine's files against its manifest at load
     # LoRA: device slots of stacked adapter weights (allocated up front, before the KV pool is

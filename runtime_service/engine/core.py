@@ -94,6 +94,7 @@ class EngineCore:
             config.max_model_len,
             config.load_format,
             verify=config.verify_engine,
+            dummy_quantization=config.dummy_quantization,
         )
         mc = self.model.config
         self.max_model_len = min(
@@ -110,7 +111,7 @@ class EngineCore:
             if config.enable_lora
             else None
         )
-        num_blocks = num_kv_blocks(config, self.model, self.device)
+        num_blocks = num_kv_blocks(config, self.model, self.device, self.max_model_len)
         if num_blocks * config.block_size < self.max_model_len:
             raise InvalidArgument(
                 f"the KV cache holds {num_blocks} blocks of {config.block_size} tokens, fewer "

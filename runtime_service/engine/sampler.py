@@ -20,7 +20,7 @@ import torch
 
 from runtime_service.engine.penalties import PenaltyState
 from runtime_service.engine.request import Request, TokenLogprobs
-from runtime_service.kernels.seeded_noise import seeded_exponential
+from runtime_service.kernels.seeded_noise import row_keys, seeded_exponential_reference
 
 
 @dataclass(slots=True)
@@ -53,6 +53,13 @@ def apply_penalties(
         ],
         dtype=torch.float32,
     ).to(device, non_blocking=True)
+    if logits.is_cuda:
+        from runtime_service.kernels.sampling_triton import apply_penalties_triton
+
+        apply_penalties_triton(
+            logits, batch_rows, table_rows, settings, state.output_counts, state.prompt_mask
+        )
+        return batch_rows, table_rows
     rep, presence, frequency = (settings[:, i : i + 1] for i in range(3))
     counts = state.output_counts[table_rows].to(torch.float32)
     seen = state.prompt_mask[table_rows] | (counts > 0)
@@ -90,19 +97,7 @@ def truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     use_top_k = any(r.params.top_k > 0 for r in reqs)
     use_top_p = any(r.params.top_p < 1.0 for r in reqs)
     if use_top_p:
-        # Sorted once; top-k then top-p in sorted order (keep ties of the k-th value, as
-        # transformers does; drop a token when the tokens before it already reach top_p).
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        if use_top_k:
-            k = torch.where(top_k > 0, top_k, vocab).long().clamp(max=vocab)
-            kth = sorted_logits.gather(1, k - 1)
-            sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
-        probs = sorted_logits.softmax(dim=-1)
-        before = probs.cumsum(dim=-1) - probs
-        drop = before >= top_p
-        drop[:, 0] = False
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+        logits = _top_k_top_p(logits, reqs, top_k, top_p)
     elif use_top_k:
         max_k = min(max(r.params.top_k for r in reqs), vocab)
         top = logits.topk(max_k, dim=-1).values
@@ -117,25 +112,77 @@ def truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     return logits
 
 
-def draw(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-    """One token per row from softmax(logits): argmax(p / q), q ~ Exp(1)."""
-    probs = logits.softmax(dim=-1)
-    vocab = probs.shape[1]
-    seeded = _rows(reqs, lambda r: r.params.seed is not None)
-    if len(seeded) == len(reqs):
-        q = _seeded_noise(reqs, vocab, probs.device)
+# Candidates for top-p without a top-k: the nucleus is found among this many of the most
+# likely tokens when they hold top_p of the mass (else the row falls back to a full sort).
+TOP_P_CANDIDATES = 1024
+
+
+def _top_k_top_p(
+    logits: torch.Tensor, reqs: list[Request], top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
+    """Top-k then top-p (keep ties of the k-th value, as transformers does; drop a token when
+    the more likely tokens before it already reach top_p), over the `width` most likely
+    tokens of each row in descending order: every row's top_k when all rows have one, else
+    at least TOP_P_CANDIDATES; a row without top_k whose candidates hold less than its top_p
+    of the mass is sorted whole (rare: a very flat distribution)."""
+    vocab = logits.shape[1]
+    widest = max(r.params.top_k for r in reqs)
+    if all(r.params.top_k > 0 for r in reqs):
+        width = min(widest, vocab)
     else:
-        q = torch.empty_like(probs).exponential_()
-        if seeded:
-            index = torch.tensor(seeded).to(probs.device, non_blocking=True)
-            q[index] = _seeded_noise([reqs[i] for i in seeded], vocab, probs.device)
-    return (probs / q).argmax(dim=-1)
+        width = min(max(TOP_P_CANDIDATES, widest), vocab)
+    values, order = logits.topk(width, dim=-1)
+    k = torch.where(top_k > 0, top_k.clamp(max=width), width).long()
+    values = values.masked_fill(values < values.gather(1, k - 1), float("-inf"))
+    # The distribution top-p cuts: the kept top-k tokens, or the whole row without top_k.
+    norm = torch.where(
+        top_k > 0,
+        values.logsumexp(dim=-1, keepdim=True),
+        logits.logsumexp(dim=-1, keepdim=True),
+    )
+    probs = (values - norm).exp()
+    values = values.masked_fill(_beyond_nucleus(probs, top_p), float("-inf"))
+    out = torch.full_like(logits, float("-inf")).scatter_(1, order, values)
+    if width < vocab:
+        short = ((probs.sum(dim=-1, keepdim=True) < top_p) & (top_k <= 0))[:, 0]
+        if bool(short.any()):
+            rows = short.nonzero()[:, 0]
+            sorted_logits, full_order = logits[rows].sort(dim=-1, descending=True)
+            drop = _beyond_nucleus(sorted_logits.softmax(dim=-1), top_p[rows])
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            out[rows] = torch.empty_like(sorted_logits).scatter_(1, full_order, sorted_logits)
+    return out
 
 
-def _seeded_noise(reqs: list[Request], vocab: int, device: torch.device) -> torch.Tensor:
-    keys = torch.tensor([(r.params.seed, r.num_output_tokens) for r in reqs], dtype=torch.long)
-    keys = keys.to(device, non_blocking=True)
-    return seeded_exponential(keys[:, 0], keys[:, 1], vocab)
+def _beyond_nucleus(sorted_probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Tokens (in descending order) whose more likely tokens already reach top_p; never the
+    first."""
+    drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
+    drop[:, 0] = False
+    return drop
+
+
+def draw(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+    """One token per row from softmax(logits) by the Gumbel-max form of the exponential race:
+    argmax(logits - log q), q ~ Exp(1) from each row's noise key (seeded rows: a hash of seed
+    and output index; the others: a random key per row and step)."""
+    device = logits.device
+    seeded = _rows(reqs, lambda r: r.params.seed is not None)
+    keys = torch.randint(0, 1 << 32, (len(reqs),), dtype=torch.long, device=device)
+    if seeded:
+        pairs = [(reqs[i].params.seed, reqs[i].num_output_tokens) for i in seeded]
+        pairs_t = torch.tensor(pairs, dtype=torch.long).to(device, non_blocking=True)
+        seeded_keys = row_keys(pairs_t[:, 0], pairs_t[:, 1])
+        if len(seeded) == len(reqs):
+            keys = seeded_keys
+        else:
+            keys[torch.tensor(seeded).to(device, non_blocking=True)] = seeded_keys
+    if logits.is_cuda:
+        from runtime_service.kernels.sampling_triton import gumbel_argmax_triton
+
+        return gumbel_argmax_triton(logits.contiguous(), keys)
+    noise = seeded_exponential_reference(keys, logits.shape[1])
+    return (logits - noise.log()).argmax(dim=-1)
 
 
 def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, reqs: list[Request]) -> list:

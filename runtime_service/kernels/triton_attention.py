@@ -102,6 +102,8 @@ def _attention_kernel(
     stride_bt,
     stride_ot,
     stride_oh,
+    part_acc_ptr,
+    part_ml_ptr,
     QUERIES_PER_KV: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -112,9 +114,11 @@ def _attention_kernel(
     SLIDING_WINDOW: tl.constexpr,
     INTERPRETED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SPLITS: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
+    split = tl.program_id(2)
     seq = tl.load(tile_seq_ptr + tile)
     q_tile = tl.load(tile_index_ptr + tile)
     q_start = tl.load(query_start_ptr + seq)
@@ -145,6 +149,10 @@ def _attention_kernel(
         first_pos = tl.maximum(context_len + q_tile * BLOCK_Q - SLIDING_WINDOW + 1, 0)
     first_tile = first_pos // TILE_N
     num_tiles = tl.cdiv(last_pos, TILE_N)
+    if SPLITS > 1:  # this program's share of the context tiles (split-K, flash-decoding)
+        per_split = tl.cdiv(num_tiles - first_tile, SPLITS)
+        first_tile = first_tile + split * per_split
+        num_tiles = tl.minimum(first_tile + per_split, num_tiles)
     if INTERPRETED:  # Triton's interpreter cannot bound a `for` by a loaded value
         n = first_tile
         while n < num_tiles:
@@ -202,13 +210,62 @@ def _attention_kernel(
                 DOT_PRECISION,
             )
 
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    o_offsets = (q_start + q_tok)[:, None] * stride_ot + q_head[:, None] * stride_oh
+    if SPLITS > 1:  # partial results, combined by _combine_kernel
+        part = ((q_start + q_tok) * (QUERIES_PER_KV * tl.num_programs(1)) + q_head) * SPLITS + split
+        ok = row_ok[:, None] & dim_ok[None, :]
+        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_PAD + dims[None, :], acc, mask=ok)
+        tl.store(part_ml_ptr + part * 2, m_i, mask=row_ok)
+        tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=row_ok)
+    else:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        o_offsets = (q_start + q_tok)[:, None] * stride_ot + q_head[:, None] * stride_oh
+        tl.store(
+            out_ptr + o_offsets + dims[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & dim_ok[None, :],
+        )
+
+
+@triton.jit
+def _combine_kernel(
+    part_acc_ptr,
+    part_ml_ptr,
+    out_ptr,
+    num_heads,
+    stride_ot,
+    stride_oh,
+    SPLITS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+):
+    """out[t, h] from the SPLITS partial (acc, max, sum) of one query token and head."""
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    base = (t * num_heads + h) * SPLITS
+    splits = tl.arange(0, SPLITS)
+    dims = tl.arange(0, HEAD_DIM_PAD)
+    m = tl.load(part_ml_ptr + (base + splits) * 2)
+    l_part = tl.load(part_ml_ptr + (base + splits) * 2 + 1)
+    m_all = tl.max(m, axis=0)
+    m_safe = tl.where(m_all == float("-inf"), 0.0, m_all)
+    w = tl.exp(m - m_safe)
+    acc = tl.load(part_acc_ptr + (base + splits)[:, None] * HEAD_DIM_PAD + dims[None, :])
+    total = tl.sum(w * l_part, axis=0)
+    out = tl.sum(acc * w[:, None], axis=0) / tl.where(total == 0.0, 1.0, total)
     tl.store(
-        out_ptr + o_offsets + dims[None, :],
+        out_ptr + t * stride_ot + h * stride_oh + dims,
         out.to(out_ptr.dtype.element_ty),
-        mask=row_ok[:, None] & dim_ok[None, :],
+        mask=dims < HEAD_DIM,
     )
+
+
+def num_splits(num_programs: int, device: torch.device) -> int:
+    """Context splits for a decode batch of `num_programs` (request, KV head) programs: enough
+    to give every multiprocessor about two, at most 16."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return int(min(16, max(1, triton.next_power_of_2(-(-2 * sms // max(num_programs, 1))))))
 
 
 def _tiles(query_lens, block_q: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,8 +284,10 @@ def paged_attention_triton(
     meta: AttentionMetadata,
     scale: float,
     sliding_window: int | None,
+    splits: int | None = None,
 ) -> torch.Tensor:
-    """q [T, num_heads, head_dim] -> out of the same shape (see module docstring)."""
+    """q [T, num_heads, head_dim] -> out of the same shape (see module docstring). A decode
+    batch splits each context in `splits` parts (default: by the GPU's size) and combines."""
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     num_heads = q.shape[1]
     per_kv = num_heads // num_kv_heads
@@ -241,7 +300,21 @@ def paged_attention_triton(
     tile_seq, tile_index = meta.backend_cache[key]
     out = torch.empty_like(q)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
-    grid = (tile_seq.numel(), num_kv_heads)
+    num_tiles = tile_seq.numel()
+    if block_q > 1:
+        splits = 1
+    elif splits is None:
+        splits = num_splits(num_tiles * num_kv_heads, q.device)
+    head_dim_pad = triton.next_power_of_2(max(head_dim, 16))
+    part_acc = part_ml = out  # unused without splits
+    if splits > 1:
+        part_acc = torch.empty(
+            (q.shape[0], num_heads, splits, head_dim_pad), dtype=torch.float32, device=q.device
+        )
+        part_ml = torch.empty(
+            (q.shape[0], num_heads, splits, 2), dtype=torch.float32, device=q.device
+        )
+    grid = (num_tiles, num_kv_heads, splits)
     _attention_kernel[grid](
         q,
         k_cache,
@@ -261,16 +334,31 @@ def paged_attention_triton(
         meta.block_tables.stride(0),
         out.stride(0),
         out.stride(1),
+        part_acc,
+        part_ml,
         QUERIES_PER_KV=per_kv,
         BLOCK_Q=block_q,
         BLOCK_M=block_m,
         TILE_N=max(16, min(64, block_size * 4)),
         KV_BLOCK_SIZE=block_size,
         HEAD_DIM=head_dim,
-        HEAD_DIM_PAD=triton.next_power_of_2(max(head_dim, 16)),
+        HEAD_DIM_PAD=head_dim_pad,
         SLIDING_WINDOW=sliding_window or 0,
         INTERPRETED=_INTERPRETED,
         # float32 engines get float32 dots (parity with transformers), not tf32.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,
+        SPLITS=splits,
     )
+    if splits > 1:
+        _combine_kernel[(q.shape[0], num_heads)](
+            part_acc,
+            part_ml,
+            out,
+            num_heads,
+            out.stride(0),
+            out.stride(1),
+            SPLITS=splits,
+            HEAD_DIM=head_dim,
+            HEAD_DIM_PAD=head_dim_pad,
+        )
     return out

@@ -17,7 +17,9 @@ Any layer may also have `p.bias` [out] (engine dtype) and `p.act_scale` [in] (fl
 activation-aware scale the input is multiplied by before the product (the builder's int4
 search; where it can fold the scale into the preceding RMSNorm it does, and writes none).
 
-On CPU the quantized weights are dequantized on the fly, in the activation dtype.
+On CPU the weight-only quantized weights are dequantized on the fly, in the activation dtype.
+fp8 engines also quantize each token's activations to fp8 (kernels/fp8.py) and, on GPUs of
+compute capability >= 8.9, multiply in fp8 on the tensor cores.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from runtime_service.kernels.fp8 import FP8_MAX, fp8_linear
 
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 INT4_GROUP_SIZE = 128
@@ -64,7 +68,9 @@ class Linear(nn.Module):
             x = x * self.act_scale.to(x.dtype)
         if self.quantization == "none":
             return F.linear(x, self.weight, self.bias)
-        if self.quantization in ("int8", "fp8"):
+        if self.quantization == "fp8":
+            return fp8_linear(x, self.weight, self.scales, self.bias)
+        if self.quantization == "int8":
             # Per-output-channel scales commute with the product: scale after it.
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
             return y if self.bias is None else y + self.bias
@@ -98,3 +104,12 @@ def dequantize_int4(
     q = q.reshape(out, groups, num_in // groups)
     w = (q - zeros[:, :, None]) * scales[:, :, None]
     return w.reshape(out, num_in)
+
+
+def quantize_fp8_rowwise(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """e4m3 weight [out, in] with one float32 scale per output channel (its largest
+    magnitude maps to 448), as the fp8 layout above."""
+    w = w.float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-8) / FP8_MAX
+    q = (w / scales[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return {"weight": q, "scales": scales}

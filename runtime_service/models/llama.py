@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime_service.kernels.fused_ops import add_rms_norm, rope_write_kv, silu_mul
 from runtime_service.models.attention import AttentionMetadata, paged_attention, write_kv
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.linear import Linear
@@ -35,6 +36,17 @@ class RMSNorm(nn.Module):
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
+
+    def add_forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual) for x [T, hidden]; no residual: (norm(x), x).
+        One fused kernel on CUDA."""
+        if x.is_cuda:
+            return add_rms_norm(x, self.weight, self.eps, residual)
+        if residual is not None:
+            x = x + residual
+        return self(x), x
 
 
 def _linear(weights: Weights, prefix: str, quantization: str) -> Linear:
@@ -71,8 +83,11 @@ class Attention(nn.Module):
         v = v.view(-1, c.num_kv_heads, c.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(positions, q, k)
-        write_kv(kv_cache, k, v, meta.slot_mapping)
+        if q.is_cuda:  # q rotated in place, k rotated into the cache, v copied there
+            rope_write_kv(q, k, v, positions, rope.cos, rope.sin, kv_cache, meta.slot_mapping)
+        else:
+            q, k = rope(positions, q, k)
+            write_kv(kv_cache, k, v, meta.slot_mapping)
         out = paged_attention(q, kv_cache, meta, self.scale, c.sliding_window)
         return self.o(out.reshape(-1, c.q_size))
 
@@ -85,7 +100,10 @@ class MLP(nn.Module):
         self.intermediate_size = config.intermediate_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).split(self.intermediate_size, dim=-1)
+        gate_up = self.gate_up(x)
+        if gate_up.is_cuda:
+            return self.down(silu_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down(F.silu(gate) * up)
 
 
@@ -102,13 +120,18 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         h: torch.Tensor,
+        residual: torch.Tensor | None,
         positions: torch.Tensor,
         rope: RotaryEmbedding,
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
-    ) -> torch.Tensor:
-        h = h + self.attn(self.attn_norm(h), positions, rope, kv_cache, meta)
-        return h + self.mlp(self.mlp_norm(h))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this layer's MLP output, the residual stream before it); the next norm adds
+        them (the residual add is fused into the norm that follows it)."""
+        x, residual = self.attn_norm.add_forward(h, residual)
+        h = self.attn(x, positions, rope, kv_cache, meta)
+        x, residual = self.mlp_norm.add_forward(h, residual)
+        return self.mlp(x), residual
 
 
 class LlamaModel(nn.Module):
@@ -155,9 +178,10 @@ class LlamaModel(nn.Module):
     ) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm, for input_ids [T] at positions [T]."""
         h = F.embedding(input_ids, self.embed)
+        residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            h = layer(h, positions, self.rope, kv_cache, meta)
-        return self.norm(h)
+            h, residual = layer(h, residual, positions, self.rope, kv_cache, meta)
+        return self.norm.add_forward(h, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits [N, vocab] for hidden states [N, hidden]."""

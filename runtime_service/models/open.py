@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from llmserve.errors import FailedPrecondition, NotFound
+from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime_service.models.config import ModelConfig
+from runtime_service.models.linear import quantize_fp8_rowwise
 from runtime_service.models.llama import LlamaModel
 from runtime_service.models.loader import (
     load_engine,
@@ -47,10 +48,11 @@ def load_tokenizer(path: Path) -> Any:
 
 
 def dummy_weights(
-    config: ModelConfig, dtype: torch.dtype, device: torch.device
+    config: ModelConfig, dtype: torch.dtype, device: torch.device, quantization: str = "none"
 ) -> dict[str, torch.Tensor]:
     """Random weights of the checkpoint's shapes, made on the device (benchmarks: no
-    checkpoint on disk needed for an 8B-shaped model)."""
+    checkpoint on disk needed for an 8B-shaped model); quantization "fp8" stores the linear
+    layers as an fp8 engine does."""
     c = config
     g = torch.Generator(device=device).manual_seed(0)
 
@@ -76,6 +78,12 @@ def dummy_weights(
         weights[p + "o.weight"] = rand(c.hidden_size, c.q_size)
         weights[p + "gate_up.weight"] = rand(2 * c.intermediate_size, c.hidden_size)
         weights[p + "down.weight"] = rand(c.hidden_size, c.intermediate_size)
+        if quantization == "fp8":
+            for name in ("qkv", "o", "gate_up", "down"):
+                fp8 = quantize_fp8_rowwise(weights.pop(p + name + ".weight"))
+                weights.update({f"{p}{name}.{k}": t for k, t in fp8.items()})
+        elif quantization != "none":
+            raise InvalidArgument(f"dummy weights come in none or fp8, not {quantization}")
     return weights
 
 
@@ -86,6 +94,7 @@ def load_model(
     max_model_len: int | None = None,
     load_format: str = "auto",
     verify: bool = True,
+    dummy_quantization: str = "none",
 ) -> tuple[LlamaModel, ModelInfo]:
     """The model on its device (no tokenizer: the engine core needs none).
 
@@ -111,8 +120,10 @@ def load_model(
         raise FailedPrecondition(f"{path} has no config.json (not a Hugging Face checkpoint)")
     if load_format == "dummy":
         config = read_hf_config(path)
-        model = LlamaModel(config, dummy_weights(config, dtype, device), "none", max_model_len)
+        weights = dummy_weights(config, dtype, device, dummy_quantization)
+        model = LlamaModel(config, weights, dummy_quantization, max_model_len)
     else:
         model = load_hf_model(path, dtype, device, max_model_len)
-    info = ModelInfo(name=path.name, path=path, quantization="none", tokenizer_path=path)
+    quantization = dummy_quantization if load_format == "dummy" else "none"
+    info = ModelInfo(name=path.name, path=path, quantization=quantization, tokenizer_path=path)
     return model, info

@@ -106,10 +106,12 @@ def test_quantized_linear_formats() -> None:
         "int4", {"weight": pack_int4(q4), "scales": scales4, "zeros": zeros4, "act_scale": act}
     )
     torch.testing.assert_close(layer(x), (x * act) @ w4.T, atol=1e-4, rtol=1e-4)
-    # fp8: per output channel.
+    # fp8: per output channel; the activations are quantized per token too (fp8 compute).
     scales_f8 = w.abs().amax(1) / 448
     f8 = (w / scales_f8[:, None]).to(torch.float8_e4m3fn)
     layer = Linear("fp8", {"weight": f8, "scales": scales_f8})
+    x_scales = x.abs().amax(-1, keepdim=True) / 448
+    x8 = (x / x_scales).to(torch.float8_e4m3fn).float() * x_scales
     torch.testing.assert_close(
-        layer(x), x @ (f8.float() * scales_f8[:, None]).T, atol=1e-4, rtol=1e-4
+        layer(x), x8 @ (f8.float() * scales_f8[:, None]).T, atol=1e-4, rtol=1e-4
     )

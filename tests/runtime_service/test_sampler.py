@@ -175,3 +175,51 @@ def test_penalty_rows_of_finished_requests_are_reused() -> None:
     assert state.rows_of([second]).tolist() == [0]
     assert state.capacity == 1
     assert state.prompt_mask[0].nonzero().flatten().tolist() == [7]
+
+
+@pytest.mark.parametrize("scale", [0.05, 3.0])  # flat: the nucleus is beyond the candidates
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 0.9), (40, 0.8), (3000, 0.95)])
+def test_top_p_over_a_large_vocabulary_matches_transformers(
+    scale: float, top_k: int, top_p: float
+) -> None:
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, 5000, generator=g) * scale
+    reqs = [req([1], temperature=1.0, top_k=top_k, top_p=top_p) for _ in range(2)]
+    reqs.append(req([1], temperature=1.0, top_p=0.5))  # a row without top_k beside them
+    ours = truncate(logits.clone(), reqs)
+    for row, r in enumerate(reqs):
+        theirs = hf_warped(logits[row], 1.0, r.params.top_k, r.params.top_p, 0.0)
+        assert torch.equal(torch.isfinite(ours[row]), torch.isfinite(theirs))
+
+
+def test_sampler_kernels_match_the_torch_reference() -> None:
+    """The Triton penalties and Gumbel-max kernels (interpreted without CUDA)."""
+    kernels = pytest.importorskip("runtime_service.kernels.sampling_triton")
+    from runtime_service.kernels.seeded_noise import row_keys, seeded_exponential_reference
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(4, 3000, generator=g)
+    reqs = [req([1, 2, 2999], outputs=[5, 5], repetition_penalty=1.3, frequency_penalty=0.2)]
+    reqs += [req([1]), req([7], outputs=[8], presence_penalty=0.4), req([3])]
+    expected = logits.clone()
+    apply_penalties(expected, reqs)
+    state = PenaltyState(3000, device)
+    ours = logits.clone().to(device)
+    rows = [0, 2]
+    table_rows = state.rows_of([reqs[i] for i in rows])
+    settings = torch.tensor([[1.3, 0.0, 0.2], [1.0, 0.4, 0.0]], device=device)
+    kernels.apply_penalties_triton(
+        ours,
+        torch.tensor(rows, device=device),
+        table_rows,
+        settings,
+        state.output_counts,
+        state.prompt_mask,
+    )
+    torch.testing.assert_close(ours.cpu(), expected)
+
+    keys = row_keys(torch.tensor([1, 2, 3, 4]), torch.tensor([0, 5, 9, 1])).to(device)
+    tokens = kernels.gumbel_argmax_triton(ours, keys)
+    noise = seeded_exponential_reference(keys.cpu(), 3000)
+    assert tokens.cpu().tolist() == (expected - noise.log()).argmax(dim=-1).tolist()

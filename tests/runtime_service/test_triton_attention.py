@@ -90,6 +90,21 @@ def test_kernel_matches_reference(case: tuple) -> None:
     torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("splits", [2, 4])
+def test_split_context_decode_matches_reference(splits: int) -> None:
+    """Decodes with each context split in parts, combined (flash-decoding); one context is
+    shorter than the parts, and one request is a padding row (no context)."""
+    q, kv, meta = random_batch([1, 1, 1, 1], [5, 140, 17, 0], 8, 2, 64, 16, torch.float32, 9)
+    meta.seq_lens[3] = 0  # a graph's padding row: nothing to attend
+    meta.seq_lens_cpu[3] = 0
+    scale = 64**-0.5
+    expected = paged_attention_reference(q, kv, meta, scale, None)
+    out = triton_attention.paged_attention_triton(q, kv, meta, scale, None, splits=splits)
+    tol = 1e-4 if DEVICE.type == "cuda" else 1e-5
+    torch.testing.assert_close(out[:3], expected[:3], atol=tol, rtol=tol)
+    assert torch.equal(out[3], torch.zeros_like(out[3]))
+
+
 @pytest.mark.gpu
 def test_kernel_bf16_matches_reference() -> None:
     q, kv, meta = random_batch(
