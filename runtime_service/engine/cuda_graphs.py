@@ -15,6 +15,7 @@ long as the graphs, and nothing may reallocate them.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -72,6 +73,17 @@ class DecodeGraphs:
         return None
 
     def capture(self) -> None:
+        # NOTE: nothing may synchronize the device while a graph is captured: a collection of
+        # garbage (an earlier engine's pinned buffers, freed with cudaFreeHost) would, so
+        # the collector runs first and then waits until the capture is over.
+        gc.collect()
+        gc.disable()
+        try:
+            self._capture()
+        finally:
+            gc.enable()
+
+    def _capture(self) -> None:
         start = time.perf_counter()
         inputs = self.inputs
         inputs.input_ids.zero_()
