@@ -244,8 +244,7 @@ def main() -> None:
         rate = (n_in + n_out if row == "long" else n_out) / seconds
         lines.append(f"| {row} | llmserve | {n_in} | {n_out} | {seconds:.2f} | {rate:,.0f} |")
         print(lines[-1], flush=True)
-    if "sampler" in rows:
-        lines += ["", *sampler_rows(llm, vocab)]
+    tail = ["", *sampler_rows(llm, vocab)] if "sampler" in rows else []
     for pair in [p for p in args.profile.split(",") if p]:
         batch, context = (int(x) for x in pair.split(":"))
         profile_decode(llm, vocab, batch, context)
@@ -270,7 +269,7 @@ def main() -> None:
                 f"{r.tokens_per_second:,.0f} |"
             )
             print(lines[-1], flush=True)
-    print_report("\n".join(lines) + "\n", args.report)
+    print_report("\n".join(lines + tail) + "\n", args.report)
 
 
 if __name__ == "__main__":
