@@ -93,6 +93,7 @@ def bench_llm(model: Path, args: argparse.Namespace, **settings: object):
 
     return LLM(
         str(model),
+        cpu_threads=torch.get_num_threads() if args.device == "cpu" else 0,
         dtype=args.dtype,
         device=args.device,
         load_format="dummy" if args.shape else "auto",
@@ -257,7 +258,10 @@ def main() -> None:
     )
     parser.add_argument("--static-batch", type=int, default=64)
     parser.add_argument("--report", type=Path, help="append the markdown table to this file")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.shape:
         model, desc = shaped_model_dir(args.shape), f"{args.shape} shape, random weights"

@@ -37,6 +37,9 @@ class RuntimeConfig(ServerConfig):
     max_waiting: int = setting(1024, "most requests waiting to start; beyond: RESOURCE_EXHAUSTED")
     enable_prefix_caching: bool = setting(True, "reuse KV blocks of shared prompt prefixes")
     enable_chunked_prefill: bool = setting(True, "split long prompts across steps")
+    enable_cuda_graphs: bool = setting(
+        True, "replay decode steps as CUDA graphs captured at start-up (off: eager steps)"
+    )
     enable_lora: bool = setting(False, "serve LoRA adapters (reserves device slots for them)")
     max_loras: int = setting(
         4, "adapters held on the device at once (LRU; the rest in host memory)"

@@ -1,7 +1,8 @@
-"""Reference paged attention in plain torch: one scaled_dot_product_attention per request.
+"""Paged attention in plain torch (the CPU path, and the reference of the Triton kernels).
 
-Exact (it is the same math as transformers' sdpa path) and device-agnostic, but it loops over
-requests in Python; CUDA uses the Triton kernels instead.
+Exact (it is the same math as transformers' sdpa path) and device-agnostic. A batch of
+decodes is one scaled_dot_product_attention over the requests' contexts gathered and padded
+to the longest; otherwise one call per request.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def paged_attention_reference(
     sliding_window: int | None,
 ) -> torch.Tensor:
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    if meta.max_query_len == 1 and meta.num_seqs > 1 and len(q) == meta.num_seqs:
+        return _decode_batch(q, kv_cache, meta, scale, sliding_window)
     out = torch.empty_like(q)
     starts = meta.query_start_loc.tolist()
     for i, (query_len, seq_len) in enumerate(
@@ -51,3 +54,34 @@ def paged_attention_reference(
         )
         out[start : start + query_len] = oi.transpose(0, 1)
     return out
+
+
+def _decode_batch(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """One query token per request, all requests in one call (contexts padded and masked)."""
+    _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    seq_lens = torch.as_tensor(meta.seq_lens_cpu, dtype=torch.long)
+    max_len = int(seq_lens.max())
+    num_blocks = -(-max_len // block_size)
+    tables = meta.block_tables[:, :num_blocks].long()
+    batch = len(q)
+    k = kv_cache[0][tables].reshape(batch, num_blocks * block_size, num_kv_heads, head_dim)
+    v = kv_cache[1][tables].reshape(batch, num_blocks * block_size, num_kv_heads, head_dim)
+    k_pos = torch.arange(num_blocks * block_size)
+    mask = k_pos[None, :] < seq_lens[:, None]  # [B, L]: the query sits at seq_len - 1
+    if sliding_window is not None:
+        mask &= k_pos[None, :] > seq_lens[:, None] - 1 - sliding_window
+    out = F.scaled_dot_product_attention(
+        q[:, :, None, :],  # [B, heads, 1, d]
+        k.transpose(1, 2).to(q.dtype),
+        v.transpose(1, 2).to(q.dtype),
+        attn_mask=mask[:, None, None, :].to(q.device),
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out[:, :, 0, :]
