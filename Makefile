@@ -14,13 +14,16 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
+# TypeScript code from protos/ (protos/buf.gen.yaml); its runtime library at the same version.
+ES_VERSION := 2.17.0
+PROTOC_GEN_ES := .tools/node_modules/.bin/protoc-gen-es
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/llmserve/v1/*.proto)
 
 .PHONY: setup system-deps run test lint protos clean
 
-setup: system-deps $(STAMP) $(BUF)
+setup: system-deps $(STAMP) $(BUF) $(PROTOC_GEN_ES)
 
 # Debian packages: redis-server for the gateway's sessions (tests start their own servers).
 system-deps:
@@ -41,6 +44,11 @@ $(STAMP): pyproject.toml
 
 $(BUF):
 	npm install --silent --no-fund --no-audit --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+$(PROTOC_GEN_ES): $(BUF)
+	npm install --silent --no-fund --no-audit --prefix .tools \
+	  @bufbuild/buf@$(BUF_VERSION) @bufbuild/protoc-gen-es@$(ES_VERSION) \
+	  @bufbuild/protobuf@$(ES_VERSION)
 
 run: setup
 	$(BIN)/llmserve up
