@@ -238,3 +238,10 @@ def test_helm_test_checks_the_gateway_health_and_models() -> None:
     ]
     no_keys = find(render({}), "Pod", "demo-llmserve-test-gateway")
     assert no_keys["spec"]["containers"][0]["args"][-1] == "--min-models=0"
+
+
+def test_the_gateway_can_run_the_slim_cpu_image() -> None:
+    docs = render({"image": {"tag": "1.2.3"}, "gateway": {"imageTag": "1.2.3-cpu"}})
+    images = {name: c["image"] for name, c in containers(docs).items()}
+    assert images["gateway"] == "ghcr.io/llmserve/llmserve:1.2.3-cpu"
+    assert images["runtime"] == images["builder"] == "ghcr.io/llmserve/llmserve:1.2.3"

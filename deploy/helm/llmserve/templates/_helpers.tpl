@@ -175,7 +175,8 @@ topologySpreadConstraints: {{- toYaml . | nindent 2 }}
 {{/* Container fields every daemon shares: image, security, the preStop delay and the daemon's
 grace period. Same arguments as llmserve.podMetadata. */}}
 {{- define "llmserve.container" -}}
-image: {{ include "llmserve.image" .root }}
+{{- $tag := .values.imageTag | default (.root.Values.image.tag | default .root.Chart.AppVersion) }}
+image: {{ .root.Values.image.repository }}:{{ $tag }}
 imagePullPolicy: {{ .root.Values.image.pullPolicy }}
 args: [{{ .component }}]
 securityContext: {{- toYaml .root.Values.containerSecurityContext | nindent 2 }}
