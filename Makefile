@@ -18,6 +18,8 @@ BUF    := .tools/node_modules/.bin/buf
 # TypeScript code from protos/ (protos/buf.gen.yaml); its runtime library at the same version.
 ES_VERSION := 2.17.0
 PROTOC_GEN_ES := .tools/node_modules/.bin/protoc-gen-es
+# The Node example client's packages (examples/clients/node; its test runs it).
+NODE_CLIENT := examples/clients/node/node_modules/.package-lock.json
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed
 # What `make venv` installs: the package with its dev tools; the Dockerfile installs ".".
@@ -30,7 +32,7 @@ PROTOS := $(wildcard protos/llmserve/v1/*.proto)
 
 .PHONY: setup system-deps venv run test lint protos image clean
 
-setup: system-deps venv $(BUF) $(PROTOC_GEN_ES)
+setup: system-deps venv $(BUF) $(PROTOC_GEN_ES) $(NODE_CLIENT)
 
 # The Python environment alone: what the Dockerfile runs, with the same commands.
 venv: $(STAMP)
@@ -76,6 +78,9 @@ lint: setup
 	else echo "buf breaking: main has no protos yet, nothing to compare"; fi
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+$(NODE_CLIENT): examples/clients/node/package-lock.json
+	npm ci --silent --no-fund --no-audit --prefix examples/clients/node
 
 # Two images from one Dockerfile: the runtime/builder image (CUDA build of torch) and a slim
 # CPU image for the gateway (tag suffix -cpu).
