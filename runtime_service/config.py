@@ -65,8 +65,9 @@ class RuntimeConfig(ServerConfig):
         super().__post_init__()
         require(
             bool(self.engine or self.by_key) != (self.model is not None),
-            "give --engine (an engine id in --store), --model-name/--model-source (the engine of "
-            "a model for this device), or --model (a path), not --model with the others",
+            "give exactly one of --engine (an engine id in --store) or --model-name/--model-source "
+            "(the engine of a model for this device; with --engine, it must match), or --model "
+            "(a path), not --model with the others",
         )
         require(
             self.quantization in QUANTIZATION_MIN_CAPABILITY,

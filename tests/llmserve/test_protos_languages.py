@@ -64,7 +64,7 @@ def test_buf_generates_typescript(tmp_path: Path) -> None:
         capture_output=True,
     )
     gateway = (tmp_path / "llmserve" / "v1" / "gateway_pb.ts").read_text()
-    assert 'export const Gateway: GenService<' in gateway
+    assert "export const Gateway: GenService<" in gateway
     assert "CreateSession" in gateway or "createSession" in gateway
     assert sorted(p.name for p in (tmp_path / "llmserve" / "v1").iterdir()) == [
         f"{m.DESCRIPTOR.name.split('/')[-1].removesuffix('.proto')}_pb.ts" for m in MODULES
