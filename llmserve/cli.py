@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("runtime_service.main", "run the runtime daemon"),
     "gateway": ("gateway.main", "run the gateway daemon"),
     "chat": ("gateway.chat_cli", "chat with a model through the gateway (streaming)"),
+    "check": ("gateway.check_cli", "check that a gateway is healthy and serves models"),
     "build": ("builder_service.cli", "build an engine into the store, without a daemon"),
     "up": ("llmserve.up", "start a local stack (Redis, builder, runtime, gateway) and chat"),
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from llmserve.config import require, setting
 from llmserve.server import ServerConfig
+from llmserve.targets import QUANTIZATION_MIN_CAPABILITY
 
 
 @dataclass(kw_only=True)
@@ -18,6 +19,16 @@ class RuntimeConfig(ServerConfig):
         "~/.cache/llmserve/store", "artifact store: a local directory or s3://bucket/prefix"
     )
     engine: str = setting("", "id of the engine to serve, from the store")
+    model_name: str = setting(
+        "", "serve the newest engine of this model built for this device (with --quantization)"
+    )
+    quantization: str = setting("none", "with --model-name: none, int8, int4 or fp8")
+    model_source: str = setting(
+        "", "checkpoint the builder builds a missing engine from (names the model by default)"
+    )
+    builder: str = setting("", "builder HOST:PORT asked to build a missing engine for this device")
+    wait_for_engine: bool = setting(False, "without --builder: wait for the engine to be built")
+    engine_poll_s: float = setting(10.0, "with --wait-for-engine: how often the store is read")
     model: Path | None = setting(
         None, "development: serve a Hugging Face directory or .gguf file, built in place"
     )
@@ -56,9 +67,18 @@ class RuntimeConfig(ServerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(
-            bool(self.engine) != (self.model is not None),
-            "give exactly one of --engine (an engine id in --store) or --model (a path)",
+            bool(self.engine or self.by_key) != (self.model is not None),
+            "give exactly one of --engine (an engine id in --store) or --model-name/--model-source "
+            "(the engine of a model for this device; with --engine, it must match), or --model "
+            "(a path), not --model with the others",
         )
+        require(
+            self.quantization in QUANTIZATION_MIN_CAPABILITY,
+            f"quantization must be one of {tuple(QUANTIZATION_MIN_CAPABILITY)}, "
+            f"got {self.quantization!r}",
+        )
+        require(not self.builder or self.model_source, "--builder needs --model-source")
+        require(self.engine_poll_s > 0, f"engine_poll_s must be > 0, got {self.engine_poll_s}")
         require(self.max_waiting >= 0, f"max_waiting must be >= 0, got {self.max_waiting}")
         require(
             0 < self.gpu_memory_utilization <= 1,
@@ -79,3 +99,8 @@ class RuntimeConfig(ServerConfig):
         self.engine_cache_dir = self.engine_cache_dir.expanduser()
         if not self.store.startswith("s3://"):
             self.store = str(Path(self.store).expanduser())
+
+    @property
+    def by_key(self) -> bool:
+        """Serving the engine of a model (and quantization) for this device."""
+        return bool(self.model_name or self.model_source)

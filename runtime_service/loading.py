@@ -3,6 +3,8 @@
 `--engine ID` serves an engine from the artifact store: the runtime holds it (so it is not
 deleted or collected while served), fetches it into its local cache verifying every file's
 checksum, and refuses one built for another target, naming both.
+`--model-name`/`--model-source` + `--quantization` serve the engine of that key built for this
+device, built by the builder or waited for when missing (runtime_service/engine_key.py).
 `--model PATH` (development) serves a Hugging Face directory, fused in place, or a .gguf
 file, built in place into a store under the engine cache with the builder's code.
 """
@@ -10,6 +12,7 @@ file, built in place into a store under the engine cache with the builder's code
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from runtime_service.config import RuntimeConfig
 from runtime_service.engine.async_llm import AsyncLLM
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo
+from runtime_service.engine_key import EngineKey, default_model_name, resolve_engine_id
 from runtime_service.models.loader import read_engine_manifest
 
 log = logging.getLogger(__name__)
@@ -62,8 +66,26 @@ def build_in_place(config: RuntimeConfig, gguf: Path, device: DeviceInfo) -> str
     return final.engine.engine_id
 
 
-def resolve(config: RuntimeConfig, device: DeviceInfo) -> tuple[Path, Hold | None]:
-    """The local directory to serve, and the store hold that keeps it while served."""
+def engine_id_by_key(config: RuntimeConfig, device: DeviceInfo, cancel: threading.Event) -> str:
+    """The engine of --model-name/--model-source and --quantization for this device."""
+    name = config.model_name or default_model_name(config.model_source)
+    return resolve_engine_id(
+        open_store(config.store),
+        EngineKey(name, config.quantization, device.target),
+        pinned=config.engine,
+        builder=config.builder,
+        source=config.model_source,
+        wait=config.wait_for_engine,
+        poll_s=config.engine_poll_s,
+        cancel=cancel,
+    )
+
+
+def resolve(
+    config: RuntimeConfig, device: DeviceInfo, cancel: threading.Event | None = None
+) -> tuple[Path, Hold | None]:
+    """The local directory to serve, and the store hold that keeps it while served.
+    `cancel`, set when the runtime stops, ends a wait for an engine or its build."""
     if config.model is not None:
         path = config.model.expanduser()
         if not path.is_file():
@@ -72,6 +94,9 @@ def resolve(config: RuntimeConfig, device: DeviceInfo) -> tuple[Path, Hold | Non
             str(config.engine_cache_dir / "dev-store"),
             build_in_place(config, path, device),
         )
+    elif config.by_key:
+        store_uri = config.store
+        engine_id = engine_id_by_key(config, device, cancel or threading.Event())
     else:
         store_uri, engine_id = config.store, config.engine
     store = open_store(store_uri)
@@ -126,12 +151,12 @@ def describe(info: CoreInfo, path: Path, config: RuntimeConfig, target: str) -> 
     return engine
 
 
-def load(config: RuntimeConfig) -> Loaded:
+def load(config: RuntimeConfig, cancel: threading.Event | None = None) -> Loaded:
     """Resolves the engine, starts its core in a process of its own and waits for the model
     (slow: run it off the event loop). Raises llmserve errors naming what is wrong: a missing
     engine (NotFound), a corrupted file (DataLoss), another target (FailedPrecondition)."""
     device = runtime_device(config)
-    path, hold = resolve(config, device)
+    path, hold = resolve(config, device, cancel)
     settings = engine_config(config, path, device)
     if hold is None:
         settings.verify_engine = True  # a directory given with --model: check it here

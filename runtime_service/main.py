@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 
 from llmserve.config import parse_config
@@ -42,9 +43,16 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
     )
 
     holds: list[Hold] = []
+    cancel = threading.Event()  # ends a wait for an engine, or its build, when stopping
 
     async def warmup() -> None:
-        loaded = await asyncio.to_thread(load, config)
+        loading = asyncio.ensure_future(asyncio.to_thread(load, config, cancel))
+        stopping = asyncio.ensure_future(daemon.stopping.wait())
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not loading.done():
+            cancel.set()  # ends a wait for the engine or its build: start-up fails, exit 1
+        loaded = await loading
         if loaded.hold is not None:
             holds.append(loaded.hold)
         await _warm_up(loaded.llm)
@@ -59,6 +67,7 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
         )
 
     async def stop() -> None:
+        cancel.set()
         if service.serving is not None:
             await asyncio.to_thread(service.serving.llm.shutdown)
         await service.release_holds()

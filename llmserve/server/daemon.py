@@ -75,6 +75,12 @@ class Daemon:
         self._on_stop.append(hook)
 
     @property
+    def stopping(self) -> asyncio.Event:
+        """Set on SIGTERM/SIGINT or request_stop, also while warm-up hooks still run (a hook
+        that may wait long, such as a runtime waiting for its engine, watches it)."""
+        return self._stop
+
+    @property
     def draining(self) -> bool:
         return self.interceptor.draining
 

@@ -6,17 +6,15 @@ import dataclasses
 from typing import Any
 
 import pytest
-import yaml
 
 from builder_service.config import BuilderConfig
 from gateway.config import GatewayConfig
 from llmserve.config import env_name, parse_config
-from llmserve.processes import REPO_ROOT
 from runtime_service.config import RuntimeConfig
+from tests.deploy.chart import CHART, containers, render
 
 helm = pytest.importorskip("helm_python")
 
-CHART = REPO_ROOT / "deploy" / "helm" / "llmserve"
 CONFIGS = {"builder": BuilderConfig, "runtime": RuntimeConfig, "gateway": GatewayConfig}
 # Settings the chart already passes whose daemon code lands with a later issue. Each entry
 # must NOT be a setting yet (the test fails once it is, so the list shrinks as issues land).
@@ -25,28 +23,7 @@ PENDING: dict[str, set[str]] = {
     "gateway": set(),
     "builder": set(),
 }
-BASE_VALUES = {"runtime": {"engineId": "0123abcd"}}
-
-
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    chart = helm.Chart.load(str(CHART))
-    manifests = chart.render(values, name="demo", namespace="ml")
-    return [
-        doc
-        for path, text in manifests.items()
-        if not path.endswith(".txt")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
-
-
-def containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {
-        c["name"]: c
-        for d in docs
-        if d["kind"] in ("Deployment", "StatefulSet")
-        for c in d["spec"]["template"]["spec"]["containers"]
-    }
+BASE_VALUES = {"model": {"engineId": "0123abcd"}}
 
 
 def test_lint_is_clean() -> None:
@@ -88,7 +65,7 @@ def test_every_env_setting_is_a_daemon_setting() -> None:
 def test_lora_settings_reach_the_runtime_and_builder() -> None:
     off = {e["name"] for e in containers(render(BASE_VALUES))["runtime"]["env"]}
     assert "LLMSERVE_ENABLE_LORA" not in off
-    values = {"runtime": {"engineId": "0123abcd", "lora": {"enabled": True, "maxLoras": 16}}}
+    values = {**BASE_VALUES, "runtime": {"lora": {"enabled": True, "maxLoras": 16}}}
     docs = render(values)
     runtime = {e["name"]: e["value"] for e in containers(docs)["runtime"]["env"] if "value" in e}
     assert (runtime["LLMSERVE_ENABLE_LORA"], runtime["LLMSERVE_MAX_LORAS"]) == ("true", "16")
@@ -121,15 +98,23 @@ def test_s3_store_and_external_redis() -> None:
     assert builder_env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
     gateway_env = {e["name"]: e.get("value") for e in containers(docs)["gateway"]["env"]}
     assert gateway_env["LLMSERVE_REDIS"] == "redis://redis.cache:6379/0"
+    assert "REDIS_PASSWORD" not in gateway_env
     assert "demo-llmserve-redis" not in {d["metadata"]["name"] for d in docs}
 
 
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"runtime": {"engineId": ""}}, "runtime.engineId is required"),
-        ({**BASE_VALUES, "store": {"type": "nfs"}}, "store.type must be local or s3"),
-        ({**BASE_VALUES, "redis": {"enabled": False}}, "redis.url is required"),
+        (
+            {"model": {"source": "", "name": "", "engineId": ""}},
+            "model.source (or model.name, or model.engineId) is required",
+        ),
+        ({**BASE_VALUES, "store": {"type": "nfs"}}, "value must be one of 'local', 's3'"),
+        ({"runtime": {"replicas": "two"}}, "at '/runtime/replicas': got string, want integer"),
+        (
+            {**BASE_VALUES, "redis": {"enabled": False}},
+            "redis.url (or redis.urlSecret) is required",
+        ),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(values: dict[str, Any], message: str) -> None:
