@@ -133,6 +133,21 @@ def session_chat_request(
     )
 
 
+def new_session_request(
+    req: ChatCompletionRequest, model: str, adapter: str
+) -> gateway_pb2.CreateSessionRequest:
+    """CreateSession for `X-Session-Id: new`: the model, and the leading system messages as
+    the system prompt."""
+    return gateway_pb2.CreateSessionRequest(
+        model=model, adapter=adapter, system_prompt=system_prompt(req)
+    )
+
+
+def is_abort(chunk: gateway_pb2.GatewayGenerateResponse | gateway_pb2.ChatResponse) -> bool:
+    """Whether the runtime aborted the reply (it was draining)."""
+    return chunk.finish_reason == common_pb2.FINISH_REASON_ABORT
+
+
 def system_prompt(req: ChatCompletionRequest) -> str:
     """The leading system (or developer) messages, joined: a new session's system prompt."""
     parts = []

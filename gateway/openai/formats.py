@@ -28,7 +28,6 @@ from gateway.openai.responses import (
     CompletionChoice,
 )
 from llmserve.errors import Unavailable
-from llmserve.v1 import common_pb2
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +45,7 @@ async def checked(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
     """`chunks`, ending with Unavailable when the runtime aborted the reply (draining)."""
     async with contextlib.aclosing(chunks):
         async for chunk in chunks:
-            if chunk.finish_reason == common_pb2.FINISH_REASON_ABORT:
+            if convert.is_abort(chunk):
                 raise Unavailable("the runtime aborted the reply (it may be draining); retry")
             yield chunk
 

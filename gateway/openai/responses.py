@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_serializer
 
 
 class PromptTokensDetails(BaseModel):
@@ -54,8 +54,15 @@ class ChatCompletion(BaseModel):
 
 
 class ChatDelta(BaseModel):
+    """What a chunk adds; fields without news are left out, as OpenAI leaves them out."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer
+    def _without_none(self) -> dict[str, str]:
+        fields = {"role": self.role, "content": self.content}
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 class ChatChunkChoice(BaseModel):

@@ -32,7 +32,6 @@ from gateway.openai.replies import Reply, Send, send_events, send_json
 from gateway.openai.requests import ChatCompletionRequest, CompletionRequest, refuse
 from gateway.openai.responses import ModelCard, ModelList
 from gateway.service import GatewayServicer
-from llmserve.v1 import gateway_pb2
 
 NEW_SESSION = "new"
 
@@ -125,9 +124,7 @@ class OpenAIRoutes:
         """The id of the session the turn goes to: created for `new`, else checked to be of
         the requested model."""
         if session_id == NEW_SESSION:
-            create = gateway_pb2.CreateSessionRequest(
-                model=model, adapter=adapter, system_prompt=convert.system_prompt(body)
-            )
+            create = convert.new_session_request(body, model, adapter)
             return (await self.servicer.create_session(caller, create)).session_id
         session = await self.servicer.sessions.get(caller.owner, session_id)
         if (session.model, session.adapter) != (model, adapter):
