@@ -25,15 +25,17 @@ from typing import Any
 import uvicorn
 from opentelemetry import trace
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.config import GatewayConfig
 from gateway.openai.replies import Receive, Send, send_error
+from gateway.openai.responses import ErrorBody, ErrorResponse
 from gateway.openai.routes import OpenAIRoutes
 from gateway.service import GatewayServicer
-from llmserve.errors import Unavailable
+from llmserve.errors import InvalidArgument, Unavailable
 from llmserve.server import Daemon
 from llmserve.telemetry import context_from_metadata
 
@@ -47,9 +49,10 @@ UNTRACKED = ("/health",)
 class HttpCalls:
     """ASGI middleware: drain, in-flight count, span and access log (module docstring)."""
 
-    def __init__(self, app: Any, daemon: Daemon) -> None:
+    def __init__(self, app: Any, daemon: Daemon, max_body_bytes: int) -> None:
         self.app = app
         self.daemon = daemon
+        self.max_body_bytes = max_body_bytes
         self.num_in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -70,6 +73,14 @@ class HttpCalls:
             return
         method, path = scope["method"], scope["path"]
         status = 0
+        size = dict(scope["headers"]).get(b"content-length", b"0")
+        if size.isdigit() and int(size) > self.max_body_bytes:
+            message = (
+                f"request body is {int(size)} bytes, more than the limit of"
+                f" {self.max_body_bytes} bytes (max_message_bytes)"
+            )
+            await send_error(send, InvalidArgument(message))
+            return
 
         async def send_status(message: dict[str, Any]) -> None:
             nonlocal status
@@ -125,8 +136,17 @@ def build_app(servicer: GatewayServicer, daemon: Daemon) -> HttpCalls:
             return JSONResponse({"status": "draining"}, status_code=503)
         return JSONResponse({"status": "serving"})
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own refusals (unknown path, wrong method) in OpenAI's shape."""
+        assert isinstance(exc, HTTPException)
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        body = ErrorResponse(error=ErrorBody(message=message, type=kind))
+        return Response(body.model_dump_json(), exc.status_code, media_type="application/json")
+
     routes = [Route("/health", health, methods=["GET"]), *OpenAIRoutes(servicer).routes()]
-    return HttpCalls(Starlette(routes=routes), daemon)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return HttpCalls(app, daemon, servicer.config.max_message_bytes)
 
 
 def serve_http(daemon: Daemon, config: GatewayConfig, servicer: GatewayServicer) -> None:

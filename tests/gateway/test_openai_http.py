@@ -7,6 +7,7 @@ request sent over gRPC, and a streamed reply with its non-streamed twin.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -222,11 +223,41 @@ def test_bad_parameter_is_400_naming_it(
     assert says in err.value.message
 
 
+def test_unknown_path_and_oversized_body_get_openai_errors(gateway: HttpGateway) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        gateway.client().get("/embeddings", cast_to=object)
+    assert "/v1/embeddings: Not Found" in err.value.message
+    # A body over the gateway's message limit (16 MiB) is refused from its Content-Length,
+    # before it is read (so the test sends none).
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
+    try:
+        conn.putrequest("POST", "/v1/chat/completions")
+        conn.putheader("Authorization", f"Bearer {gateway.keys['alice']}")
+        conn.putheader("Content-Length", str(17 << 20))
+        conn.endheaders()
+        reply = conn.getresponse()
+        error = json.loads(reply.read())["error"]
+    finally:
+        conn.close()
+    assert reply.status == 400
+    assert "more than the limit of 16777216 bytes (max_message_bytes)" in error["message"]
+
+
 def test_bad_deadline_header_is_400(gateway: HttpGateway) -> None:
     client = gateway.client().with_options(default_headers={"X-Request-Timeout": "soon"})
     with pytest.raises(openai.BadRequestError) as err:
         _chat(client, FRANCE, max_tokens=4)
     assert err.value.body["param"] == "X-Request-Timeout"  # type: ignore[index]
+
+
+def test_deadline_header_ends_the_request(
+    gateway: HttpGateway, lora_runtime: DaemonProcess
+) -> None:
+    client = gateway.client().with_options(default_headers={"X-Request-Timeout": "1"})
+    with pytest.raises(openai.InternalServerError) as err:  # 1500 tokens take far longer
+        _chat(client, FRANCE, max_tokens=1500, extra_body={"ignore_eos": True})
+    assert err.value.status_code == 503 and "Deadline Exceeded" in err.value.message
+    wait_until(lambda: kv_idle(lora_runtime), "every KV block free")
 
 
 def test_client_gone_mid_stream_frees_the_runtime_kv_blocks(
