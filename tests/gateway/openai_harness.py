@@ -29,6 +29,7 @@ class HttpGateway:
     process: DaemonProcess
     http_port: int
     keys: dict[str, str]
+    trace_file: Path
 
     @property
     def base_url(self) -> str:
@@ -48,8 +49,11 @@ def start_http_gateway(
     tmp: Path, redis: RedisServer, runtimes: list[DaemonProcess], *extra: str
 ) -> HttpGateway:
     port = free_port()
-    process, keys = start_gateway(tmp, redis, runtimes, "--http-port", str(port), *extra)
-    return HttpGateway(process, port, keys)
+    trace_file = tmp / f"gateway-{port}.spans.jsonl"
+    process, keys = start_gateway(
+        tmp, redis, runtimes, "--http-port", str(port), "--trace-file", str(trace_file), *extra
+    )
+    return HttpGateway(process, port, keys, trace_file)
 
 
 def load_adapter(runtime: DaemonProcess) -> None:

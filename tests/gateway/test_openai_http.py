@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import openai
@@ -25,6 +27,7 @@ from tests.gateway.gateway_harness import (
     Client,
     greedy,
     runtime_status,
+    spans_path,
     start_runtimes,
 )
 from tests.gateway.openai_harness import (
@@ -36,6 +39,7 @@ from tests.gateway.openai_harness import (
     start_http_gateway,
     wait_until,
 )
+from tests.gateway.test_gateway_tracing import spans
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 ITALY = [{"role": "user", "content": "What is the capital of Italy?"}]
@@ -362,6 +366,38 @@ def test_draining_gateway_refuses_new_http_calls_with_503(
     finally:
         gw.process.terminate()
     wait_until(lambda: kv_idle(lora_runtime), "every KV block free")
+
+
+def test_http_call_continues_the_callers_trace_to_the_runtime(
+    gateway: HttpGateway, lora_runtime: DaemonProcess
+) -> None:
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    traceparent = {"traceparent": f"00-{trace_id}-{parent}-01"}
+    _chat(gateway.client().with_options(default_headers=traceparent), FRANCE, max_tokens=2)
+
+    def ours(path: Path) -> dict[str, dict[str, Any]]:
+        return {
+            s["context"]["span_id"]: s
+            for s in spans(path)
+            if s["context"]["trace_id"] == f"0x{trace_id}"
+        }
+
+    def server_span_written() -> bool:
+        return any(s["kind"] == "SpanKind.SERVER" for s in ours(gateway.trace_file).values())
+
+    wait_until(lambda: ours(spans_path(lora_runtime)), "runtime span written")
+    wait_until(server_span_written, "gateway span written")
+    (runtime_span,) = [
+        s for s in ours(spans_path(lora_runtime)).values()
+        if s["name"] == "llmserve.v1.Runtime/Generate"
+    ]  # fmt: skip
+    by_id = ours(gateway.trace_file)
+    client_span = by_id[runtime_span["parent_id"]]
+    assert client_span["kind"] == "SpanKind.CLIENT"
+    server_span = by_id[client_span["parent_id"]]
+    assert server_span["name"] == "POST /v1/chat/completions"
+    assert server_span["parent_id"] == f"0x{parent}"
+    assert server_span["attributes"]["http.response.status_code"] == 200
 
 
 def test_grpc_status_codes_are_untouched(gateway: HttpGateway) -> None:
