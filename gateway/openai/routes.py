@@ -27,6 +27,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
+from gateway.auth import Caller
 from gateway.openai import convert, formats
 from gateway.openai.replies import Reply, Send, send_events, send_json
 from gateway.openai.requests import ChatCompletionRequest, CompletionRequest, refuse
@@ -72,12 +73,10 @@ class OpenAIRoutes:
             await self.servicer.authorize(_metadata(request))
             cards = []
             for m in self.servicer.pool.models():
-                common = {"max_model_len": m.max_model_len}
-                common["num_healthy_runtimes"] = m.num_healthy_runtimes
-                cards.append(ModelCard(id=m.name, **common))
-                cards += [
-                    ModelCard(id=f"{m.name}:{a}", parent=m.name, **common) for a in m.adapters
-                ]
+                sizes = {"max_model_len": m.max_model_len}
+                sizes["num_healthy_runtimes"] = m.num_healthy_runtimes
+                cards.append(ModelCard(id=m.name, **sizes))
+                cards += [ModelCard(id=f"{m.name}:{a}", parent=m.name, **sizes) for a in m.adapters]
             await send_json(send, 200, ModelList(data=cards).model_dump_json().encode())
 
         return Reply(request, produce)
@@ -87,22 +86,21 @@ class OpenAIRoutes:
             caller = await self.servicer.authorize(_metadata(request))
             body = ChatCompletionRequest.model_validate_json(await request.body())
             model, adapter = convert.resolve_model(self.servicer.pool.models(), body.model)
-            request_id = request.headers.get("x-request-id", "")
+            given_id = request.headers.get("x-request-id", "")
+            request_id = given_id or uuid.uuid4().hex
             deadline = _deadline(request)
-            headers: dict[str, str] = {}
+            headers = {"x-request-id": request_id}
             session_id = request.headers.get("x-session-id")
             chunks: AsyncIterator[Any]
             if session_id:
                 session_id = await self._session(caller, body, model, adapter, session_id)
-                turn = convert.session_chat_request(body, session_id, request_id)
+                # Only a client's own id makes a retried turn replay (as over gRPC).
+                turn = convert.session_chat_request(body, session_id, given_id)
                 chunks = self.servicer.chat(caller, turn, deadline)
                 headers["x-session-id"] = session_id
             else:
-                request_id = request_id or uuid.uuid4().hex
                 call = convert.chat_generate_request(body, model, adapter, request_id)
                 chunks = self.servicer.generate(call, deadline)
-            request_id = request_id or uuid.uuid4().hex
-            headers["x-request-id"] = request_id
             info = formats.ReplyInfo(
                 id=f"chatcmpl-{request_id}",
                 model=body.model,
@@ -119,7 +117,7 @@ class OpenAIRoutes:
         return Reply(request, produce)
 
     async def _session(
-        self, caller: Any, body: ChatCompletionRequest, model: str, adapter: str, session_id: str
+        self, caller: Caller, body: ChatCompletionRequest, model: str, adapter: str, session_id: str
     ) -> str:
         """The id of the session the turn goes to: created for `new`, else checked to be of
         the requested model."""
