@@ -130,6 +130,15 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on `host` as the gRPC listener takes it ("0.0.0.0", "[::]", ...)."""
+    host = host.strip("[]")
+    if ":" not in host:
+        return socket.create_server((host, port))
+    dualstack = host == "::" and socket.has_dualstack_ipv6()
+    return socket.create_server((host, port), family=socket.AF_INET6, dualstack_ipv6=dualstack)
+
+
 def build_app(servicer: GatewayServicer, daemon: Daemon) -> HttpCalls:
     async def health(request: Request) -> JSONResponse:
         if daemon.draining:
@@ -172,7 +181,7 @@ def serve_http(daemon: Daemon, config: GatewayConfig, servicer: GatewayServicer)
 
     async def start() -> None:
         nonlocal task
-        sock = socket.create_server((config.host, config.http_port or 0), reuse_port=False)
+        sock = _listen(config.host, config.http_port or 0)
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if task.done():

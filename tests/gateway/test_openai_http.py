@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import secrets
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx2  # the openai client's HTTP library
 import openai
 import pytest
 
@@ -25,6 +27,7 @@ from llmserve.v1 import common_pb2, gateway_pb2
 from tests.gateway.gateway_harness import (
     MODEL,
     Client,
+    api_keys,
     greedy,
     runtime_status,
     spans_path,
@@ -39,6 +42,7 @@ from tests.gateway.openai_harness import (
     start_http_gateway,
     wait_until,
 )
+from tests.gateway.test_gateway_tls import issue
 from tests.gateway.test_gateway_tracing import spans
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -334,6 +338,50 @@ def test_rate_limit_is_429_with_retry_after(tmp_path: Path, redis_server: RedisS
         gw.client("carol").models.list()  # another key has its own bucket
     finally:
         gw.process.terminate()
+
+
+def test_http_api_serves_mtls_with_the_grpc_listeners_certificates(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    ca = issue(tmp_path, "ca", None)
+    issue(tmp_path, "server", ca)
+    issue(tmp_path, "client", ca)
+    keys_file, keys = api_keys(redis_server)
+    http_port = free_port()
+    gateway = DaemonProcess(
+        "gateway",
+        ["--redis", redis_server.url, "--api-keys-file", str(keys_file),
+         "--tls-cert", str(tmp_path / "server.crt"), "--tls-key", str(tmp_path / "server.key"),
+         "--tls-client-ca", str(tmp_path / "ca.crt"), "--http-port", str(http_port),
+         "--log-format", "text"],
+        log_path=tmp_path / "gateway.log",
+    ).start()  # fmt: skip
+    base_url = f"https://127.0.0.1:{http_port}/v1"
+    trusted = ssl.create_default_context(cafile=tmp_path / "ca.crt")
+    with_cert = ssl.create_default_context(cafile=tmp_path / "ca.crt")
+    with_cert.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+    try:
+        with httpx2.Client(verify=with_cert) as http:
+
+            def serving() -> bool:
+                try:
+                    return http.get(base_url.removesuffix("/v1") + "/health").status_code == 200
+                except httpx2.TransportError:
+                    return False
+
+            wait_until(serving, "serving HTTPS", within_s=30)
+            client = openai.OpenAI(
+                base_url=base_url, api_key=keys["alice"], max_retries=0, http_client=http
+            )
+            assert list(client.models.list()) == []  # no runtimes here
+        with httpx2.Client(verify=trusted) as http:  # without a client certificate
+            client = openai.OpenAI(
+                base_url=base_url, api_key=keys["alice"], max_retries=0, http_client=http
+            )
+            with pytest.raises(openai.APIConnectionError):
+                client.models.list()
+    finally:
+        gateway.terminate()
 
 
 def _get(url: str) -> tuple[int, dict[str, object]]:
