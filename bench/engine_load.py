@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.report import markers, write_section  # noqa: E402
 from builder_service.build import Builder  # noqa: E402
 from builder_service.spec import BuildSpec  # noqa: E402
 from llmserve.device import cpu_info  # noqa: E402
@@ -52,7 +53,7 @@ from runtime_service.models.scoring import sequence_logits  # noqa: E402
 from runtime_service.models.weights import fuse_hf_weights  # noqa: E402
 
 CPU = torch.device("cpu")
-BEGIN, END = "<!-- bench/engine_load.py:begin -->", "<!-- bench/engine_load.py:end -->"
+BEGIN, END = markers("bench/engine_load.py")
 PROMPT = [1, 504, 19890, 3102, 40652, 6351, 30, 9, 1204, 314]
 
 
@@ -221,15 +222,6 @@ def section(header: str, rows: list[list[str]], repeats: int) -> str:
     )
 
 
-def write_section(doc: Path, text: str) -> None:
-    old = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    doc.write_text(new)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -239,7 +231,7 @@ def main() -> int:
     text = section(header, rows, args.repeats)
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, text, BEGIN, END)
     return 0
 
 

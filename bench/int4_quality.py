@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.report import markers, write_section  # noqa: E402
 from builder_service.awq import awq_search, search_scale  # noqa: E402
 from builder_service.calibration import calibration_text, collect_layer_inputs  # noqa: E402
 from builder_service.quantize import fake_quantize_int4, int4_group_size  # noqa: E402
@@ -42,7 +43,7 @@ from runtime_service.models.llama import LlamaModel  # noqa: E402
 from runtime_service.models.scoring import perplexity  # noqa: E402
 from runtime_service.models.weights import fuse_hf_weights, linear_names  # noqa: E402
 
-BEGIN, END = "<!-- bench/int4_quality.py:begin -->", "<!-- bench/int4_quality.py:end -->"
+BEGIN, END = markers("bench/int4_quality.py")
 NOTE = (
     "None of these meets the default int4 bound of 6%: the builder refuses such an engine "
     "unless forced (the tests force it and check the recorded figures). The GGUF is itself "
@@ -130,12 +131,7 @@ def main() -> int:
     )
     print(text)
     if args.write:
-        old = args.write.read_text()
-        if BEGIN in old and END in old:
-            new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
-        else:
-            new = old.rstrip("\n") + "\n\n" + text + "\n"
-        args.write.write_text(new)
+        write_section(args.write, text, BEGIN, END)
     return 0
 
 

@@ -23,6 +23,11 @@ class GatewayConfig(ServerConfig):
     """The gateway's listener, its runtimes, Redis, API keys, rate limits and sessions."""
 
     port: int = setting(50051, "gRPC port (0 picks a free one)")
+    http_port: int | None = setting(
+        None,
+        "port of the OpenAI-compatible HTTP API (/v1/chat/completions, ...; 0 picks a free"
+        " one); unset: no HTTP API",
+    )
     # Runtimes: a fixed list, or a DNS name re-resolved every runtime_refresh_s.
     runtime: list[str] = setting([], "runtime addresses HOST:PORT, comma-separated")
     runtime_dns: str = setting(
@@ -71,6 +76,10 @@ class GatewayConfig(ServerConfig):
         require(
             not (self.runtime and self.runtime_dns),
             "runtime and runtime_dns are exclusive: give a list or a DNS name",
+        )
+        require(
+            self.http_port is None or 0 <= self.http_port <= 65535,
+            f"http_port must be in [0, 65535], got {self.http_port}",
         )
         for address in self.runtime:
             split_host_port(address, "runtime")

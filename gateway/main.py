@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from gateway.auth import ApiKeys
 from gateway.config import GatewayConfig
 from gateway.discovery import Discovery, DnsDiscovery, StaticDiscovery
+from gateway.openai.server import serve_http
 from gateway.ratelimit import RateLimiter
 from gateway.redis_store import RedisStore
 from gateway.runtime_pool import RuntimePool
@@ -101,6 +102,8 @@ def setup(daemon: Daemon, config: GatewayConfig) -> None:
 
     daemon.on_warmup(warmup)
     daemon.on_stop(stop)
+    if config.http_port is not None:
+        serve_http(daemon, config, servicer)  # after warm-up; drains before `stop`
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m gateway") -> int:

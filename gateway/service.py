@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -31,7 +31,7 @@ from gateway import pb, runtime_client
 from gateway.auth import ApiKeys, Caller
 from gateway.config import GatewayConfig
 from gateway.ratelimit import RateLimiter
-from gateway.records import Message, Reply, now_ms
+from gateway.records import Message, Reply, Session, now_ms
 from gateway.runtime_pool import RuntimePool
 from gateway.sessions import SessionStore, Turn
 from gateway.validation import check_model, check_request_id, check_text, check_ttl_ms
@@ -65,7 +65,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.pool = pool
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        caller = await self.keys.authenticate(context.invocation_metadata())
+        return await self.authorize(context.invocation_metadata())
+
+    async def authorize(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller:
+        """The caller of `authorization: Bearer <key>` in `metadata` (gRPC metadata or HTTP
+        headers), once its key's rate limit allowed the call."""
+        caller = await self.keys.authenticate(metadata)
         await self.limiter.check(caller.key_hash)
         return caller
 
@@ -74,6 +79,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def CreateSession(self, request: Any, context: Any) -> Any:
         caller = await self._caller(context)
+        session = await self.create_session(caller, request)
+        return gateway_pb2.CreateSessionResponse(session=pb.session_pb(session))
+
+    async def create_session(self, caller: Caller, request: Any) -> Session:
+        """CreateSession's work for an authorized caller (shared with the HTTP API)."""
         model = check_model(self.pool.models(), request.model, request.adapter)
         system_prompt = self._check_text("system_prompt", request.system_prompt, required=False)
         ttl_ms = check_ttl_ms(
@@ -81,10 +91,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             self.config.session_ttl_s,
             self.config.max_session_ttl_s,
         )
-        session = await self.sessions.create(
+        return await self.sessions.create(
             caller.owner, model.name, request.adapter, system_prompt, ttl_ms
         )
-        return gateway_pb2.CreateSessionResponse(session=pb.session_pb(session))
 
     async def GetSession(self, request: Any, context: Any) -> Any:
         caller = await self._caller(context)
@@ -109,6 +118,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
         await self._caller(context)
+        # aclosing: a cancelled call closes the inner stream now (its runtime call with it).
+        async with contextlib.aclosing(self.generate(request, _deadline(context))) as stream:
+            async for chunk in stream:
+                yield chunk
+
+    async def generate(self, request: Any, deadline: float | None) -> AsyncIterator[Any]:
+        """Generate's stream for an authorized caller (shared with the HTTP API); `deadline`
+        is a time.monotonic() instant or None."""
         check_model(self.pool.models(), request.model, request.adapter)
         request_id = check_request_id("request_id", request.request_id) or uuid.uuid4().hex
         if not request.prompt.WhichOneof("kind"):
@@ -125,13 +142,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             runtime_request,
             model=request.model,
             adapter=request.adapter,
-            deadline=_deadline(context),
+            deadline=deadline,
             max_attempts=self.config.max_route_attempts,
         ):
             yield pb.generate_chunk(request_id, chunk)
 
     async def Chat(self, request: Any, context: Any) -> AsyncIterator[Any]:
         caller = await self._caller(context)
+        async with contextlib.aclosing(self.chat(caller, request, _deadline(context))) as stream:
+            async for chunk in stream:
+                yield chunk
+
+    async def chat(
+        self, caller: Caller, request: Any, deadline: float | None
+    ) -> AsyncIterator[Any]:
+        """Chat's stream for an authorized caller (shared with the HTTP API)."""
         message = self._check_text("message", request.message, required=True)
         request_id = check_request_id("request_id", request.request_id)
         started = await self.sessions.begin_turn(caller.owner, request.session_id, request_id)
@@ -142,7 +167,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         stored = False
         renewer = asyncio.create_task(self._keep_lock(turn))
         try:
-            async for chunk in self._chat_turn(turn, message, request.sampling, context):
+            async for chunk in self._chat_turn(turn, message, request.sampling, deadline):
                 if chunk.finish_reason:
                     stored = True  # _chat_turn yields the last chunk once the turn is stored
                 yield chunk
@@ -152,7 +177,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 await self._release(turn)
 
     async def _chat_turn(
-        self, turn: Turn, message: str, sampling: Any, context: Any
+        self, turn: Turn, message: str, sampling: Any, deadline: float | None
     ) -> AsyncIterator[Any]:
         session = turn.session
         user = Message("user", message, 0, now_ms())
@@ -172,7 +197,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 model=session.model,
                 adapter=session.adapter,
                 pinned=session.runtime,
-                deadline=_deadline(context),
+                deadline=deadline,
                 max_attempts=self.config.max_route_attempts,
             ):
                 text.append(chunk.text)

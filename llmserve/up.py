@@ -5,9 +5,10 @@ progress) for the SmolLM2-135M-Instruct engine, built from the GGUF in the `llm-
 package into the local store (later runs find it there); starts a runtime serving that engine
 by id, with LoRA on; registers the example adapters of examples/adapters with the builder
 (validated against the engine, stored) and loads them into the runtime by id; starts the
-gateway; then opens `llmserve chat` (`--adapter NAME` opens it with an adapter). On exit
-(Ctrl-C, end of input, SIGTERM) every process is stopped with SIGTERM, so each drains. Logs go
-to <workdir>/logs; the local API key is in <workdir>/api-keys.
+gateway, with its OpenAI-compatible HTTP API on --http-port; then opens `llmserve chat`
+(`--adapter NAME` opens it with an adapter). On exit (Ctrl-C, end of input, SIGTERM) every
+process is stopped with SIGTERM, so each drains. Logs go to <workdir>/logs; the local API key
+is in <workdir>/api-keys.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class UpConfig:
     gateway_port: int = setting(50051, "gateway gRPC port")
     runtime_port: int = setting(50052, "runtime gRPC port")
     builder_port: int = setting(50053, "builder gRPC port")
+    http_port: int = setting(8000, "gateway OpenAI-compatible HTTP port (0: no HTTP API)")
     max_reply_tokens: int = setting(400, "most tokens of a chat reply")
     adapter: str = setting("", f"open the chat with this LoRA adapter (from {ADAPTERS})")
 
@@ -143,11 +145,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmserve up") -> int:
         ], config.runtime_port)  # fmt: skip
         adapters = load_adapters(builder.address, runtime.address, engine_id)
         keys_file, api_key = local_api_key(config.workdir)
+        http = ["--http-port", str(config.http_port)] if config.http_port else []
         gateway = start("gateway", [
             "--redis", redis.url, "--runtime", runtime.address,
-            "--api-keys-file", str(keys_file),
+            "--api-keys-file", str(keys_file), *http,
         ], config.gateway_port)  # fmt: skip
         print(f"API key        {keys_file} (owner {LOCAL_OWNER!r})")
+        if config.http_port:
+            print(f"OpenAI API     http://127.0.0.1:{config.http_port}/v1 (docs/openai.md)")
         print(f"adapters       {', '.join(adapters)} (llmserve up --adapter NAME)")
         if MODEL_NAME not in served_models(gateway.address, api_key):
             print(f"llmserve up: the gateway does not serve {MODEL_NAME}", file=sys.stderr)

@@ -17,7 +17,7 @@ QUESTION = "What is the capital of Italy?\n/quit\n"
 
 
 def up(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    ports = [str(free_port()) for _ in range(3)]
+    ports = [str(free_port()) for _ in range(4)]
     return subprocess.run(
         [
             sys.executable,
@@ -32,6 +32,8 @@ def up(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
             ports[1],
             "--builder-port",
             ports[2],
+            "--http-port",
+            ports[3],
             *extra,
         ],
         input=QUESTION,

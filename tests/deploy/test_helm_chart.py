@@ -76,6 +76,28 @@ def test_lora_settings_reach_the_runtime_and_builder() -> None:
     assert parsed.enable_lora and parsed.max_loras == 16
 
 
+def test_http_api_is_off_by_default_and_reaches_the_gateway_when_enabled() -> None:
+    def gateway(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+        docs = render(values)
+        container = containers(docs)["gateway"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        service = next(
+            d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("gateway")
+        )
+        return env, {p["name"]: p for p in container["ports"]}, service["spec"]["ports"]
+
+    env, ports, service_ports = gateway(BASE_VALUES)
+    assert "LLMSERVE_HTTP_PORT" not in env and "http" not in ports
+    assert [p["name"] for p in service_ports] == ["grpc"]
+    env, ports, service_ports = gateway(
+        {**BASE_VALUES, "gateway": {"http": {"enabled": True, "port": 8080}}}
+    )
+    assert env["LLMSERVE_HTTP_PORT"] == "8080" and ports["http"]["containerPort"] == 8080
+    http = next(p for p in service_ports if p["name"] == "http")
+    assert (http["port"], http["targetPort"]) == (8080, "http")
+    assert parse_config(GatewayConfig, [], env=env).http_port == 8080  # as the daemon reads it
+
+
 def test_s3_store_and_external_redis() -> None:
     values = {
         **BASE_VALUES,
