@@ -32,6 +32,11 @@ class GatewayConfig(ServerConfig):
         2.0, "how often runtimes are re-resolved, health-checked and asked for their status"
     )
     runtime_timeout_s: float = setting(2.0, "timeout of one health check or GetStatus call")
+    runtime_idle_timeout_s: float = setting(
+        60.0,
+        "a runtime stream that sends nothing for this long (first token included) is failed:"
+        " the request moves to another runtime before its first token, ends UNAVAILABLE after",
+    )
     max_route_attempts: int = setting(
         3, "runtimes tried for one request that fails before its first token"
     )
@@ -42,6 +47,14 @@ class GatewayConfig(ServerConfig):
     )
     redis_timeout_s: float = setting(2.0, "timeout of one Redis command or connection attempt")
     redis_retries: int = setting(3, "retries (exponential backoff) of a failed Redis command")
+    redis_max_connections: int = setting(
+        512,
+        "Redis connections the gateway keeps open at most (per node with redis_cluster); a call"
+        " that finds them all busy waits for one (redis_pool_timeout_s)",
+    )
+    redis_pool_timeout_s: float = setting(
+        10.0, "how long a call waits for a free Redis connection before UNAVAILABLE"
+    )
     # Auth and rate limits.
     api_keys_file: Path | None = setting(
         None,
@@ -49,6 +62,15 @@ class GatewayConfig(ServerConfig):
         " Unset: the keys already in Redis are used as they are",
     )
     api_keys_sync_s: float = setting(30.0, "how often the keys file is re-read into Redis")
+    api_keys_miss_sync_s: float = setting(
+        1.0, "an unknown key re-reads the keys file into Redis at most this often"
+    )
+    auth_failure_rps: float = setting(
+        1.0, "failed authentications per second per client address (0 turns the limit off)"
+    )
+    auth_failure_burst: int = setting(
+        20, "failed authentications a client address may make at once before it is refused"
+    )
     rate_limit_rps: float = setting(10.0, "requests per second per API key (0 turns it off)")
     rate_limit_burst: int = setting(20, "requests an API key may make at once (bucket size)")
     # Sessions.
@@ -83,8 +105,11 @@ class GatewayConfig(ServerConfig):
         positive = {
             "runtime_refresh_s": self.runtime_refresh_s,
             "runtime_timeout_s": self.runtime_timeout_s,
+            "runtime_idle_timeout_s": self.runtime_idle_timeout_s,
             "redis_timeout_s": self.redis_timeout_s,
+            "redis_pool_timeout_s": self.redis_pool_timeout_s,
             "api_keys_sync_s": self.api_keys_sync_s,
+            "api_keys_miss_sync_s": self.api_keys_miss_sync_s,
             "session_ttl_s": self.session_ttl_s,
             "session_lock_ttl_s": self.session_lock_ttl_s,
         }
@@ -92,10 +117,22 @@ class GatewayConfig(ServerConfig):
             require(value > 0, f"{name} must be > 0, got {value}")
         require(self.redis_retries >= 0, f"redis_retries must be >= 0, got {self.redis_retries}")
         require(
+            self.redis_max_connections >= 1,
+            f"redis_max_connections must be >= 1, got {self.redis_max_connections}",
+        )
+        require(
             self.max_route_attempts >= 1,
             f"max_route_attempts must be >= 1, got {self.max_route_attempts}",
         )
         require(self.rate_limit_rps >= 0, f"rate_limit_rps must be >= 0, got {self.rate_limit_rps}")
+        require(
+            self.auth_failure_rps >= 0,
+            f"auth_failure_rps must be >= 0, got {self.auth_failure_rps}",
+        )
+        require(
+            self.auth_failure_burst >= 1,
+            f"auth_failure_burst must be >= 1, got {self.auth_failure_burst}",
+        )
         require(
             self.rate_limit_burst >= 1,
             f"rate_limit_burst must be >= 1, got {self.rate_limit_burst}",

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from gateway.auth import ApiKeys
 from gateway.config import GatewayConfig
 from gateway.discovery import Discovery, DnsDiscovery, StaticDiscovery
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import FailedAuthLimiter, RateLimiter
 from gateway.redis_store import RedisStore
 from gateway.runtime_pool import RuntimePool
 from gateway.service import GatewayServicer
@@ -53,8 +53,10 @@ def setup(daemon: Daemon, config: GatewayConfig) -> None:
         timeout_s=config.redis_timeout_s,
         retries=config.redis_retries,
         cluster=config.redis_cluster,
+        max_connections=config.redis_max_connections,
+        pool_timeout_s=config.redis_pool_timeout_s,
     )
-    keys = ApiKeys(redis, config.api_keys_file)
+    keys = ApiKeys(redis, config.api_keys_file, miss_sync_s=config.api_keys_miss_sync_s)
     discovery: Discovery = (
         DnsDiscovery(config.runtime_dns) if config.runtime_dns else StaticDiscovery(config.runtime)
     )
@@ -70,7 +72,8 @@ def setup(daemon: Daemon, config: GatewayConfig) -> None:
         max_turns=config.max_session_turns,
     )
     limiter = RateLimiter(redis, config.rate_limit_rps, config.rate_limit_burst)
-    servicer = GatewayServicer(config, keys, limiter, sessions, pool)
+    failures = FailedAuthLimiter(redis, config.auth_failure_rps, config.auth_failure_burst)
+    servicer = GatewayServicer(config, keys, limiter, sessions, pool, failures)
     daemon.add_service(
         Service("llmserve.v1.Gateway", servicer, gateway_pb2_grpc.add_GatewayServicer_to_server)
     )
