@@ -12,6 +12,7 @@ from typing import Any
 from opentelemetry import trace
 
 from llmserve.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from llmserve.paths import check_path
 from llmserve.store import Hold, open_store
 from llmserve.store.adapters import fetch_adapter, get_adapter, hold_adapter
 from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
@@ -72,7 +73,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             )
         request_id = request.request_id or uuid.uuid4().hex
         wall_ns, mono = time.time_ns(), time.monotonic()
-        stream = llm.add_request(prompt, params, request_id, request.adapter or None)
+        stream = await llm.submit(prompt, params, request_id, request.adapter or None)
         decode = llm.tokenizer.decode
         merged: RequestOutput | None = None
         last: RequestOutput | None = None
@@ -163,6 +164,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             raise InvalidArgument("name must be set")
         source = request.WhichOneof("source")
         if source == "path":
+            check_path("path", request.path)
             info = await serving.llm.load_adapter(request.name, request.path)
         elif source == "adapter_id":
             info = await self._load_from_store(serving, request.name, request.adapter_id)
