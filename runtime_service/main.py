@@ -42,12 +42,20 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
     )
 
     holds: list[Hold] = []
+    tasks: list[asyncio.Task[None]] = []
 
     async def warmup() -> None:
         loaded = await asyncio.to_thread(load, config)
         if loaded.hold is not None:
             holds.append(loaded.hold)
         await _warm_up(loaded.llm)
+        loop = asyncio.get_running_loop()
+
+        def died(reason: str) -> None:  # on the engine's receiver thread
+            task = daemon.fail(f"the engine process stopped: {reason}")
+            loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(task)))
+
+        loaded.llm.on_dead(died)
         service.serving = Serving(loaded.llm, loaded.engine, loaded.device.name)
         metrics.watch_engine(loaded.llm.stats, loaded.llm.num_waiting)
         engine = loaded.engine

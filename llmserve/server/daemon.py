@@ -8,6 +8,8 @@ Life of a daemon:
 4. Health answers SERVING.
 5. On SIGTERM or SIGINT: health goes NOT_SERVING, new calls get UNAVAILABLE, calls in flight
    may finish for up to `grace_period_s`, stop hooks run, and the process exits with status 0.
+6. When a part the daemon cannot serve without dies (`fail`, e.g. the runtime's engine
+   process): the same drain, and exit status 1, so that the pod is restarted.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Daemon:
         self._on_stop: list[Hook] = []
         self._server: grpc.aio.Server | None = None
         self._stop = asyncio.Event()
+        self._exit_status = 0
 
     # Registration (before start).
     def add_service(self, service: Service) -> None:
@@ -122,6 +125,13 @@ class Daemon:
         """Starts a drain (what SIGTERM does)."""
         self._stop.set()
 
+    async def fail(self, reason: str) -> None:
+        """Health NOT_SERVING at once, then a drain and exit status 1 (see the docstring)."""
+        log.error("%s cannot serve any more: %s; stopping with exit status 1", self.name, reason)
+        self._exit_status = 1
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._stop.set()
+
     async def drain(self) -> None:
         """Health NOT_SERVING, refuse new calls, let calls in flight finish, then stop."""
         log.info("%s draining (grace period %.1fs)", self.name, self.config.grace_period_s)
@@ -144,7 +154,8 @@ class Daemon:
     async def serve(self) -> int:
         """Starts, warms up, serves until SIGTERM/SIGINT or request_stop, drains.
 
-        Returns the process exit status: 0 after a drain, 1 when warm-up failed.
+        Returns the process exit status: 0 after a drain, 1 when warm-up failed or `fail`
+        was called.
         """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -164,7 +175,7 @@ class Daemon:
             await self.set_serving()
         await self._stop.wait()
         await self.drain()
-        return 0
+        return self._exit_status
 
 
 def run_daemon(
