@@ -37,11 +37,29 @@ class GatewayConfig(ServerConfig):
         "a runtime stream that sends nothing for this long (first token included) is failed:"
         " the request moves to another runtime before its first token, ends UNAVAILABLE after",
     )
+    runtime_token_file: Path | None = setting(
+        None, "file holding the runtimes' service token (their service_token_file), sent on calls"
+    )
+    runtime_tls_ca: Path | None = setting(
+        None, "PEM CA bundle: call runtimes over TLS, verifying their certificates with it"
+    )
+    runtime_tls_cert: Path | None = setting(
+        None, "PEM client certificate presented to runtimes that require mTLS (with its key)"
+    )
+    runtime_tls_key: Path | None = setting(None, "PEM private key of runtime_tls_cert")
     max_route_attempts: int = setting(
         3, "runtimes tried for one request that fails before its first token"
     )
     # Redis: sessions, hashed API keys, rate-limit buckets.
     redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://)")
+    redis_tls_ca: Path | None = setting(
+        None,
+        "with a rediss:// URL: PEM CA bundle verifying Redis's certificate (default: the system's)",
+    )
+    redis_tls_cert: Path | None = setting(
+        None, "with a rediss:// URL: PEM client certificate for Redis (with redis_tls_key)"
+    )
+    redis_tls_key: Path | None = setting(None, "PEM private key of redis_tls_cert")
     redis_cluster: bool = setting(
         False, "the redis URL names one node of a Redis Cluster (keys are hash-tagged for it)"
     )
@@ -88,14 +106,45 @@ class GatewayConfig(ServerConfig):
     )
     max_session_turns: int = setting(1000, "turns (user + assistant message) a session holds")
 
+    def redis_tls(self) -> dict[str, str]:
+        """redis-py's ssl_* options for a rediss:// URL (empty: its defaults)."""
+        options = {
+            "ssl_ca_certs": self.redis_tls_ca,
+            "ssl_certfile": self.redis_tls_cert,
+            "ssl_keyfile": self.redis_tls_key,
+        }
+        return {k: str(v) for k, v in options.items() if v is not None}
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(
+            self.service_token_file is None,
+            "service_token_file is for runtimes and builders; the gateway sends it to runtimes"
+            " with runtime_token_file",
+        )
         require(
             not (self.runtime and self.runtime_dns),
             "runtime and runtime_dns are exclusive: give a list or a DNS name",
         )
         for address in self.runtime:
             split_host_port(address, "runtime")
+        for cert, key in (
+            ("runtime_tls_cert", "runtime_tls_key"),
+            ("redis_tls_cert", "redis_tls_key"),
+        ):
+            require(
+                (getattr(self, cert) is None) == (getattr(self, key) is None),
+                f"{cert} and {key} must be given together",
+            )
+        require(
+            self.runtime_tls_cert is None or self.runtime_tls_ca is not None,
+            "runtime_tls_cert (mTLS to runtimes) needs runtime_tls_ca",
+        )
+        require(
+            self.redis.startswith("rediss://")
+            or (self.redis_tls_ca is None and self.redis_tls_cert is None),
+            "redis_tls_ca and redis_tls_cert need a rediss:// URL",
+        )
         if self.runtime_dns:
             split_host_port(self.runtime_dns, "runtime_dns")
         require(

@@ -13,6 +13,8 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+import grpc
+
 from gateway.auth import ApiKeys
 from gateway.config import GatewayConfig
 from gateway.discovery import Discovery, DnsDiscovery, StaticDiscovery
@@ -47,6 +49,15 @@ async def _sync_keys_forever(keys: ApiKeys, interval_s: float) -> None:
         await _sync_keys(keys, logging.DEBUG)
 
 
+def runtime_credentials(config: GatewayConfig) -> grpc.ChannelCredentials | None:
+    """TLS (and mTLS) credentials for the channels to runtimes; None: plaintext."""
+    if config.runtime_tls_ca is None:
+        return None
+    cert = config.runtime_tls_cert.read_bytes() if config.runtime_tls_cert else None
+    key = config.runtime_tls_key.read_bytes() if config.runtime_tls_key else None
+    return grpc.ssl_channel_credentials(config.runtime_tls_ca.read_bytes(), key, cert)
+
+
 def setup(daemon: Daemon, config: GatewayConfig) -> None:
     redis = RedisStore(
         config.redis,
@@ -55,6 +66,7 @@ def setup(daemon: Daemon, config: GatewayConfig) -> None:
         cluster=config.redis_cluster,
         max_connections=config.redis_max_connections,
         pool_timeout_s=config.redis_pool_timeout_s,
+        tls=config.redis_tls(),
     )
     keys = ApiKeys(redis, config.api_keys_file, miss_sync_s=config.api_keys_miss_sync_s)
     discovery: Discovery = (
@@ -65,6 +77,8 @@ def setup(daemon: Daemon, config: GatewayConfig) -> None:
         refresh_s=config.runtime_refresh_s,
         timeout_s=config.runtime_timeout_s,
         max_message_bytes=config.max_message_bytes,
+        credentials=runtime_credentials(config),
+        token_file=config.runtime_token_file,
     )
     sessions = SessionStore(
         redis,

@@ -94,7 +94,8 @@ async def generate(
             kind=trace.SpanKind.CLIENT,
             attributes={"rpc.system": "grpc", "net.peer.name": state.address, "attempt": attempt},
         ):
-            call = runtime.stub.Generate(request, timeout=timeout, metadata=metadata_from_context())
+            metadata = (*metadata_from_context(), *pool.auth())
+            call = runtime.stub.Generate(request, timeout=timeout, metadata=metadata)
             state.num_in_flight += 1
             state.num_sent_since_status += 1
             try:

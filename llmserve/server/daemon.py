@@ -28,6 +28,7 @@ from llmserve.logs import setup_logging
 from llmserve.server.config import ServerConfig
 from llmserve.server.interceptor import ServerInterceptor
 from llmserve.server.reflection import enable_reflection
+from llmserve.server.token import ServiceToken
 from llmserve.telemetry import setup_tracing, shutdown_tracing, start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ class Daemon:
     def __init__(self, name: str, config: ServerConfig) -> None:
         self.name = name
         self.config = config
-        self.interceptor = ServerInterceptor()
+        token = ServiceToken(config.service_token_file) if config.service_token_file else None
+        self.interceptor = ServerInterceptor(token)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._services: list[Service] = []

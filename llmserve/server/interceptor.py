@@ -6,6 +6,8 @@
   protobuf, invalid UTF-8 in a string field) are INVALID_ARGUMENT naming the message type
   (gRPC itself would answer UNKNOWN).
 - While draining, every call except health and reflection is refused with UNAVAILABLE.
+- With a service token (llmserve/server/token.py), every call except health and reflection
+  must carry it (UNAUTHENTICATED otherwise).
 - Calls in flight are counted so that a drain can wait for them.
 - Each call runs inside a SERVER span that continues the caller's trace (W3C traceparent).
 """
@@ -21,6 +23,7 @@ import grpc
 from opentelemetry import trace
 
 from llmserve.errors import InvalidArgument, LLMServeError
+from llmserve.server.token import ServiceToken
 from llmserve.telemetry import context_from_metadata
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,8 @@ def decode_request(method: str, raw: bytes, decode: Decoder) -> Any:
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """See the module docstring. One instance per server."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: ServiceToken | None = None) -> None:
+        self.token = token
         self.draining = False
         self._num_in_flight = 0
         self._idle = asyncio.Event()
@@ -154,6 +158,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 with self._span(method, context):
                     try:
+                        if self.token is not None:
+                            self.token.check(context.invocation_metadata())
                         request = decode_request(method, raw, decode)
                         return await behavior(request, context)
                     except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -174,6 +180,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 with self._span(method, context):
                     try:
+                        if self.token is not None:
+                            self.token.check(context.invocation_metadata())
                         request = decode_request(method, raw, decode)
                         async for response in behavior(request, context):
                             yield response

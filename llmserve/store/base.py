@@ -33,6 +33,7 @@ from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound, shown
 from llmserve.store.holds import Hold
 from llmserve.store.manifest import describe_files
 from llmserve.store.options import StoreOptions
+from llmserve.store.signing import sign
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,8 @@ class ArtifactStore(ABC):
                 }
                 manifest["size_bytes"] = sum(f.size for f in files.values())
                 manifest["create_time"] = time.time()
+                if self.options.signing_key:
+                    manifest = sign(manifest, self.options.signing_key)
                 lock.ensure_held()
                 self._publish(kind, artifact_id, staging, manifest)
             self.touch(kind, artifact_id)
