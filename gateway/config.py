@@ -32,10 +32,16 @@ class GatewayConfig(ServerConfig):
         2.0, "how often runtimes are re-resolved, health-checked and asked for their status"
     )
     runtime_timeout_s: float = setting(2.0, "timeout of one health check or GetStatus call")
+    runtime_keepalive_s: float = setting(
+        10.0,
+        "HTTP/2 ping to each runtime this often; one not answered within runtime_timeout_s fails"
+        " the runtime's calls (a frozen or partitioned runtime, however long its queue; 0: off)",
+    )
     runtime_idle_timeout_s: float = setting(
         60.0,
         "a runtime stream that sends nothing for this long (first token included) is failed:"
-        " the request moves to another runtime before its first token, ends UNAVAILABLE after",
+        " the request moves to another runtime before its first token, ends UNAVAILABLE after;"
+        " keep it above the longest wait in a runtime's queue",
     )
     runtime_token_file: Path | None = setting(
         None, "file holding the runtimes' service token (their service_token_file), sent on calls"
@@ -164,6 +170,10 @@ class GatewayConfig(ServerConfig):
         }
         for name, value in positive.items():
             require(value > 0, f"{name} must be > 0, got {value}")
+        require(
+            self.runtime_keepalive_s == 0 or self.runtime_keepalive_s >= 1,
+            f"runtime_keepalive_s must be 0 (off) or >= 1, got {self.runtime_keepalive_s}",
+        )
         require(self.redis_retries >= 0, f"redis_retries must be >= 0, got {self.redis_retries}")
         require(
             self.redis_max_connections >= 1,

@@ -79,6 +79,7 @@ def setup(daemon: Daemon, config: GatewayConfig) -> None:
         max_message_bytes=config.max_message_bytes,
         credentials=runtime_credentials(config),
         token_file=config.runtime_token_file,
+        keepalive_s=config.runtime_keepalive_s,
     )
     sessions = SessionStore(
         redis,

@@ -57,6 +57,7 @@ class RuntimePool:
         max_message_bytes: int = 16 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
         token_file: Path | None = None,
+        keepalive_s: float = 10.0,
     ) -> None:
         self.discovery = discovery
         self._credentials = credentials
@@ -67,6 +68,14 @@ class RuntimePool:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
+        if keepalive_s > 0:  # a frozen or unreachable runtime fails its calls, however idle
+            self._options += [
+                ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", int(timeout_s * 1000)),
+                ("grpc.http2.ping_timeout_ms", int(timeout_s * 1000)),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
         self._runtimes: dict[str, Runtime] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()

@@ -85,7 +85,15 @@ class Daemon:
 
     def _options(self) -> list[tuple[str, int]]:
         n = self.config.max_message_bytes
-        return [("grpc.max_send_message_length", n), ("grpc.max_receive_message_length", n)]
+        return [
+            ("grpc.max_send_message_length", n),
+            ("grpc.max_receive_message_length", n),
+            # Callers (the gateway) ping to tell a frozen server from a slow one: accept pings
+            # every second or more, also while a stream sends nothing (a queued request).
+            ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+            ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
 
     def _bind(self, server: grpc.aio.Server) -> int:
         address = f"{self.config.host}:{self.config.port}"

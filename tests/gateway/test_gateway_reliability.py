@@ -146,6 +146,7 @@ def test_tls_token_runtime_frozen_mid_stream_and_request_ids_per_owner(
     gateway, keys = start_gateway(
         tmp_path, redis_server, [runtime], "--runtime-tls-ca", str(tmp_path / "ca.crt"),
         "--runtime-token-file", str(token), "--runtime-idle-timeout-s", "3",
+        "--runtime-keepalive-s", "0",
     )  # fmt: skip
     alice, bob = Client(gateway.address, keys["alice"]), Client(gateway.address, keys["bob"])
     try:
@@ -182,6 +183,25 @@ def test_tls_token_runtime_frozen_mid_stream_and_request_ids_per_owner(
         runtime.proc.send_signal(signal.SIGCONT)
         assert alice.messages(session_id) == []
         assert locks(redis_server) == []
+        # However long the idle timeout, HTTP/2 pings tell a frozen runtime from a busy one.
+        pinging, _ = start_gateway(
+            tmp_path, redis_server, [runtime], "--runtime-tls-ca", str(tmp_path / "ca.crt"),
+            "--runtime-token-file", str(token), "--runtime-idle-timeout-s", "600",
+            "--runtime-keepalive-s", "1", "--runtime-timeout-s", "2",
+        )  # fmt: skip
+        carol = Client(pinging.address, keys["carol"])
+        call = carol.chat_call(
+            carol.create().session_id, "Hi!", sampling=greedy(200, ignore_eos=True)
+        )
+        next(call)
+        runtime.proc.send_signal(signal.SIGSTOP)
+        with pytest.raises(grpc.RpcError) as err:
+            list(call)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "ping timeout" in err.value.details()
+        runtime.proc.send_signal(signal.SIGCONT)
+        carol.close()
+        pinging.terminate()
     finally:
         alice.close()
         bob.close()
