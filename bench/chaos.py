@@ -278,12 +278,14 @@ def main() -> int:
 
         def fuzzed(row: Row) -> None:
             builder = DaemonProcess("builder_service", ["--store", str(tmp / "fz")]).start()
-            builder.wait_serving()
-            targets = {"gateway": stack.gateway.address, "runtime": stack.runtimes[0].address,
-                       "builder": builder.address}  # fmt: skip
-            row.codes = fuzz(targets, {"gateway": stack.client.metadata}, args.fuzz)
-            row.calls = args.fuzz
-            builder.terminate()
+            try:
+                builder.wait_serving()
+                targets = {"gateway": stack.gateway.address, "runtime": stack.runtimes[0].address,
+                           "builder": builder.address}  # fmt: skip
+                row.codes = fuzz(targets, {"gateway": stack.client.metadata}, args.fuzz)
+                row.calls = args.fuzz
+            finally:
+                builder.terminate()
 
         rows.append(scenario(stack, "fuzz", fuzzed))
         statuses = [runtime_status(r) for r in stack.runtimes]

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -149,6 +150,7 @@ def test_tls_token_runtime_frozen_mid_stream_and_request_ids_per_owner(
         "--runtime-keepalive-s", "0",
     )  # fmt: skip
     alice, bob = Client(gateway.address, keys["alice"]), Client(gateway.address, keys["bob"])
+    others: list[Any] = [None, None]  # the second gateway and its client, once started
     try:
         with grpc.secure_channel(runtime.address, credentials) as channel:
             with pytest.raises(grpc.RpcError) as err:
@@ -184,12 +186,12 @@ def test_tls_token_runtime_frozen_mid_stream_and_request_ids_per_owner(
         assert alice.messages(session_id) == []
         assert locks(redis_server) == []
         # However long the idle timeout, HTTP/2 pings tell a frozen runtime from a busy one.
-        pinging, _ = start_gateway(
+        pinging, _ = others[0] = start_gateway(
             tmp_path, redis_server, [runtime], "--runtime-tls-ca", str(tmp_path / "ca.crt"),
             "--runtime-token-file", str(token), "--runtime-idle-timeout-s", "600",
             "--runtime-keepalive-s", "1", "--runtime-timeout-s", "2",
         )  # fmt: skip
-        carol = Client(pinging.address, keys["carol"])
+        carol = others[1] = Client(pinging.address, keys["carol"])
         call = carol.chat_call(
             carol.create().session_id, "Hi!", sampling=greedy(200, ignore_eos=True)
         )
@@ -200,11 +202,13 @@ def test_tls_token_runtime_frozen_mid_stream_and_request_ids_per_owner(
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "ping timeout" in err.value.details()
         runtime.proc.send_signal(signal.SIGCONT)
-        carol.close()
-        pinging.terminate()
     finally:
         alice.close()
         bob.close()
+        if others[1] is not None:
+            others[1].close()
+        if others[0] is not None:
+            others[0][0].terminate()
         if runtime.proc is not None:
             runtime.proc.send_signal(signal.SIGCONT)
         gateway.terminate()
