@@ -28,6 +28,7 @@ import torch
 
 from builder_service.convert import INT4_FOLDED_LAYERS
 from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound
+from llmserve.paths import check_path
 from llmserve.store import ADAPTERS, ENGINES, ArtifactStore
 from llmserve.store.adapters import ADAPTER_FILES, AdapterManifest, adapter_id
 from llmserve.store.engines import get_engine
@@ -55,6 +56,7 @@ def copy_adapter_files(source: str, dest: Path, s3_client: Any = None) -> None:
     NotFound naming `source` when it or one of the files is missing; InvalidArgument when it
     is not a directory or an s3:// URI.
     """
+    check_path("source", source)
     dest.mkdir(parents=True, exist_ok=True)
     if source.startswith("s3://"):
         _download_s3(source, dest, s3_client)

@@ -8,6 +8,7 @@ from pathlib import Path
 from llmserve.config import require, setting
 from llmserve.server import ServerConfig
 from llmserve.store import StoreOptions
+from llmserve.store.signing import read_key
 
 
 @dataclass(kw_only=True)
@@ -28,6 +29,11 @@ class StoreSettings:
     )
     s3_endpoint_url: str = setting(
         "", "S3-compatible endpoint (MinIO, ...); empty: boto3's default (AWS_ENDPOINT_URL_S3)"
+    )
+    manifest_signing_key_file: Path | None = setting(
+        None,
+        "file holding an HMAC key (>= 32 bytes, a Secret): sign every manifest published;"
+        " runtimes given the same key serve only engines signed with it",
     )
     work_dir: Path = setting(
         Path("~/.cache/llmserve/builder"), "downloads of s3:// sources and measured perplexities"
@@ -61,6 +67,9 @@ class StoreSettings:
             lock_lease_s=self.store_lock_lease_s,
             hold_ttl_s=self.store_hold_ttl_s,
             s3_endpoint_url=self.s3_endpoint_url,
+            signing_key=(
+                read_key(self.manifest_signing_key_file) if self.manifest_signing_key_file else ""
+            ),
         )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound
+from llmserve.paths import check_path
 from llmserve.store.manifest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def open_source(uri: str, download_dir: Path, s3_client: Any = None) -> Source:
     """A local Source for a path or s3:// URI (downloaded into download_dir)."""
     if not uri:
         raise InvalidArgument("source is required: a Hugging Face directory, .gguf file or s3://")
+    check_path("source", uri)
     if uri.startswith("s3://"):
         if s3_client is None:
             from llmserve.store.options import StoreOptions

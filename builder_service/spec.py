@@ -13,6 +13,7 @@ from llmserve.device import CPU_TARGET
 from llmserve.engine_pb import DTYPES as DTYPE_ENUMS
 from llmserve.engine_pb import dtype_name, quantization_name
 from llmserve.errors import InvalidArgument
+from llmserve.paths import check_path
 from llmserve.store.manifest import EngineManifest
 from llmserve.targets import parse_target, require_quantization_supported
 
@@ -43,6 +44,7 @@ class BuildSpec:
         """
         if not self.source:
             raise InvalidArgument("source is required: a Hugging Face directory, .gguf or s3://")
+        check_path("source", self.source)
         if self.quantization not in QUANTIZATIONS:
             raise InvalidArgument(
                 f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}"

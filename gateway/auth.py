@@ -8,13 +8,19 @@ replaces the whole set in Redis in one transaction; the gateway syncs at start a
 `api_keys_sync_s` (so a key removed from a mounted Secret stops working, and a Redis that lost
 its data gets the keys back). Without a keys file the gateway leaves the keys in Redis as they
 are (managed by something else).
+
+A key that Redis does not know makes the gateway re-read the file and sync at once, at most
+once per `miss_sync_s` (so a Redis restarted empty, or a key just added to the file, is known
+within that time, and unknown keys cannot make the gateway read the file more often).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,9 +86,14 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
 class ApiKeys:
     """Looks keys up in Redis and keeps Redis in line with the keys file."""
 
-    def __init__(self, redis: RedisStore, keys_file: Path | None) -> None:
+    def __init__(
+        self, redis: RedisStore, keys_file: Path | None, *, miss_sync_s: float = 1.0
+    ) -> None:
         self._redis = redis
         self.keys_file = keys_file
+        self.miss_sync_s = miss_sync_s
+        self._next_miss_sync = 0.0  # time.monotonic() from which a miss may sync again
+        self._miss_lock = asyncio.Lock()
 
     def load_file(self) -> dict[str, str]:
         """The file's keys, hashed ({} without a file); ValueError on a malformed file."""
@@ -109,5 +120,23 @@ class ApiKeys:
         with self._redis.available("API keys"):
             owner = await self._redis.client.hget(API_KEYS_KEY, key_hash)
         if owner is None:
+            owner = await self._on_miss(key_hash)
+        if owner is None:
             raise Unauthenticated("unknown API key")
         return Caller(owner=owner, key_hash=key_hash)
+
+    async def _on_miss(self, key_hash: str) -> str | None:
+        """The key's owner from the keys file, re-read and synced (see the module docstring)."""
+        if self.keys_file is None:
+            return None
+        async with self._miss_lock:
+            if time.monotonic() < self._next_miss_sync:
+                return None
+            self._next_miss_sync = time.monotonic() + self.miss_sync_s
+            try:
+                hashed = await asyncio.to_thread(self.load_file)
+            except (OSError, ValueError) as e:
+                log.error("API keys file unusable, keeping the keys in Redis: %s", e)
+                return None
+            await self.sync(hashed)
+            return hashed.get(key_hash)

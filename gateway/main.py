@@ -13,11 +13,13 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+import grpc
+
 from gateway.auth import ApiKeys
 from gateway.config import GatewayConfig
 from gateway.discovery import Discovery, DnsDiscovery, StaticDiscovery
 from gateway.openai.server import serve_http
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import FailedAuthLimiter, RateLimiter
 from gateway.redis_store import RedisStore
 from gateway.runtime_pool import RuntimePool
 from gateway.service import GatewayServicer
@@ -48,14 +50,26 @@ async def _sync_keys_forever(keys: ApiKeys, interval_s: float) -> None:
         await _sync_keys(keys, logging.DEBUG)
 
 
+def runtime_credentials(config: GatewayConfig) -> grpc.ChannelCredentials | None:
+    """TLS (and mTLS) credentials for the channels to runtimes; None: plaintext."""
+    if config.runtime_tls_ca is None:
+        return None
+    cert = config.runtime_tls_cert.read_bytes() if config.runtime_tls_cert else None
+    key = config.runtime_tls_key.read_bytes() if config.runtime_tls_key else None
+    return grpc.ssl_channel_credentials(config.runtime_tls_ca.read_bytes(), key, cert)
+
+
 def setup(daemon: Daemon, config: GatewayConfig) -> None:
     redis = RedisStore(
         config.redis,
         timeout_s=config.redis_timeout_s,
         retries=config.redis_retries,
         cluster=config.redis_cluster,
+        max_connections=config.redis_max_connections,
+        pool_timeout_s=config.redis_pool_timeout_s,
+        tls=config.redis_tls(),
     )
-    keys = ApiKeys(redis, config.api_keys_file)
+    keys = ApiKeys(redis, config.api_keys_file, miss_sync_s=config.api_keys_miss_sync_s)
     discovery: Discovery = (
         DnsDiscovery(config.runtime_dns) if config.runtime_dns else StaticDiscovery(config.runtime)
     )
@@ -64,6 +78,9 @@ def setup(daemon: Daemon, config: GatewayConfig) -> None:
         refresh_s=config.runtime_refresh_s,
         timeout_s=config.runtime_timeout_s,
         max_message_bytes=config.max_message_bytes,
+        credentials=runtime_credentials(config),
+        token_file=config.runtime_token_file,
+        keepalive_s=config.runtime_keepalive_s,
     )
     sessions = SessionStore(
         redis,
@@ -71,7 +88,8 @@ def setup(daemon: Daemon, config: GatewayConfig) -> None:
         max_turns=config.max_session_turns,
     )
     limiter = RateLimiter(redis, config.rate_limit_rps, config.rate_limit_burst)
-    servicer = GatewayServicer(config, keys, limiter, sessions, pool)
+    failures = FailedAuthLimiter(redis, config.auth_failure_rps, config.auth_failure_burst)
+    servicer = GatewayServicer(config, keys, limiter, sessions, pool, failures)
     daemon.add_service(
         Service("llmserve.v1.Gateway", servicer, gateway_pb2_grpc.add_GatewayServicer_to_server)
     )

@@ -12,6 +12,7 @@ on one cluster slot. Keys of different tags are never touched by one script.
     llmserve:{owner:<owner>}:sessions  ZSET   session ids scored by update time (ms)
     llmserve:{apikeys}:owners          HASH   sha256(key) hex -> owner
     llmserve:{ratelimit:<key hash>}    HASH   token bucket of one API key
+    llmserve:{authfail:<peer address>} HASH   token bucket of failed authentications
 """
 
 from __future__ import annotations
@@ -64,16 +65,32 @@ def rate_limit_key(key_hash: str) -> str:
     return f"{PREFIX}:{{ratelimit:{key_hash}}}"
 
 
+def auth_failure_key(peer: str) -> str:
+    return f"{PREFIX}:{{authfail:{peer}}}"
+
+
 class RedisStore:
     """An asyncio Redis client that retries failed commands with exponential backoff and turns
     a Redis outage into `Unavailable` with a message naming the server.
 
     Connections are made lazily: the gateway starts (and serves health) while Redis is down,
     and answers calls that need Redis with UNAVAILABLE until it is back.
+
+    At most `max_connections` connections are open (per cluster node with `cluster`); a
+    command that finds them all busy waits up to `pool_timeout_s` for one to be free (a burst
+    queues instead of failing), then fails with Unavailable.
     """
 
     def __init__(
-        self, url: str, *, timeout_s: float = 2.0, retries: int = 3, cluster: bool = False
+        self,
+        url: str,
+        *,
+        timeout_s: float = 2.0,
+        retries: int = 3,
+        cluster: bool = False,
+        max_connections: int = 512,
+        pool_timeout_s: float = 10.0,
+        tls: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
         parts = urlsplit(url)
@@ -85,13 +102,18 @@ class RedisStore:
             "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries),
             "retry_on_error": [redis_errors.ConnectionError, redis_errors.TimeoutError],
             "health_check_interval": 10,
+            **(tls or {}),
         }
         # Both clients have the same commands; the cluster one sends each to its key's slot.
-        self.client: aioredis.Redis = (
-            aioredis.RedisCluster.from_url(url, **options)  # type: ignore[assignment]
-            if cluster
-            else aioredis.Redis.from_url(url, **options)
-        )
+        if cluster:
+            self.client: aioredis.Redis = aioredis.RedisCluster.from_url(  # type: ignore[assignment]
+                url, max_connections=max_connections, **options
+            )
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=pool_timeout_s, **options
+            )
+            self.client = aioredis.Redis(connection_pool=pool)
 
     @contextmanager
     def available(self, what: str) -> Iterator[None]:

@@ -3,12 +3,16 @@
 A request that fails before the runtime sent anything (unreachable, draining, queue full,
 cancelled by the server) is sent again to another runtime of the model, up to
 `max_attempts` runtimes. Once a chunk has reached the caller the request cannot move: a
-failure then ends it with UNAVAILABLE. Each attempt runs in a CLIENT span whose W3C trace
-context goes to the runtime in the call's metadata, with the caller's remaining deadline.
+failure then ends it with UNAVAILABLE. A runtime that sends nothing for `idle_timeout_s`
+(frozen, partitioned) counts as failed: before the first chunk the request moves on, after it
+the call ends with UNAVAILABLE, so no stream (nor a session's lock) waits on it forever.
+Each attempt runs in a CLIENT span whose W3C trace context goes to the runtime in the call's
+metadata, with the caller's remaining deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +37,27 @@ _ERRORS_BY_CODE: dict[str, type[errors.LLMServeError]] = {
 }
 
 
+class _Silent(Exception):
+    """The runtime sent nothing for idle_timeout_s; treated like UNAVAILABLE."""
+
+    def __init__(self, idle_timeout_s: float) -> None:
+        super().__init__(f"no response for {idle_timeout_s:g} s (runtime_idle_timeout_s)")
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return str(self)
+
+
+async def _next(call: grpc.aio.UnaryStreamCall, idle_timeout_s: float) -> object:
+    """The call's next response (or grpc.aio.EOF); _Silent after idle_timeout_s without one."""
+    try:
+        return await asyncio.wait_for(call.read(), idle_timeout_s)
+    except TimeoutError:
+        raise _Silent(idle_timeout_s) from None
+
+
 def error_from_runtime(e: grpc.aio.AioRpcError) -> errors.LLMServeError:
     """The runtime's refusal, passed on with its code (INVALID_ARGUMENT, NOT_FOUND, ...)."""
     cls = _ERRORS_BY_CODE.get(e.code().name, errors.Unavailable)
@@ -48,6 +73,7 @@ async def generate(
     pinned: str = "",
     deadline: float | None = None,
     max_attempts: int = 3,
+    idle_timeout_s: float = 60.0,
 ) -> AsyncIterator[tuple[runtime_pb2.GenerateResponse, str]]:
     """Streams (chunk, runtime address) from the runtime chosen for `model`.
 
@@ -68,15 +94,16 @@ async def generate(
             kind=trace.SpanKind.CLIENT,
             attributes={"rpc.system": "grpc", "net.peer.name": state.address, "attempt": attempt},
         ):
-            call = runtime.stub.Generate(request, timeout=timeout, metadata=metadata_from_context())
+            metadata = (*metadata_from_context(), *pool.auth())
+            call = runtime.stub.Generate(request, timeout=timeout, metadata=metadata)
             state.num_in_flight += 1
             state.num_sent_since_status += 1
             try:
-                async for response in call:
+                while (response := await _next(call, idle_timeout_s)) is not grpc.aio.EOF:
                     started = True
                     yield response, state.address
                 return
-            except grpc.aio.AioRpcError as e:
+            except (grpc.aio.AioRpcError, _Silent) as e:
                 reason = f"{e.code().name}: {e.details()}"
                 if started:
                     log.warning("runtime %s failed mid-stream: %s", state.address, reason)
@@ -85,6 +112,7 @@ async def generate(
                         " reply is incomplete, send the request again"
                     ) from e
                 if e.code() not in RETRYABLE:
+                    assert isinstance(e, grpc.aio.AioRpcError)
                     raise error_from_runtime(e) from e
                 log.warning("runtime %s failed before the first token: %s", state.address, reason)
                 tried[state.address] = reason

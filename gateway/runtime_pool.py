@@ -14,12 +14,14 @@ import contextlib
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.discovery import Discovery
 from gateway.routing import ModelInfo, RuntimeState, choose_runtime, models_of
+from llmserve.server.token import TokenFile
 from llmserve.v1 import runtime_pb2, runtime_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -53,17 +55,35 @@ class RuntimePool:
         refresh_s: float = 2.0,
         timeout_s: float = 2.0,
         max_message_bytes: int = 16 * 1024 * 1024,
+        credentials: grpc.ChannelCredentials | None = None,
+        token_file: Path | None = None,
+        keepalive_s: float = 10.0,
     ) -> None:
         self.discovery = discovery
+        self._credentials = credentials
+        self._token = TokenFile(token_file) if token_file is not None else None
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
         self._options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
+        if keepalive_s > 0:  # a frozen or unreachable runtime fails its calls, however idle
+            self._options += [
+                ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", int(timeout_s * 1000)),
+                ("grpc.http2.ping_timeout_ms", int(timeout_s * 1000)),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
         self._runtimes: dict[str, Runtime] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+
+    def auth(self) -> tuple[tuple[str, str], ...]:
+        """Metadata carrying the runtimes' service token (none without a token file); a
+        rotated Secret is used as soon as its file changes."""
+        return () if self._token is None else self._token.metadata()
 
     @property
     def states(self) -> list[RuntimeState]:
@@ -90,7 +110,11 @@ class RuntimePool:
         """Follows discovery, then checks every runtime (concurrently)."""
         addresses = set(await self.discovery.addresses())
         for address in addresses - self._runtimes.keys():
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            channel = (
+                grpc.aio.insecure_channel(address, options=self._options)
+                if self._credentials is None
+                else grpc.aio.secure_channel(address, self._credentials, options=self._options)
+            )
             self._runtimes[address] = Runtime(
                 RuntimeState(address),
                 channel,
@@ -114,7 +138,7 @@ class RuntimePool:
                 health_pb2.HealthCheckRequest(service=RUNTIME_SERVICE), timeout=self.timeout_s
             )
             status = await runtime.stub.GetStatus(
-                runtime_pb2.GetStatusRequest(), timeout=self.timeout_s
+                runtime_pb2.GetStatusRequest(), timeout=self.timeout_s, metadata=self.auth()
             )
         except grpc.aio.AioRpcError as e:
             state.healthy = False

@@ -22,23 +22,30 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
 from gateway import pb, runtime_client
 from gateway.auth import ApiKeys, Caller
 from gateway.config import GatewayConfig
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import FailedAuthLimiter, RateLimiter, peer_address
 from gateway.records import Message, Reply, Session, now_ms
 from gateway.runtime_pool import RuntimePool
 from gateway.sessions import SessionStore, Turn
 from gateway.validation import check_model, check_request_id, check_text, check_ttl_ms
-from llmserve.errors import InvalidArgument, LLMServeError, Unavailable
+from llmserve.errors import InvalidArgument, LLMServeError, Unauthenticated, Unavailable
 from llmserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, runtime_pb2
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def runtime_request_id(owner: str, request_id: str) -> str:
+    """The id a runtime sees: scoped by the owner, so that one owner's ids never collide with
+    (nor reveal) another's. Owners are at most 64 characters and contain no '/'."""
+    return f"{owner}/{request_id}"
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -57,20 +64,34 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         limiter: RateLimiter,
         sessions: SessionStore,
         pool: RuntimePool,
+        failures: FailedAuthLimiter | None = None,
     ) -> None:
         self.config = config
         self.keys = keys
         self.limiter = limiter
         self.sessions = sessions
         self.pool = pool
+        self.failures = failures
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        return await self.authorize(context.invocation_metadata())
+        return await self.authorize(
+            context.invocation_metadata(), peer_address(context.peer() or "")
+        )
 
-    async def authorize(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller:
+    async def authorize(
+        self, metadata: Sequence[tuple[str, str | bytes]] | None, peer: str
+    ) -> Caller:
         """The caller of `authorization: Bearer <key>` in `metadata` (gRPC metadata or HTTP
-        headers), once its key's rate limit allowed the call."""
-        caller = await self.keys.authenticate(metadata)
+        headers) from address `peer`, once its key's rate limit allowed the call; failed
+        authentications count against the peer's own limit."""
+        if self.failures is not None:
+            await self.failures.check_peer(peer)
+        try:
+            caller = await self.keys.authenticate(metadata)
+        except Unauthenticated:
+            if self.failures is not None:
+                await self.failures.failed(peer)
+            raise
         await self.limiter.check(caller.key_hash)
         return caller
 
@@ -117,13 +138,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return gateway_pb2.ListModelsResponse(models=[pb.model_pb(m) for m in self.pool.models()])
 
     async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        await self._caller(context)
+        caller = await self._caller(context)
         # aclosing: a cancelled call closes the inner stream now (its runtime call with it).
-        async with contextlib.aclosing(self.generate(request, _deadline(context))) as stream:
+        stream = self.generate(caller, request, _deadline(context))
+        async with contextlib.aclosing(stream) as stream:
             async for chunk in stream:
                 yield chunk
 
-    async def generate(self, request: Any, deadline: float | None) -> AsyncIterator[Any]:
+    async def generate(
+        self, caller: Caller, request: Any, deadline: float | None
+    ) -> AsyncIterator[Any]:
         """Generate's stream for an authorized caller (shared with the HTTP API); `deadline`
         is a time.monotonic() instant or None."""
         check_model(self.pool.models(), request.model, request.adapter)
@@ -131,7 +155,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if not request.prompt.WhichOneof("kind"):
             raise InvalidArgument("prompt is required: set prompt.text, token_ids or chat")
         runtime_request = runtime_pb2.GenerateRequest(
-            request_id=request_id,
+            request_id=runtime_request_id(caller.owner, request_id),
             prompt=request.prompt,
             sampling=request.sampling,
             adapter=request.adapter,
@@ -144,6 +168,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             adapter=request.adapter,
             deadline=deadline,
             max_attempts=self.config.max_route_attempts,
+            idle_timeout_s=self.config.runtime_idle_timeout_s,
         ):
             yield pb.generate_chunk(request_id, chunk)
 
@@ -182,7 +207,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         session = turn.session
         user = Message("user", message, 0, now_ms())
         runtime_request = runtime_pb2.GenerateRequest(
-            request_id=turn.request_id or f"chat-{uuid.uuid4().hex}",
+            request_id=runtime_request_id(
+                session.owner, turn.request_id or f"chat-{uuid.uuid4().hex}"
+            ),
             prompt=pb.chat_prompt(session, message),
             sampling=sampling,
             adapter=session.adapter,
@@ -199,6 +226,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 pinned=session.runtime,
                 deadline=deadline,
                 max_attempts=self.config.max_route_attempts,
+                idle_timeout_s=self.config.runtime_idle_timeout_s,
             ):
                 text.append(chunk.text)
                 token_ids.extend(chunk.token_ids)
@@ -216,7 +244,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         reply = pb.reply_of("".join(text), token_ids, chunk)
         assistant = Message("assistant", reply.text, reply.usage.completion_tokens, now_ms())
         try:
-            await self.sessions.commit_turn(turn, user, assistant, reply, address)
+            await self._retrying(
+                lambda: self.sessions.commit_turn(turn, user, assistant, reply, address)
+            )
         except Unavailable as e:
             retry = (
                 "a retry with the same request_id never stores it twice"
@@ -241,8 +271,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             except LLMServeError as e:
                 log.warning("session %s: lock not renewed: %s", turn.session.session_id, e)
 
+    async def _retrying(self, step: Callable[[], Awaitable[T]]) -> T:
+        """`step()`, tried again with backoff while Redis is Unavailable (down, or every pooled
+        connection busy), for up to session_lock_ttl_s: the turn's lock lives that long, and
+        both steps retried here (commit, release) are idempotent."""
+        deadline = time.monotonic() + self.config.session_lock_ttl_s
+        delay = 0.05
+        while True:
+            try:
+                return await step()
+            except Unavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+
     async def _release(self, turn: Turn) -> None:
-        """Drops the lock of a turn that stored nothing (even while the call is cancelled);
-        if Redis is unreachable the lock expires by itself after session_lock_ttl_s."""
+        """Drops the lock of a turn that stored nothing (even while the call is cancelled),
+        retrying while Redis is unavailable; if it stays so, the lock expires by itself after
+        session_lock_ttl_s."""
         with contextlib.suppress(Exception):
-            await asyncio.shield(self.sessions.release(turn))
+            await asyncio.shield(self._retrying(lambda: self.sessions.release(turn)))

@@ -20,6 +20,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import secrets
 import uuid
 from dataclasses import dataclass, replace
@@ -29,12 +30,13 @@ from redis.exceptions import RedisError
 from gateway import session_scripts as scripts
 from gateway.records import Message, Reply, Session, now_ms
 from gateway.redis_store import RedisStore, SessionKeys, owner_index_key
-from llmserve.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from llmserve.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, shown
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_PAGE_TOKEN_CHARS = 128  # encode() makes ~70
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,19 +59,26 @@ class _Cursor:
 
     @classmethod
     def decode(cls, token: str) -> _Cursor:
+        """Strict: only what `encode` makes (a finite score and a session id) is accepted."""
+        invalid = InvalidArgument("page_token is not a next_page_token returned by ListSessions")
+        if len(token) > MAX_PAGE_TOKEN_CHARS:
+            raise invalid
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            score, session_id = json.loads(raw)
-            return cls(float(score), str(session_id))
-        except (ValueError, TypeError, binascii.Error) as e:
-            raise InvalidArgument(
-                "page_token is not a next_page_token returned by ListSessions"
-            ) from e
+            value = json.loads(raw)
+        except (ValueError, TypeError, binascii.Error, RecursionError) as e:
+            raise invalid from e
+        match value:
+            case [int() | float() as score, str() as session_id] if (
+                not isinstance(score, bool) and math.isfinite(score) and _is_session_id(session_id)
+            ):
+                return cls(float(score), session_id)
+        raise invalid
 
 
 def not_found(session_id: str) -> NotFound:
     return NotFound(
-        f"session_id {session_id!r}: no such session for this API key (never created,"
+        f"session_id {shown(session_id)}: no such session for this API key (never created,"
         " expired, or deleted)"
     )
 
@@ -207,7 +216,7 @@ class SessionStore:
             )
         if status == "full":
             raise FailedPrecondition(
-                f"session_id {session_id!r} holds {self.max_turns} turns, the most a session"
+                f"session_id {shown(session_id)} holds {self.max_turns} turns, the most a session"
                 " may hold (max_session_turns); start a new session"
             )
         _, meta, pttl, messages = result
@@ -283,6 +292,10 @@ def _checked_id(session_id: str) -> str:
     """Session ids are 32 hex digits; anything else cannot name a session (nor a key)."""
     if not session_id:
         raise InvalidArgument("session_id is required")
-    if len(session_id) != 32 or any(c not in "0123456789abcdef" for c in session_id):
+    if not _is_session_id(session_id):
         raise not_found(session_id)
     return session_id
+
+
+def _is_session_id(value: str) -> bool:
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)

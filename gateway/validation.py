@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.routing import ModelInfo
-from llmserve.errors import InvalidArgument, NotFound
+from llmserve.errors import InvalidArgument, NotFound, shown
 
 MAX_REQUEST_ID_CHARS = 128
 
@@ -52,10 +52,11 @@ def check_model(models: Sequence[ModelInfo], name: str, adapter: str = "") -> Mo
         raise InvalidArgument(f"model is required; models served: {served}")
     found = next((m for m in models if m.name == name), None)
     if found is None:
-        raise NotFound(f"model {name!r} is not served by any runtime; models served: {served}")
+        raise NotFound(f"model {shown(name)} is not served by any runtime; models served: {served}")
     if adapter and adapter not in found.adapters:
         loaded = ", ".join(repr(a) for a in found.adapters) or "none"
         raise NotFound(
-            f"adapter {adapter!r} is not loaded on any runtime of model {name!r}; loaded: {loaded}"
+            f"adapter {shown(adapter)} is not loaded on any runtime of model {shown(name)};"
+            f" loaded: {loaded}"
         )
     return found

@@ -7,6 +7,16 @@ and the limit: "sampling.top_p must be in (0, 1], got 1.5".
 
 from __future__ import annotations
 
+MAX_SHOWN_CHARS = 80
+
+
+def shown(value: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """`value` quoted for an error message, cut to `limit` characters: a client-chosen id of
+    any length must not make a status larger than gRPC's metadata limit."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
 
 class LLMServeError(Exception):
     """Base class. `code` is the name of a grpc.StatusCode member."""

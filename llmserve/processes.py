@@ -29,9 +29,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:
-    """The grpc.health.v1 status of `service` at `address`, or None if unreachable."""
-    with grpc.insecure_channel(address) as channel:
+def health_status(
+    address: str,
+    service: str = "",
+    timeout: float = 1.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> int | None:
+    """The grpc.health.v1 status of `service` at `address` (over TLS with `credentials`), or
+    None if unreachable."""
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -75,8 +86,11 @@ class DaemonProcess:
         )
         return self
 
-    def wait_serving(self, timeout: float = 60.0) -> None:
-        """Blocks until health reads SERVING; raises if the process exits or time runs out."""
+    def wait_serving(
+        self, timeout: float = 60.0, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        """Blocks until health reads SERVING (asked over TLS with `credentials`); raises if
+        the process exits or time runs out."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -85,7 +99,8 @@ class DaemonProcess:
                     f"{self.module} exited with status {self.proc.returncode} during start-up"
                     + (f"; log: {self.log_path}" if self.log_path else "")
                 )
-            if health_status(self.address) == health_pb2.HealthCheckResponse.SERVING:
+            status = health_status(self.address, credentials=credentials)
+            if status == health_pb2.HealthCheckResponse.SERVING:
                 return
             time.sleep(0.1)
         raise TimeoutError(f"{self.module} not SERVING after {timeout:.0f}s")

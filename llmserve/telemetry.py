@@ -66,10 +66,13 @@ def shutdown_tracing() -> None:
 
 
 def context_from_metadata(metadata: Metadata | None) -> otel_context.Context:
-    """The trace context a caller sent in gRPC metadata (traceparent/tracestate)."""
+    """The trace context a caller sent in gRPC metadata (traceparent/tracestate).
+
+    Binary (`-bin`) headers never carry it and are skipped: their bytes may be anything."""
     carrier: dict[str, str] = {}
     for key, value in metadata or ():
-        carrier[key.lower()] = value.decode() if isinstance(value, bytes) else value
+        if isinstance(value, str) and not key.lower().endswith("-bin"):
+            carrier[key.lower()] = value
     return propagate.extract(carrier)
 
 

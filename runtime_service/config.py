@@ -7,6 +7,8 @@ from pathlib import Path
 
 from llmserve.config import require, setting
 from llmserve.server import ServerConfig
+from llmserve.store import StoreOptions
+from llmserve.store.signing import read_key
 from llmserve.targets import QUANTIZATION_MIN_CAPABILITY
 
 
@@ -59,10 +61,25 @@ class RuntimeConfig(ServerConfig):
     lora_dir: Path | None = setting(
         None, "directory of adapters (<dir>/<name>/) loaded on a request's first use"
     )
+    manifest_signing_key_file: Path | None = setting(
+        None,
+        "file holding the builder's HMAC key (a Secret): serve only engines and adapters whose"
+        " manifests are signed with it",
+    )
+    adapter_path_root: Path | None = setting(
+        None,
+        "LoadAdapter by path takes only directories under this one (symlinks resolved);"
+        " unset: any path the runtime can read (trust the callers: see service_token_file)",
+    )
     cpu_threads: int = setting(
         0, "CPU threads of the engine (0: all cores); set it when runtimes share a machine"
     )
     load_format: str = setting("auto", "with --model: auto, or dummy (random weights; benchmarks)")
+
+    def store_options(self) -> StoreOptions:
+        """Options of the runtime's store client (its signing key, if any)."""
+        key_file = self.manifest_signing_key_file
+        return StoreOptions(signing_key=read_key(key_file) if key_file else "")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,7 +14,7 @@ FINISH_REASONS = {
     "length": common_pb2.FINISH_REASON_LENGTH,
     "abort": common_pb2.FINISH_REASON_ABORT,
 }
-MAX_REQUEST_ID_CHARS = 128
+MAX_REQUEST_ID_CHARS = 256  # the gateway sends <owner (<= 64)>/<its caller's id (<= 128)>
 
 
 def prompt_from_pb(prompt: common_pb2.Prompt) -> PromptInput:

@@ -99,7 +99,7 @@ def resolve(
         engine_id = engine_id_by_key(config, device, cancel or threading.Event())
     else:
         store_uri, engine_id = config.store, config.engine
-    store = open_store(store_uri)
+    store = open_store(store_uri, config.store_options())
     hold = hold_engine(store, engine_id)
     try:
         return fetch_engine(store, engine_id, config.engine_cache_dir, device.target), hold

@@ -44,6 +44,7 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
 
     holds: list[Hold] = []
     cancel = threading.Event()  # ends a wait for an engine, or its build, when stopping
+    tasks: list[asyncio.Task[None]] = []
 
     async def warmup() -> None:
         loading = asyncio.ensure_future(asyncio.to_thread(load, config, cancel))
@@ -56,6 +57,13 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
         if loaded.hold is not None:
             holds.append(loaded.hold)
         await _warm_up(loaded.llm)
+        loop = asyncio.get_running_loop()
+
+        def died(reason: str) -> None:  # on the engine's receiver thread
+            task = daemon.fail(f"the engine process stopped: {reason}")
+            loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(task)))
+
+        loaded.llm.on_dead(died)
         service.serving = Serving(loaded.llm, loaded.engine, loaded.device.name)
         metrics.watch_engine(loaded.llm.stats, loaded.llm.num_waiting)
         engine = loaded.engine

@@ -7,11 +7,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
 
-from llmserve.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from llmserve.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    shown,
+)
+from llmserve.paths import check_path
 from llmserve.store import Hold, open_store
 from llmserve.store.adapters import fetch_adapter, get_adapter, hold_adapter
 from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
@@ -72,7 +81,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             )
         request_id = request.request_id or uuid.uuid4().hex
         wall_ns, mono = time.time_ns(), time.monotonic()
-        stream = llm.add_request(prompt, params, request_id, request.adapter or None)
+        stream = await llm.submit(prompt, params, request_id, request.adapter or None)
         decode = llm.tokenizer.decode
         merged: RequestOutput | None = None
         last: RequestOutput | None = None
@@ -163,12 +172,26 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             raise InvalidArgument("name must be set")
         source = request.WhichOneof("source")
         if source == "path":
-            info = await serving.llm.load_adapter(request.name, request.path)
+            info = await serving.llm.load_adapter(request.name, self._adapter_path(request.path))
         elif source == "adapter_id":
             info = await self._load_from_store(serving, request.name, request.adapter_id)
         else:
             raise InvalidArgument("source must be set: path or adapter_id")
         return runtime_pb2.LoadAdapterResponse(adapter=self._adapter_pb(info))
+
+    def _adapter_path(self, path: str) -> Path:
+        """LoadAdapter's path, if it is one and lies under adapter_path_root (when set)."""
+        check_path("path", path)
+        root = self.config.adapter_path_root
+        if root is None:
+            return Path(path)
+        resolved = Path(path).expanduser().resolve()
+        if not resolved.is_relative_to(root.expanduser().resolve()):
+            raise PermissionDenied(
+                f"path {shown(path)} is not under adapter_path_root {root}; load adapters from"
+                " there, or by adapter_id from the store"
+            )
+        return resolved
 
     async def UnloadAdapter(self, request: Any, context: Any) -> Any:
         serving = self._ready()
@@ -190,7 +213,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
                 "adapter_id needs an engine from the store (this runtime serves a directory "
                 "given with --model, which has no model digest); load the adapter by path"
             )
-        store = open_store(self.config.store)
+        store = open_store(self.config.store, self.config.store_options())
         hold = await asyncio.to_thread(hold_adapter, store, adapter_id)
         try:
             manifest = await asyncio.to_thread(get_adapter, store, adapter_id)

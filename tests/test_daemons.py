@@ -105,7 +105,9 @@ def test_client_generated_from_protos_alone(
     for address, service in zip(addresses, DAEMONS.values(), strict=True):
         assert f"{address} health SERVING" in lines
         assert any(line.startswith(f"{address} services ") and service in line for line in lines)
-    assert "runtime finished FINISH_REASON_LENGTH after 5 tokens in several chunks" in lines
+    # NOTE: how many chunks carry the 5 tokens depends on timing (a runtime merges the deltas a
+    # slow reader has not taken yet into one chunk), so only the stream's content is checked.
+    assert "runtime finished FINISH_REASON_LENGTH after 5 tokens" in lines
 
 
 CLIENT = """
@@ -135,8 +137,7 @@ with grpc.insecure_channel(sys.argv[2]) as channel:
     chunks = list(runtime_pb2_grpc.RuntimeStub(channel).Generate(request))
     tokens = sum(len(c.token_ids) for c in chunks)
     reason = common_pb2.FinishReason.Name(chunks[-1].finish_reason)
-    print("runtime finished", reason, "after", tokens, "tokens in",
-          "several chunks" if len(chunks) > 1 else "one chunk")
+    print("runtime finished", reason, "after", tokens, "tokens")
 """
 
 

@@ -41,6 +41,11 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
     return list(request.headers.items())
 
 
+def _peer(request: Request) -> str:
+    """The client's address (failed authentications are limited per address)."""
+    return request.client.host if request.client else ""
+
+
 def _deadline(request: Request) -> float | None:
     """The X-Request-Timeout header as a time.monotonic() instant."""
     raw = request.headers.get("x-request-timeout")
@@ -70,7 +75,7 @@ class OpenAIRoutes:
 
     async def models(self, request: Request) -> Reply:
         async def produce(send: Send) -> None:
-            await self.servicer.authorize(_metadata(request))
+            await self.servicer.authorize(_metadata(request), _peer(request))
             cards = []
             for m in self.servicer.pool.models():
                 sizes = {"max_model_len": m.max_model_len}
@@ -83,7 +88,7 @@ class OpenAIRoutes:
 
     async def chat_completions(self, request: Request) -> Reply:
         async def produce(send: Send) -> None:
-            caller = await self.servicer.authorize(_metadata(request))
+            caller = await self.servicer.authorize(_metadata(request), _peer(request))
             body = ChatCompletionRequest.model_validate_json(await request.body())
             model, adapter = convert.resolve_model(self.servicer.pool.models(), body.model)
             given_id = request.headers.get("x-request-id", "")
@@ -100,7 +105,7 @@ class OpenAIRoutes:
                 headers["x-session-id"] = session_id
             else:
                 call = convert.chat_generate_request(body, model, adapter, request_id)
-                chunks = self.servicer.generate(call, deadline)
+                chunks = self.servicer.generate(caller, call, deadline)
             info = formats.ReplyInfo(
                 id=f"chatcmpl-{request_id}",
                 model=body.model,
@@ -132,12 +137,12 @@ class OpenAIRoutes:
 
     async def completions(self, request: Request) -> Reply:
         async def produce(send: Send) -> None:
-            await self.servicer.authorize(_metadata(request))
+            caller = await self.servicer.authorize(_metadata(request), _peer(request))
             body = CompletionRequest.model_validate_json(await request.body())
             model, adapter = convert.resolve_model(self.servicer.pool.models(), body.model)
             request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
             call = convert.completion_generate_request(body, model, adapter, request_id)
-            chunks = self.servicer.generate(call, _deadline(request))
+            chunks = self.servicer.generate(caller, call, _deadline(request))
             info = formats.ReplyInfo(
                 id=f"cmpl-{request_id}",
                 model=body.model,

@@ -30,6 +30,12 @@ class ServerConfig:
     tls_client_ca: Path | None = setting(
         None, "PEM CA bundle: require client certificates signed by it (mTLS)"
     )
+    service_token_file: Path | None = setting(
+        None,
+        "file holding a shared token (a mounted Secret): every call but health and reflection"
+        " must send `authorization: Bearer <token>` (runtime and builder; not the gateway,"
+        " whose callers send API keys)",
+    )
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= 65535, f"port must be in [0, 65535], got {self.port}")

@@ -8,6 +8,8 @@ Life of a daemon:
 4. Health answers SERVING.
 5. On SIGTERM or SIGINT: health goes NOT_SERVING, new calls get UNAVAILABLE, calls in flight
    may finish for up to `grace_period_s`, stop hooks run, and the process exits with status 0.
+6. When a part the daemon cannot serve without dies (`fail`, e.g. the runtime's engine
+   process): the same drain, and exit status 1, so that the pod is restarted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from llmserve.logs import setup_logging
 from llmserve.server.config import ServerConfig
 from llmserve.server.interceptor import ServerInterceptor
 from llmserve.server.reflection import enable_reflection
+from llmserve.server.token import ServiceToken
 from llmserve.telemetry import setup_tracing, shutdown_tracing, start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,8 @@ class Daemon:
     def __init__(self, name: str, config: ServerConfig) -> None:
         self.name = name
         self.config = config
-        self.interceptor = ServerInterceptor()
+        token = ServiceToken(config.service_token_file) if config.service_token_file else None
+        self.interceptor = ServerInterceptor(token)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._services: list[Service] = []
@@ -57,6 +61,7 @@ class Daemon:
         self._on_stop: list[Hook] = []
         self._server: grpc.aio.Server | None = None
         self._stop = asyncio.Event()
+        self._exit_status = 0
 
     # Registration (before start).
     def add_service(self, service: Service) -> None:
@@ -86,7 +91,15 @@ class Daemon:
 
     def _options(self) -> list[tuple[str, int]]:
         n = self.config.max_message_bytes
-        return [("grpc.max_send_message_length", n), ("grpc.max_receive_message_length", n)]
+        return [
+            ("grpc.max_send_message_length", n),
+            ("grpc.max_receive_message_length", n),
+            # Callers (the gateway) ping to tell a frozen server from a slow one: accept pings
+            # every second or more, also while a stream sends nothing (a queued request).
+            ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+            ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
 
     def _bind(self, server: grpc.aio.Server) -> int:
         address = f"{self.config.host}:{self.config.port}"
@@ -128,6 +141,13 @@ class Daemon:
         """Starts a drain (what SIGTERM does)."""
         self._stop.set()
 
+    async def fail(self, reason: str) -> None:
+        """Health NOT_SERVING at once, then a drain and exit status 1 (see the docstring)."""
+        log.error("%s cannot serve any more: %s; stopping with exit status 1", self.name, reason)
+        self._exit_status = 1
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._stop.set()
+
     async def drain(self) -> None:
         """Health NOT_SERVING, refuse new calls, let calls in flight finish, then stop."""
         log.info("%s draining (grace period %.1fs)", self.name, self.config.grace_period_s)
@@ -150,7 +170,8 @@ class Daemon:
     async def serve(self) -> int:
         """Starts, warms up, serves until SIGTERM/SIGINT or request_stop, drains.
 
-        Returns the process exit status: 0 after a drain, 1 when warm-up failed.
+        Returns the process exit status: 0 after a drain, 1 when warm-up failed or `fail`
+        was called.
         """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -170,7 +191,7 @@ class Daemon:
             await self.set_serving()
         await self._stop.wait()
         await self.drain()
-        return 0
+        return self._exit_status
 
 
 def run_daemon(

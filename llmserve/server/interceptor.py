@@ -2,7 +2,12 @@
 
 - Exceptions become gRPC statuses: an LLMServeError carries its own code and message; any
   other exception is INTERNAL with its type and message, and is logged with its traceback.
+- Requests are decoded here, not by gRPC: bytes that are not a valid message (malformed
+  protobuf, invalid UTF-8 in a string field) are INVALID_ARGUMENT naming the message type
+  (gRPC itself would answer UNKNOWN).
 - While draining, every call except health and reflection is refused with UNAVAILABLE.
+- With a service token (llmserve/server/token.py), every call except health and reflection
+  must carry it (UNAUTHENTICATED otherwise).
 - Calls in flight are counted so that a drain can wait for them.
 - Each call runs inside a SERVER span that continues the caller's trace (W3C traceparent).
 """
@@ -17,10 +22,14 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from llmserve.errors import LLMServeError
+from llmserve.errors import InvalidArgument, LLMServeError
+from llmserve.server.token import ServiceToken
 from llmserve.telemetry import context_from_metadata
 
 log = logging.getLogger(__name__)
+
+Decoder = Callable[[bytes], Any] | None
+MAX_DETAILS_CHARS = 2048
 
 # Calls that keep working while draining and are not waited for.
 _EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -30,22 +39,45 @@ def _status(code_name: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, code_name, grpc.StatusCode.UNKNOWN)
 
 
+def bounded(details: str) -> str:
+    """Status details cut to MAX_DETAILS_CHARS (they travel in a size-limited header)."""
+    if len(details) <= MAX_DETAILS_CHARS:
+        return details
+    return f"{details[: MAX_DETAILS_CHARS - 40]}... ({len(details)} characters, cut)"
+
+
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Ends the call with the status that `exc` maps to (raises grpc.aio.AbortError)."""
     if isinstance(exc, LLMServeError):
         if exc.metadata:
             context.set_trailing_metadata(exc.metadata)
-        await context.abort(_status(exc.code), exc.message)
+        await context.abort(_status(exc.code), bounded(exc.message))
     if isinstance(exc, NotImplementedError):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(exc) or "not implemented")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, bounded(str(exc) or "not implemented"))
     log.error("internal error", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    await context.abort(
+        grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(exc).__name__}: {exc}")
+    )
+
+
+def decode_request(method: str, raw: bytes, decode: Decoder) -> Any:
+    """The request message of `method` from its bytes; InvalidArgument if they are not one."""
+    if decode is None:
+        return raw
+    try:
+        return decode(raw)
+    except Exception as e:  # google.protobuf.message.DecodeError, UnicodeDecodeError, ...
+        raise InvalidArgument(
+            f"the request to {method} is not a valid protobuf message ({len(raw)} bytes):"
+            f" {type(e).__name__}: {str(e)[:200]} (string fields must be UTF-8)"
+        ) from e
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """See the module docstring. One instance per server."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: ServiceToken | None = None) -> None:
+        self.token = token
         self.draining = False
         self._num_in_flight = 0
         self._idle = asyncio.Event()
@@ -76,15 +108,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.request_streaming:
             # The contract has no client-streaming calls; serve them unwrapped if one appears.
             return handler
+        decode = handler.request_deserializer
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(method, handler.unary_stream, decode),
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_unary_rpc_method_handler(
-            self._wrap_unary(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            self._wrap_unary(method, handler.unary_unary, decode),
             response_serializer=handler.response_serializer,
         )
 
@@ -104,7 +135,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             )
 
     def _span(self, method: str, context: grpc.aio.ServicerContext) -> Any:
-        parent = context_from_metadata(context.invocation_metadata())
+        try:
+            parent = context_from_metadata(context.invocation_metadata())
+        except Exception as e:  # a malformed header must not fail the call
+            log.debug("trace context not read from metadata: %s", e)
+            parent = None
         return self._tracer.start_as_current_span(
             method.lstrip("/"),
             context=parent,
@@ -114,13 +149,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             set_status_on_exception=False,
         )
 
-    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _wrap_unary(
+        self, method: str, behavior: Callable[..., Any], decode: Decoder
+    ) -> Callable[..., Any]:
+        async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             await self._refuse_if_draining(context)
             self._enter()
             try:
                 with self._span(method, context):
                     try:
+                        if self.token is not None:
+                            self.token.check(context.invocation_metadata())
+                        request = decode_request(method, raw, decode)
                         return await behavior(request, context)
                     except (asyncio.CancelledError, grpc.aio.AbortError):
                         raise
@@ -131,13 +171,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def _wrap_stream(
+        self, method: str, behavior: Callable[..., Any], decode: Decoder
+    ) -> Callable[..., Any]:
+        async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self._refuse_if_draining(context)
             self._enter()
             try:
                 with self._span(method, context):
                     try:
+                        if self.token is not None:
+                            self.token.check(context.invocation_metadata())
+                        request = decode_request(method, raw, decode)
                         async for response in behavior(request, context):
                             yield response
                     except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):

@@ -29,10 +29,11 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound
+from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound, shown
 from llmserve.store.holds import Hold
 from llmserve.store.manifest import describe_files
 from llmserve.store.options import StoreOptions
+from llmserve.store.signing import sign
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,11 @@ class ArtifactStore(ABC):
     @staticmethod
     def check_id(kind: str, artifact_id: str) -> None:
         if kind not in KINDS:
-            raise InvalidArgument(f"artifact kind must be one of {KINDS}, got {kind!r}")
+            raise InvalidArgument(f"artifact kind must be one of {KINDS}, got {shown(kind)}")
         if not _ID.match(artifact_id):
             raise InvalidArgument(
                 f"{kind[:-1]}_id must be 1-128 letters, digits, '.', '_' or '-' (not starting "
-                f"with a punctuation mark), got {artifact_id!r}"
+                f"with a punctuation mark), got {shown(artifact_id)}"
             )
 
     def find(self, kind: str, artifact_id: str) -> Manifest | None:
@@ -207,6 +208,8 @@ class ArtifactStore(ABC):
                 }
                 manifest["size_bytes"] = sum(f.size for f in files.values())
                 manifest["create_time"] = time.time()
+                if self.options.signing_key:
+                    manifest = sign(manifest, self.options.signing_key)
                 lock.ensure_held()
                 self._publish(kind, artifact_id, staging, manifest)
             self.touch(kind, artifact_id)

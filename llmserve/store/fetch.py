@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from llmserve.errors import DataLoss, NotFound
 from llmserve.store.manifest import MANIFEST_NAME, FileEntry, verify_file, verify_files
+from llmserve.store.signing import verify
 
 if TYPE_CHECKING:
     from llmserve.store.base import ArtifactStore, Manifest
@@ -44,10 +45,18 @@ def _cached_copy_ok(path: Path, manifest: Manifest, what: str) -> bool:
     return True
 
 
+def read_trusted(store: ArtifactStore, kind: str, artifact_id: str, what: str) -> Manifest:
+    """The artifact's manifest, its signature verified when the store has a signing key."""
+    manifest = store.read(kind, artifact_id)
+    if store.options.signing_key:
+        verify(manifest, store.options.signing_key, what)
+    return manifest
+
+
 def fetch_artifact(store: ArtifactStore, kind: str, artifact_id: str, cache_dir: Path) -> Path:
     """cache_dir/<id>, a complete and verified copy of the published artifact."""
-    manifest = store.read(kind, artifact_id)
     what = f"{kind[:-1]} {artifact_id} from {store.uri}"
+    manifest = read_trusted(store, kind, artifact_id, what)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / artifact_id
     if _cached_copy_ok(final, manifest, f"cached {what}"):
@@ -92,8 +101,8 @@ def fetch_one_file(
     store: ArtifactStore, kind: str, artifact_id: str, name: str, dest: Path
 ) -> Path:
     """dest, a verified copy of the file `name` of a published artifact."""
-    manifest = store.read(kind, artifact_id)
     what = f"{kind[:-1]} {artifact_id} from {store.uri}"
+    manifest = read_trusted(store, kind, artifact_id, what)
     entry = manifest_files(manifest).get(name)
     if entry is None:
         raise NotFound(f"{what} has no file {name}")

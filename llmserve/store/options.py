@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmserve.errors import InvalidArgument
 
@@ -30,6 +30,8 @@ class StoreOptions:
     poll_s: float = 0.5
     s3_endpoint_url: str = ""
     s3_region: str = ""
+    # HMAC key of manifests (llmserve/store/signing.py): publishes sign, fetches verify.
+    signing_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0:

@@ -21,11 +21,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from llmserve.errors import AlreadyExists, Unavailable
+from llmserve.errors import AlreadyExists, Unavailable, shown
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo, EngineStats
 from runtime_service.engine.core_loop import start_core
@@ -40,6 +40,7 @@ from runtime_service.models.open import load_tokenizer
 
 log = logging.getLogger(__name__)
 THROUGHPUT_WINDOW_S = 5.0
+PREPARE_THREADS = 2  # validation and tokenization of incoming requests
 
 
 class RequestStream:
@@ -101,10 +102,15 @@ class AsyncLLM:
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dead: str | None = None
+        self._on_dead: list[Callable[[str], None]] = []
+        self._num_preparing = 0
         self._stopped = False
         self._ids = itertools.count()
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) per step
         self.adapters = AdapterFrontend(self.info.lora, self.call)
+        self._prepare = concurrent.futures.ThreadPoolExecutor(
+            PREPARE_THREADS, thread_name_prefix="prepare"
+        )
         self._receiver = threading.Thread(target=self._receive, name="engine-outputs", daemon=True)
         self._receiver.start()
 
@@ -120,7 +126,33 @@ class AsyncLLM:
         request_id: str | None = None,
         adapter: str | None = None,
     ) -> RequestStream:
-        """Validates (raising InvalidArgument at once) and queues a request."""
+        """Validates (raising InvalidArgument at once) and queues a request. Validation and
+        tokenization run on the calling thread: the daemon uses `submit` instead."""
+        request_id = self._check_new(request_id)
+        er = self.processor.make_request(request_id, prompt, params, adapter)
+        return self._enqueue(er, adapter)
+
+    async def submit(
+        self,
+        prompt: PromptInput,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        adapter: str | None = None,
+    ) -> RequestStream:
+        """`add_request` with validation, chat templating and tokenization on a worker thread,
+        so that a large prompt never holds up the event loop (health checks, other streams)."""
+        request_id = self._check_new(request_id)
+        self._num_preparing += 1  # counted as waiting, so admission sees it
+        try:
+            er = await asyncio.get_running_loop().run_in_executor(
+                self._prepare, self.processor.make_request, request_id, prompt, params, adapter
+            )
+            self._check_new(request_id)  # another call may have taken the id meanwhile
+            return self._enqueue(er, adapter)
+        finally:
+            self._num_preparing -= 1
+
+    def _check_new(self, request_id: str | None) -> str:
         if self._dead is not None:
             raise Unavailable(f"the engine stopped after an error: {self._dead}")
         if self._stopped:
@@ -128,8 +160,11 @@ class AsyncLLM:
         self._loop = self._loop or asyncio.get_running_loop()
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._streams:
-            raise AlreadyExists(f"request_id {request_id!r} is already in progress")
-        er = self.processor.make_request(request_id, prompt, params, adapter)
+            raise AlreadyExists(f"request_id {shown(request_id)} is already in progress")
+        return request_id
+
+    def _enqueue(self, er: EngineRequest, adapter: str | None) -> RequestStream:
+        request_id = er.request_id
         load_first = adapter is not None and self.adapters.check(adapter)
         stream = RequestStream(request_id)
         self._streams[request_id] = stream
@@ -195,13 +230,17 @@ class AsyncLLM:
         self.processor.forget(request_id)
         self._post(self._fail_one, (request_id, error))
 
+    def on_dead(self, callback: Callable[[str], None]) -> None:
+        """Calls `callback(reason)` (on the receiver thread) if the core dies unasked."""
+        self._on_dead.append(callback)
+
     def stats(self) -> EngineStats:
         """The core's counters after its latest step."""
         return self._stats
 
     def num_waiting(self) -> int:
-        """Requests accepted but not yet scheduled."""
-        return self.processor.num_unscheduled()
+        """Requests accepted but not yet scheduled (those being prepared included)."""
+        return self.processor.num_unscheduled() + self._num_preparing
 
     @property
     def num_streams(self) -> int:
@@ -215,6 +254,7 @@ class AsyncLLM:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stops the core (requests still running are abandoned)."""
         self._stopped = True
+        self._prepare.shutdown(wait=False, cancel_futures=True)
         self.adapters.shutdown()
         if self._dead is None:
             with contextlib.suppress(BrokenPipeError, OSError):
@@ -244,6 +284,8 @@ class AsyncLLM:
             elif kind == "dead":
                 if not self._stopped:
                     log.error("engine core died: %s", message[1])
+                    for callback in self._on_dead:
+                        callback(message[1])
                 self._dead = message[1]
                 self._post(self._fail_all, Unavailable(f"the engine stopped: {message[1]}"))
                 for future in self._calls.values():

@@ -1,7 +1,12 @@
 """Prompts -> token ids: text, token ids, or chat messages rendered with the chat template.
 
 All input validation that needs the tokenizer or the model's limits lives here, and raises
-InvalidArgument naming the field and the limit.
+InvalidArgument naming the field and the limit. Limits are checked before the expensive work
+they bound: a text's bytes before it is tokenized (no token is longer than the vocabulary's
+longest, so more bytes than max_model_len of those cannot fit), the number of chat messages
+and their bytes before the chat template runs. `truncate_history` renders only suffixes of the
+conversation, growing them geometrically from the newest turn: its cost follows the context
+length, not the length of the conversation.
 """
 
 from __future__ import annotations
@@ -43,6 +48,20 @@ class InputProcessor:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
+        # NOTE: every vocabulary entry (in its own spelling: byte-level 'Ġ', SentencePiece '▁',
+        # '<0x0A>') is at least as long in UTF-8 as the text it stands for.
+        longest = max((len(t.encode("utf-8")) for t in tokenizer.get_vocab()), default=1)
+        self.max_token_bytes = max(longest, 1)
+        self.max_text_bytes = self.max_token_bytes * max_model_len
+
+    def check_bytes(self, num_bytes: int, field_name: str) -> None:
+        """Refuses text that cannot fit in max_model_len tokens, before tokenizing it."""
+        if num_bytes > self.max_text_bytes:
+            raise InvalidArgument(
+                f"{field_name} is {num_bytes} bytes; more than {self.max_text_bytes} bytes"
+                f" (max_model_len {self.max_model_len} x {self.max_token_bytes} bytes, the"
+                " longest token) cannot fit in the context"
+            )
 
     def __call__(self, prompt: PromptInput, max_tokens: int | None = None) -> list[int]:
         if isinstance(prompt, str):
@@ -52,9 +71,11 @@ class InputProcessor:
         if isinstance(prompt, TextPrompt):
             if not prompt.text:
                 raise InvalidArgument("prompt.text must not be empty")
+            self.check_bytes(len(prompt.text.encode("utf-8")), "prompt.text")
             ids = self.tokenizer.encode(prompt.text, add_special_tokens=prompt.add_special_tokens)
         elif isinstance(prompt, TokensPrompt):
             ids = list(prompt.token_ids)
+            self.check_length(len(ids))  # before each id is looked at
             for i, t in enumerate(ids):
                 if not 0 <= t < self.vocab_size:
                     raise InvalidArgument(
@@ -103,27 +124,68 @@ class InputProcessor:
         messages = list(prompt.messages)
         if not messages:
             raise InvalidArgument("prompt.chat.messages must not be empty")
-        ids = self.render_chat(messages, prompt.add_generation_prompt)
         if not prompt.truncate_history:
-            return ids
+            # Each message renders to at least one token, and its content to at least
+            # len(content) / max_token_bytes tokens.
+            self.check_length(len(messages), "prompt.chat.messages (one token per message)")
+            size = sum(len(m.get("content", "").encode("utf-8")) for m in messages)
+            self.check_bytes(size, "prompt.chat.messages (contents)")
+            return self.render_chat(messages, prompt.add_generation_prompt)
         if max_tokens is not None and max_tokens >= self.max_model_len:
             raise InvalidArgument(
                 f"max_tokens ({max_tokens}) must be below max_model_len ({self.max_model_len}) "
                 "to leave room for the conversation"
             )
         budget = self.max_model_len - (max_tokens or 1)
-        keep_system = messages[0].get("role") == "system"
-        first = 1 if keep_system else 0
-        while len(ids) > budget and len(messages) - first > 1:
-            del messages[first]
-            # Start the kept history on a user turn, as chat templates expect.
-            while len(messages) - first > 1 and messages[first].get("role") != "user":
-                del messages[first]
-            ids = self.render_chat(messages, prompt.add_generation_prompt)
-        if len(ids) > budget:
+        return self._newest_that_fit(messages, prompt.add_generation_prompt, budget)
+
+    def _newest_that_fit(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool, budget: int
+    ) -> list[int]:
+        """The rendering of the longest suffix of the conversation that fits in `budget`
+        tokens, keeping a leading system message and starting the kept history on a user turn
+        (as chat templates expect), or the last message alone if nothing longer fits.
+
+        Suffixes of 1, 2, 4, ... user turns are rendered until one does not fit (or all are
+        kept), then the longest fitting one is found by bisection: O(log n) renders, each of a
+        suffix at most twice as long as the one that fits."""
+        head = messages[:1] if messages[0].get("role") == "system" else []
+        body = messages[len(head) :]
+        # Where a kept history may start: the whole conversation, each user turn, and the last
+        # message in any case; newest first, so starts[k] keeps the k + 1 newest candidates.
+        users = (i for i, m in enumerate(body) if m.get("role") == "user")
+        starts = sorted({0, len(body) - 1, *users}, reverse=True)
+        # Bytes of content from each start on: a suffix with too many cannot fit (no render).
+        sizes = [len(m.get("content", "").encode("utf-8")) for m in messages]
+        after = [0] * (len(body) + 1)
+        for i in range(len(body) - 1, -1, -1):
+            after[i] = after[i + 1] + sizes[len(head) + i]
+        head_bytes = sum(sizes[: len(head)])
+        cache: dict[int, list[int]] = {}
+
+        def render(k: int) -> list[int]:
+            if k not in cache:
+                num_bytes = head_bytes + after[starts[k]]
+                if k > 0 and num_bytes > self.max_text_bytes:
+                    return [0] * (budget + 1)  # cannot fit: no need to render it
+                self.check_bytes(num_bytes, "prompt.chat.messages (the newest turn)")
+                cache[k] = self.render_chat(head + body[starts[k] :], add_generation_prompt)
+            return cache[k]
+
+        if len(render(0)) > budget:
             raise InvalidArgument(
-                f"prompt.chat: the last message alone renders to {len(ids)} tokens; with "
-                f"max_tokens {max_tokens or 1} at most {budget} fit in max_model_len "
-                f"{self.max_model_len}"
+                f"prompt.chat: the last message alone renders to {len(render(0))} tokens; with"
+                f" max_tokens {self.max_model_len - budget} at most {budget} fit in"
+                f" max_model_len {self.max_model_len}"
             )
-        return ids
+        fits, step = 0, 1  # render(fits) fits
+        while fits + step < len(starts) and len(render(fits + step)) <= budget:
+            fits, step = fits + step, 2 * step
+        too_long = min(fits + step, len(starts))  # render(too_long) does not fit, or is past
+        while too_long - fits > 1:
+            middle = (fits + too_long) // 2
+            if len(render(middle)) <= budget:
+                fits = middle
+            else:
+                too_long = middle
+        return render(fits)

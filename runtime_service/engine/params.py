@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from llmserve.errors import InvalidArgument
@@ -9,6 +10,9 @@ from llmserve.errors import InvalidArgument
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_BYTES = 256
 MAX_LOGPROBS = 20
+# Temperatures in (0, MIN_TEMPERATURE) are taken as 0 (greedy): dividing logits by them
+# overflows float32 to inf, and a softmax of infs is NaN (sampling would pick token 0).
+MIN_TEMPERATURE = 1e-5
 
 
 def _check(ok: bool, message: str) -> None:
@@ -38,7 +42,12 @@ class SamplingParams:
     detokenize: bool = True  # False: token ids only, no text (and no stop strings)
 
     def __post_init__(self) -> None:
-        _check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+        _check(
+            self.temperature >= 0 and math.isfinite(self.temperature),
+            f"temperature must be a finite number >= 0, got {self.temperature}",
+        )
+        if self.temperature < MIN_TEMPERATURE:
+            self.temperature = 0.0
         _check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         _check(self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         _check(0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}")

@@ -141,6 +141,11 @@ def test_engine_rpcs(daemon: DaemonProcess, tiny_model_dir: TinyDir) -> None:
             "fp8 needs compute capability >= 8.9",
         ),
         ({"source": "/no/such/model"}, grpc.StatusCode.NOT_FOUND, "does not exist"),
+        (
+            {"source": "/tmp/a\0b"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "source must not contain a NUL character",
+        ),
         ({"target": "sm_9x"}, grpc.StatusCode.INVALID_ARGUMENT, "target must be"),
         (
             {"max_perplexity_increase": 11.0},

@@ -142,6 +142,7 @@ def start_gateway(
         "--redis-timeout-s", "1",
         "--redis-retries", "2",
         "--rate-limit-rps", "0",
+        "--auth-failure-rps", "0",  # tests share 127.0.0.1 and a Redis: no failed-auth bucket
         "--grace-period-s", "2",
         "--log-format", "text",
         *extra,

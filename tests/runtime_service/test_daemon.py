@@ -169,12 +169,12 @@ BAD_INPUTS = [
             prompt=common_pb2.Prompt(text="hi"), sampling=common_pb2.SamplingParams(temperature=-1)
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "sampling.temperature must be >= 0, got -1.0",
+        "sampling.temperature must be a finite number >= 0, got -1.0",
     ),
     (
-        runtime_pb2.GenerateRequest(prompt=common_pb2.Prompt(text="hi"), request_id="x" * 129),
+        runtime_pb2.GenerateRequest(prompt=common_pb2.Prompt(text="hi"), request_id="x" * 257),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "request_id must be at most 128 characters, got 129",
+        "request_id must be at most 256 characters, got 257",
     ),
     (
         runtime_pb2.GenerateRequest(prompt=common_pb2.Prompt(text="hi"), adapter="nope"),

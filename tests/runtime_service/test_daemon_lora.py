@@ -171,3 +171,35 @@ def test_bad_adapters_get_precise_codes(
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         # Still serving.
         assert len(tokens(list(stub.Generate(generate_request([5, 6], 3))))) == 3
+
+
+def test_adapter_path_root_confines_load_adapter(
+    base: Path, adapters: list[Path], tmp_path: Path
+) -> None:
+    """With adapter_path_root, LoadAdapter takes paths under it only (symlinks resolved):
+    a caller cannot make the runtime read any directory it can see (issue 12, item 14)."""
+    root = adapters[0].parent
+    escape = root / "escape"
+    escape.symlink_to(tmp_path)
+    proc = start_runtime(
+        base, tmp_path, "--dtype", "float32", "--enable-lora", "--max-lora-rank", "16",
+        "--adapter-path-root", str(root),
+    )  # fmt: skip
+    channel, stub = stub_for(proc)
+    try:
+        with channel:
+            for path in (str(tmp_path), str(escape), f"{root}/../x"):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.LoadAdapter(runtime_pb2.LoadAdapterRequest(name="a", path=path))
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "is not under adapter_path_root" in err.value.details()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.LoadAdapter(runtime_pb2.LoadAdapterRequest(name="a", path="/a\0b"))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            loaded = stub.LoadAdapter(
+                runtime_pb2.LoadAdapterRequest(name="a", path=str(adapters[0]))
+            ).adapter
+            assert loaded.name == "a"
+    finally:
+        escape.unlink()
+        proc.terminate()

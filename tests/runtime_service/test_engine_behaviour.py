@@ -187,7 +187,7 @@ def test_bad_prompts_are_refused_and_the_engine_keeps_serving(
         ({"max_tokens": 0}, "max_tokens must be >= 1, got 0"),
         ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"),
         ({"top_p": 1.5}, "top_p must be in (0, 1], got 1.5"),
-        ({"temperature": -0.5}, "temperature must be >= 0, got -0.5"),
+        ({"temperature": -0.5}, "temperature must be a finite number >= 0, got -0.5"),
         ({"top_k": -1}, "top_k must be >= 0"),
         ({"min_p": 2.0}, "min_p must be in [0, 1], got 2.0"),
         ({"logprobs": 21}, "logprobs must be in [0, 20], got 21"),

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmserve.errors import FailedPrecondition, LLMServeError, NotFound
+from llmserve.errors import FailedPrecondition, LLMServeError, NotFound, shown
 from runtime_service.engine.lora.adapter import AdapterReader
 from runtime_service.engine.lora.manager import AdapterInfo
 
@@ -45,14 +45,16 @@ class AdapterFrontend:
         """Raises unless a request may name `name` now; True if it must be loaded first (it
         is in lora_dir)."""
         if self.reader is None:
-            raise NotFound(f"adapter {name!r}: this engine serves no adapters (enable_lora is off)")
+            raise NotFound(
+                f"adapter {shown(name)}: this engine serves no adapters (enable_lora is off)"
+            )
         if name in self._unloading:
-            raise FailedPrecondition(f"adapter {name!r} is being unloaded")
+            raise FailedPrecondition(f"adapter {shown(name)} is being unloaded")
         if name in self.loaded:
             return False
         if self.reader.find(name) is None:
             where = f", nor in lora_dir {self.reader.lora_dir}" if self.reader.lora_dir else ""
-            raise NotFound(f"adapter {name!r} is not loaded{where}")
+            raise NotFound(f"adapter {shown(name)} is not loaded{where}")
         return True
 
     async def load(self, name: str, path: str | Path) -> AdapterInfo:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from llmserve.errors import AlreadyExists, FailedPrecondition, NotFound
+from llmserve.errors import AlreadyExists, FailedPrecondition, NotFound, shown
 from runtime_service.engine.lora.adapter import AdapterReader, LoRAAdapter
 from runtime_service.engine.lora.slots import AdapterSlots
 from runtime_service.engine.request import Request
@@ -132,14 +132,14 @@ class LoRAManager:
         takes no new requests and goes when its last one finishes (is_loaded tells when).
         Without wait, an adapter still in use raises FailedPrecondition."""
         if name not in self.adapters:
-            raise NotFound(f"adapter {name!r} is not loaded")
+            raise NotFound(f"adapter {shown(name)} is not loaded")
         users = self._requests[name]
         if not users:
             self._remove(name)
             return True
         if not wait:
             raise FailedPrecondition(
-                f"adapter {name!r} is in use by {len(users)} request(s); unload it when they "
+                f"adapter {shown(name)} is in use by {len(users)} request(s); unload it when they "
                 "finish, or unload with wait"
             )
         self._unloading[name] = self._unloading.get(name, 0) + 1
@@ -165,7 +165,7 @@ class LoRAManager:
     def info(self, name: str) -> AdapterInfo:
         adapter = self.adapters.get(name)
         if adapter is None:
-            raise NotFound(f"adapter {name!r} is not loaded")
+            raise NotFound(f"adapter {shown(name)} is not loaded")
         slot = self.slots.slot_of(name)
         return AdapterInfo(
             name=name,
@@ -194,7 +194,7 @@ class LoRAManager:
         name = req.adapter
         assert name is not None
         if name in self._unloading:
-            raise FailedPrecondition(f"adapter {name!r} is being unloaded")
+            raise FailedPrecondition(f"adapter {shown(name)} is being unloaded")
         if name not in self.adapters:
             self.register(self.read(name), exist_ok=True)
         req.adapter_digest = self.adapters[name].digest

@@ -1,0 +1,92 @@
+"""A runtime whose engine process dies (issue 12, item 4): health turns NOT_SERVING at once,
+calls get UNAVAILABLE, and the daemon exits with status 1 so that its pod is restarted (it
+used to stay SERVING with every Generate failing)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmserve.v1 import runtime_pb2_grpc
+from tests.runtime_service.daemon_harness import generate_request, start_runtime
+
+EXIT_WITHIN_S = 60.0  # a failure guard: the exit follows the death by a drain (grace 1 s)
+
+
+def engine_core(pid: int) -> int:
+    """The pid of the runtime's engine core: its child started by multiprocessing's spawn
+    (the other child is multiprocessing's resource tracker)."""
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                found.append(int(child))
+    (core,) = found
+    return core
+
+
+def test_engine_death_turns_health_not_serving_then_exits_1(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    runtime = start_runtime(tiny_model_dir("qwen2"), tmp_path, "--grace-period-s", "1")
+    assert runtime.proc is not None
+    statuses: list[int] = []
+    watching = threading.Event()
+
+    def watch() -> None:
+        with grpc.insecure_channel(runtime.address) as channel:
+            stream = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="llmserve.v1.Runtime")
+            )
+            try:
+                for reply in stream:
+                    statuses.append(reply.status)
+                    watching.set()
+            except grpc.RpcError:
+                pass  # the daemon exited
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert watching.wait(30)
+        os.kill(engine_core(runtime.proc.pid), signal.SIGKILL)
+        status = runtime.proc.wait(timeout=EXIT_WITHIN_S)
+        watcher.join(10)
+        assert status == 1, runtime.log_path.read_text() if runtime.log_path else ""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert statuses[0] == serving
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses[1:]
+        log = runtime.log_path.read_text() if runtime.log_path else ""
+        assert "cannot serve any more: the engine process stopped" in log
+    finally:
+        runtime.kill()
+
+
+def test_generate_after_engine_death_is_unavailable(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Between the death and the exit (a long grace period here), calls get UNAVAILABLE."""
+    runtime = start_runtime(tiny_model_dir("qwen2"), tmp_path, "--grace-period-s", "30")
+    assert runtime.proc is not None
+    try:
+        os.kill(engine_core(runtime.proc.pid), signal.SIGKILL)
+        with grpc.insecure_channel(runtime.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for reply in health.Watch(health_pb2.HealthCheckRequest(service="")):
+                if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+            stub = runtime_pb2_grpc.RuntimeStub(channel)
+            try:
+                list(stub.Generate(generate_request("hi", 2), timeout=30))
+                raise AssertionError("Generate succeeded after the engine died")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e.details()
+    finally:
+        runtime.kill()
