@@ -168,7 +168,8 @@ def draw(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     and output index; the others: a random key per row and step)."""
     device = logits.device
     seeded = _rows(reqs, lambda r: r.params.seed is not None)
-    keys = torch.randint(0, 1 << 32, (len(reqs),), dtype=torch.long, device=device)
+    if len(seeded) < len(reqs):
+        keys = torch.randint(0, 1 << 32, (len(reqs),), dtype=torch.long, device=device)
     if seeded:
         pairs = [(reqs[i].params.seed, reqs[i].num_output_tokens) for i in seeded]
         pairs_t = torch.tensor(pairs, dtype=torch.long).to(device, non_blocking=True)
