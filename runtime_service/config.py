@@ -53,6 +53,9 @@ class RuntimeConfig(ServerConfig):
     enable_cuda_graphs: bool = setting(
         True, "replay decode steps as CUDA graphs captured at start-up (off: eager steps)"
     )
+    async_scheduling: bool = setting(
+        True, "on CUDA, launch each step before the previous step's tokens reach the host"
+    )
     enable_lora: bool = setting(False, "serve LoRA adapters (reserves device slots for them)")
     max_loras: int = setting(
         4, "adapters held on the device at once (LRU; the rest in host memory)"

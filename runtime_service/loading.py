@@ -123,6 +123,7 @@ def engine_config(config: RuntimeConfig, path: Path, device: DeviceInfo) -> Engi
         enable_prefix_caching=config.enable_prefix_caching,
         enable_chunked_prefill=config.enable_chunked_prefill,
         enable_cuda_graphs=config.enable_cuda_graphs,
+        async_scheduling=None if config.async_scheduling else False,
         load_format=config.load_format,
         cpu_threads=config.cpu_threads,
         enable_lora=config.enable_lora,

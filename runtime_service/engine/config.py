@@ -28,6 +28,9 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     # CUDA graphs of the decode step (captured at start-up); off: every step runs eagerly.
     enable_cuda_graphs: bool = True
+    # Schedule and launch step n+1 before step n's tokens reach the host (placeholders stand
+    # for them); None: on for CUDA, off on the CPU (where nothing runs while the host works).
+    async_scheduling: bool | None = None
     load_format: str = "auto"  # auto: read the weights; dummy: random weights (benchmarks)
     dummy_quantization: str = "none"  # with load_format dummy: none, or fp8 random weights
     cpu_threads: int = 0  # torch intra-op threads of the core; 0: torch's default (all cores)

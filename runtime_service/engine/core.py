@@ -20,7 +20,7 @@ from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.kv_pool import num_kv_blocks
 from runtime_service.engine.lora import AdapterInfo, LoRAAdapter, LoRAManager
 from runtime_service.engine.lora.adapter import AdapterReader
-from runtime_service.engine.model_runner import ModelRunner
+from runtime_service.engine.model_runner import LaunchedStep, ModelRunner
 from runtime_service.engine.outputs import CoreOutput
 from runtime_service.engine.request import EngineRequest, Request, RequestStatus
 from runtime_service.engine.scheduler import Scheduler
@@ -139,6 +139,12 @@ class EngineCore:
         )
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
+        self.async_scheduling = (
+            self.device.type == "cuda"
+            if config.async_scheduling is None
+            else config.async_scheduling
+        )
+        self._pending: LaunchedStep | None = None  # launched, tokens not yet read
         self.info = CoreInfo(
             model_name=info.name,
             model_path=str(info.path),
@@ -191,7 +197,7 @@ class EngineCore:
 
     @property
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.num_unfinished > 0 or bool(self._aborted)
+        return self.scheduler.num_unfinished > 0 or bool(self._aborted) or self._pending is not None
 
     # Adapters (lora/manager.py), called between steps.
     def _lora(self, adapter: str | None = None) -> LoRAManager:
@@ -238,17 +244,40 @@ class EngineCore:
 
     # The step.
     def step(self) -> list[CoreOutput]:
+        """Schedules and launches a step, and returns the outputs of the tokens that reached
+        the host. Synchronous: this step's. Async: the previous step's, read while this one
+        runs on the device (so the host's work for step n+1 overlaps step n)."""
         outputs = [self._output(r, None, None) for r in self._aborted]
         self._aborted.clear()
+        if self._pending is not None and not self.async_scheduling:
+            outputs += self._resolve(self._pending)
+            self._pending = None
         sched = self.scheduler.schedule()
-        if not sched.requests:
-            return outputs
-        result = self.runner.execute(sched)
-        self.scheduler.update(sched)
+        launched = self.runner.launch(sched) if sched.requests else None
+        if self._pending is not None:
+            outputs += self._resolve(self._pending)
+        self._pending = launched
+        if launched is not None:
+            self.scheduler.update(sched)
+            for row, req in enumerate(launched.requests):
+                if not req.is_finished:
+                    req.append_placeholder(row)
+            if not self.async_scheduling:
+                outputs += self._resolve(launched)
+                self._pending = None
+        return outputs
+
+    def _resolve(self, launched: LaunchedStep) -> list[CoreOutput]:
+        """Writes a launched step's tokens over their placeholders and applies stops."""
+        result = self.runner.fetch(launched)
+        outputs = []
         for req, token, logprobs in zip(
             result.requests, result.token_ids, result.logprobs, strict=True
         ):
-            req.append_output_token(token, logprobs)
+            if req.is_finished:  # aborted, or stopped by its previous token
+                continue
+            req.resolve_placeholder(token, logprobs)
+            self.block_manager.cache_full_blocks(req)
             status = req.check_token_stop()
             if status is not None:
                 self.scheduler.finish([req], status)
