@@ -187,7 +187,9 @@ def main() -> None:
     parser.add_argument("--shape", default="llama3-8b")
     parser.add_argument("--rows", default="single,throughput,long,mixed,sampler")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--quantization", default="none", help="none or fp8 (random weights)")
+    parser.add_argument(
+        "--quantization", default="none", help="none, fp8, int8 or int4 (random weights)"
+    )
     parser.add_argument("--max-num-seqs", type=int, default=1024)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--no-cuda-graphs", action="store_true")

@@ -32,7 +32,7 @@ class EngineConfig:
     # for them); None: on for CUDA, off on the CPU (where nothing runs while the host works).
     async_scheduling: bool | None = None
     load_format: str = "auto"  # auto: read the weights; dummy: random weights (benchmarks)
-    dummy_quantization: str = "none"  # with load_format dummy: none, or fp8 random weights
+    dummy_quantization: str = "none"  # load_format dummy: none, fp8, int8 or int4
     cpu_threads: int = 0  # torch intra-op threads of the core; 0: torch's default (all cores)
     verify_engine: bool = True  # check a built engine's files against its manifest at load
     # LoRA: device slots of stacked adapter weights (allocated up front, before the KV pool is
