@@ -1,0 +1,69 @@
+"""Times the weight-only low-bit GEMV (kernels/lowbit_gemv.py) against bf16 F.linear on the
+linear shapes of a Llama-3-8B layer, at a few decode batch sizes, and prints achieved weight
+bandwidth. CUDA only.
+
+  python bench/lowbit_gemv.py [--rows 1,8,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from runtime_service.kernels.fp8 import quantize_per_token
+from runtime_service.kernels.lowbit_gemv import lowbit_gemv
+from runtime_service.models.linear import (
+    quantize_fp8_rowwise,
+    quantize_int4_grouped,
+    quantize_int8_rowwise,
+)
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+
+
+def time_us(fn, iters: int = 200) -> float:
+    for _ in range(10):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1000 / iters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", default="1,8,16")
+    args = parser.parse_args()
+    print(f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
+    print("| layer | rows | bf16 us | int8 us | int4 us | fp8 us | int8 GB/s | int4 GB/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, (n, k) in SHAPES.items():
+        w = torch.randn(n, k, device="cuda") * 0.02
+        dense = w.to(torch.bfloat16)
+        i8 = quantize_int8_rowwise(w)
+        i4 = quantize_int4_grouped(w)
+        f8 = quantize_fp8_rowwise(w)
+        for m in (int(r) for r in args.rows.split(",")):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            t_bf16 = time_us(lambda x=x: F.linear(x, dense))
+            t_i8 = time_us(lambda x=x: lowbit_gemv(x, i8["weight"], i8["scales"]))
+            t_i4 = time_us(lambda x=x: lowbit_gemv(x, i4["weight"], i4["scales"], i4["zeros"]))
+
+            def fp8(x: torch.Tensor = x) -> torch.Tensor:
+                q, s = quantize_per_token(x)
+                return lowbit_gemv(q, f8["weight"], f8["scales"], x_scales=s, out_dtype=x.dtype)
+
+            t_f8 = time_us(fp8)
+            print(
+                f"| {name} {n}x{k} | {m} | {t_bf16:.1f} | {t_i8:.1f} | {t_i4:.1f} | {t_f8:.1f} "
+                f"| {n * k / t_i8 / 1e3:.0f} | {n * k / 2 / t_i4 / 1e3:.0f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
