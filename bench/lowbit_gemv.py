@@ -35,6 +35,24 @@ def time_us(fn, iters: int = 200) -> float:
     return start.elapsed_time(end) * 1000 / iters
 
 
+def row(name: str, m: int, dense: torch.Tensor, i8: dict, i4: dict, f8: dict) -> str:
+    n, k = dense.shape
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+
+    def fp8() -> torch.Tensor:
+        q, s = quantize_per_token(x)
+        return lowbit_gemv(q, f8["weight"], f8["scales"], x_scales=s, out_dtype=x.dtype)
+
+    t_bf16 = time_us(lambda: F.linear(x, dense))
+    t_i8 = time_us(lambda: lowbit_gemv(x, i8["weight"], i8["scales"]))
+    t_i4 = time_us(lambda: lowbit_gemv(x, i4["weight"], i4["scales"], i4["zeros"]))
+    t_f8 = time_us(fp8)
+    return (
+        f"| {name} | {m} | {t_bf16:.1f} | {t_i8:.1f} | {t_i4:.1f} | {t_f8:.1f} "
+        f"| {n * k / t_i8 / 1e3:.0f} | {n * k / 2 / t_i4 / 1e3:.0f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", default="1,8,16")
@@ -49,20 +67,7 @@ def main() -> None:
         i4 = quantize_int4_grouped(w)
         f8 = quantize_fp8_rowwise(w)
         for m in (int(r) for r in args.rows.split(",")):
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            t_bf16 = time_us(lambda x=x: F.linear(x, dense))
-            t_i8 = time_us(lambda x=x: lowbit_gemv(x, i8["weight"], i8["scales"]))
-            t_i4 = time_us(lambda x=x: lowbit_gemv(x, i4["weight"], i4["scales"], i4["zeros"]))
-
-            def fp8(x: torch.Tensor = x) -> torch.Tensor:
-                q, s = quantize_per_token(x)
-                return lowbit_gemv(q, f8["weight"], f8["scales"], x_scales=s, out_dtype=x.dtype)
-
-            t_f8 = time_us(fp8)
-            print(
-                f"| {name} {n}x{k} | {m} | {t_bf16:.1f} | {t_i8:.1f} | {t_i4:.1f} | {t_f8:.1f} "
-                f"| {n * k / t_i8 / 1e3:.0f} | {n * k / 2 / t_i4 / 1e3:.0f} |"
-            )
+            print(row(f"{name} {n}x{k}", m, dense, i8, i4, f8))
 
 
 if __name__ == "__main__":
