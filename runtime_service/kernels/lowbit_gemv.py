@@ -42,7 +42,8 @@ def _gemv_kernel(
     INT4: tl.constexpr,
     X_SCALED: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    COMPUTE: tl.constexpr,  # the operands' type in the dot (bf16 on GPUs; fp32/fp16 in tests)
+    COMPUTE: tl.constexpr,  # the operands' type in the dot (bf16/fp16 on GPUs; fp32 in tests)
+    GROUP: tl.constexpr,  # int4: input channels per scale and zero
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -67,13 +68,15 @@ def _gemv_kernel(
                 mask=col_ok[:, None] & (half[None, :] < K // 2),
                 other=0,
             )
-            low = (packed & 0x0F).to(tl.float32)
-            high = (packed >> 4).to(tl.float32)
-            q = tl.reshape(tl.join(low, high), (BLOCK_N, BLOCK_K))
-            group = k0 // BLOCK_K  # BLOCK_K is the quantization group's width
-            scale = tl.load(s_ptr + cols * stride_s + group, mask=col_ok, other=0.0)
-            zero = tl.load(z_ptr + cols * stride_s + group, mask=col_ok, other=0.0)
-            w = ((q - zero[:, None]) * scale[:, None]).to(COMPUTE)
+            low = (packed & 0x0F).to(COMPUTE)
+            high = (packed >> 4).to(COMPUTE)
+            q = tl.reshape(tl.join(low, high), (BLOCK_N, BLOCK_K // GROUP, GROUP))
+            groups = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+            at = cols[:, None] * stride_s + groups[None, :]
+            ok = col_ok[:, None] & (groups[None, :] < K // GROUP)
+            scale = tl.load(s_ptr + at, mask=ok, other=0.0).to(COMPUTE)
+            zero = tl.load(z_ptr + at, mask=ok, other=0.0).to(COMPUTE)
+            w = tl.reshape((q - zero[:, :, None]) * scale[:, :, None], (BLOCK_N, BLOCK_K))
         else:
             w = tl.load(
                 w_ptr + cols[:, None] * stride_w + ks[None, :],
@@ -117,12 +120,18 @@ def lowbit_gemv(
     x = x.contiguous()
     out_dtype = out_dtype or x.dtype
     y = torch.empty((m, n), dtype=out_dtype, device=x.device)
-    compute = {torch.float32: tl.float32, torch.float16: tl.float16}.get(out_dtype, tl.bfloat16)
-    block_n = 32 if n >= 8192 else 16
-    # int4: one tile per quantization group (its scale and zero are one value per row).
-    block_k = k // scales.shape[1] if int4 else 256
-    assert not int4 or (block_k >= 16 and block_k & (block_k - 1) == 0), block_k
-    _gemv_kernel[(triton.cdiv(n, block_n),)](
+    if x.dtype == torch.float8_e4m3fn:  # e4m3 -> fp16 is exact and one instruction
+        compute = tl.float16
+    else:
+        compute = {torch.float32: tl.float32, torch.float16: tl.float16}.get(x.dtype, tl.bfloat16)
+    group = k // scales.shape[1] if int4 else 1
+    assert not int4 or (group >= 16 and group & (group - 1) == 0), group
+    # Tiles of 16 output rows by up to 1,024 inputs (int8/fp8: 16 kB of weight in flight per
+    # program; int4 the same number of channels, half the bytes).
+    block_k = min(1024, triton.next_power_of_2(k))
+    if int4:
+        block_k = max(block_k // group, 1) * group
+    _gemv_kernel[(triton.cdiv(n, 16),)](
         x,
         weight,
         scales,
@@ -141,9 +150,11 @@ def lowbit_gemv(
         X_SCALED=x_scales is not None,
         HAS_BIAS=bias is not None,
         COMPUTE=compute,
+        GROUP=group,
         BLOCK_M=16,
-        BLOCK_N=block_n,
+        BLOCK_N=16,
         BLOCK_K=block_k,
         num_warps=4,
+        num_stages=3,
     )
     return y

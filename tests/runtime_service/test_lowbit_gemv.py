@@ -24,12 +24,12 @@ def int8_layer(n: int, k: int, g: torch.Generator) -> dict[str, torch.Tensor]:
     }
 
 
-def int4_layer(n: int, k: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+def int4_layer(n: int, k: int, g: torch.Generator, group: int = 128) -> dict[str, torch.Tensor]:
     q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
     return {
         "weight": pack_int4(q),
-        "scales": torch.rand(n, k // 128, generator=g) * 0.01 + 1e-3,
-        "zeros": torch.rand(n, k // 128, generator=g) * 15,
+        "scales": torch.rand(n, k // group, generator=g) * 0.01 + 1e-3,
+        "zeros": torch.rand(n, k // group, generator=g) * 15,
     }
 
 
@@ -41,12 +41,16 @@ def close(ours: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("kind", ["int8", "int4", "int4/64"])
 @pytest.mark.parametrize("rows", [1, 3, MAX_ROWS])
 def test_weight_only_gemv_matches_dense(kind: str, rows: int, dtype: torch.dtype) -> None:
+    """int4/64: groups of 64 over 576 inputs (SmolLM2's width; tiles span several groups)."""
     g = torch.Generator().manual_seed(rows)
-    n, k = 96, 512
-    layer = (int8_layer if kind == "int8" else int4_layer)(n, k, g)
+    n, k = 96, 576 if kind == "int4/64" else 2560
+    if kind == "int8":
+        layer = int8_layer(n, k, g)
+    else:
+        layer = int4_layer(n, k, g, 64 if kind == "int4/64" else 128)
     bias = torch.randn(n, generator=g)
     x = torch.randn(rows, k, generator=g)
     if kind == "int8":
