@@ -61,10 +61,43 @@ def row(name: str, m: int, dense: torch.Tensor, i8: dict, i4: dict, f8: dict) ->
     )
 
 
+def sweep() -> None:
+    """The fastest (BLOCK_N, BLOCK_K, warps, stages) per kind over the layer shapes, M = 1."""
+    import itertools
+
+    configs = list(itertools.product([16, 32], [256, 512, 1024], [4, 8], [3, 4]))
+    for kind in ("int8", "int4", "fp8"):
+        totals = dict.fromkeys(configs, 0.0)
+        for n, k in SHAPES.values():
+            w = torch.randn(n, k, device="cuda") * 0.02
+            x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+            if kind == "int8":
+                t = quantize_int8_rowwise(w)
+                args = (x, t["weight"], t["scales"])
+            elif kind == "int4":
+                t = quantize_int4_grouped(w)
+                args = (x, t["weight"], t["scales"], t["zeros"])
+            else:
+                t = quantize_fp8_rowwise(w)
+                q, s = quantize_per_token(x)
+                args = (q, t["weight"], t["scales"], None, None, s)
+            for c in configs:
+                try:
+                    totals[c] += time_us(lambda c=c, args=args: lowbit_gemv(*args, config=c), 20)
+                except Exception:  # out of resources
+                    totals[c] += 1e9
+        best = sorted(totals.items(), key=lambda kv: kv[1])[:3]
+        print(kind, "per layer set (qkv+o+gate_up+down) us:", [(c, round(v, 1)) for c, v in best])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", default="1,8,16")
+    parser.add_argument("--sweep", action="store_true", help="time tile configurations")
     args = parser.parse_args()
+    if args.sweep:
+        sweep()
+        return
     print(f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     print("| layer | rows | bf16 us | int8 us | int4 us | fp8 us | int8 GB/s | int4 GB/s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -21,6 +21,9 @@ import triton
 import triton.language as tl
 
 MAX_ROWS = 16  # tokens per call that these kernels serve; beyond, the dense paths
+# (BLOCK_N, BLOCK_K, warps, stages) per weight kind, from bench/lowbit_gemv.py --sweep on an
+# H200 (docs/engine_speed.md).
+CONFIGS = {"int8": (16, 256, 4, 3), "int4": (16, 256, 4, 3), "fp8": (16, 1024, 4, 3)}
 
 
 @triton.jit
@@ -108,6 +111,7 @@ def lowbit_gemv(
     bias: torch.Tensor | None = None,
     x_scales: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
+    config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W^T (+ bias) for M <= MAX_ROWS, W in a models/linear.py layout:
     int4 when `zeros` is given (weight [N, K/2] uint8), else int8/fp8 [N, K] with per-row
@@ -126,12 +130,12 @@ def lowbit_gemv(
         compute = {torch.float32: tl.float32, torch.float16: tl.float16}.get(x.dtype, tl.bfloat16)
     group = k // scales.shape[1] if int4 else 1
     assert not int4 or (group >= 16 and group & (group - 1) == 0), group
-    # Tiles of 16 output rows by up to 1,024 inputs (int8/fp8: 16 kB of weight in flight per
-    # program; int4 the same number of channels, half the bytes).
-    block_k = min(1024, triton.next_power_of_2(k))
+    kind = "int4" if int4 else ("fp8" if x.dtype == torch.float8_e4m3fn else "int8")
+    block_n, block_k, warps, stages = config or CONFIGS[kind]
+    block_k = min(block_k, max(triton.next_power_of_2(k), 16))
     if int4:
         block_k = max(block_k // group, 1) * group
-    _gemv_kernel[(triton.cdiv(n, 16),)](
+    _gemv_kernel[(triton.cdiv(n, block_n),)](
         x,
         weight,
         scales,
@@ -152,9 +156,9 @@ def lowbit_gemv(
         COMPUTE=compute,
         GROUP=group,
         BLOCK_M=16,
-        BLOCK_N=16,
+        BLOCK_N=block_n,
         BLOCK_K=block_k,
-        num_warps=4,
-        num_stages=3,
+        num_warps=warps,
+        num_stages=stages,
     )
     return y
