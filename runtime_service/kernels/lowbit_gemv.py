@@ -23,7 +23,7 @@ import triton.language as tl
 MAX_ROWS = 16  # tokens per call that these kernels serve; beyond, the dense paths
 # (BLOCK_N, BLOCK_K, warps, stages) per weight kind, from bench/lowbit_gemv.py --sweep on an
 # H200 (docs/engine_speed.md).
-CONFIGS = {"int8": (16, 256, 4, 3), "int4": (16, 256, 4, 3), "fp8": (16, 1024, 4, 3)}
+CONFIGS = {"int8": (32, 256, 4, 4), "int4": (32, 512, 4, 3), "fp8": (32, 512, 4, 3)}
 
 
 @triton.jit
