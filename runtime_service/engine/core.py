@@ -87,15 +87,21 @@ class EngineCore:
             torch.set_num_threads(config.cpu_threads)
         self.device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, self.device)
-        self.model, info = load_model(
-            config.model,
-            dtype,
-            self.device,
-            config.max_model_len,
-            config.load_format,
-            verify=config.verify_engine,
-            dummy_quantization=config.dummy_quantization,
-        )
+        self.workers = None  # tensor parallelism: the other ranks (parallel/workers.py)
+        if config.tensor_parallel_size > 1:
+            from runtime_service.parallel.workers import load_parallel_model
+
+            self.model, info, self.workers = load_parallel_model(config, dtype, self.device)
+        else:
+            self.model, info = load_model(
+                config.model,
+                dtype,
+                self.device,
+                config.max_model_len,
+                config.load_format,
+                verify=config.verify_engine,
+                dummy_quantization=config.dummy_quantization,
+            )
         mc = self.model.config
         self.max_model_len = min(
             config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings
@@ -135,7 +141,8 @@ class EngineCore:
             config.max_num_batched_tokens,
             self.max_model_len,
             self.lora,
-            cuda_graphs=config.enable_cuda_graphs,
+            # NOTE: the decode graphs do not capture the workers' half of a step yet.
+            cuda_graphs=config.enable_cuda_graphs and self.workers is None,
         )
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
@@ -164,6 +171,12 @@ class EngineCore:
             config.block_size,
             self.max_model_len,
         )
+
+    def close(self) -> None:
+        """Stops the tensor-parallel workers, if any (a single-device core holds nothing)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
 
     # Requests.
     def add(self, er: EngineRequest) -> None:
