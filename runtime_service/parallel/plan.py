@@ -1,4 +1,4 @@
-"""ShardPlan: which heads, MLP columns and vocabulary rows one rank of a tensor-parallel group holds.
+"""ShardPlan: the heads, MLP columns and vocabulary rows one tensor-parallel rank holds.
 
 Attention heads are split by KV-head group, so that every rank runs ordinary grouped-query
 attention on whole groups (its q heads map to its KV heads exactly as in the whole model):

@@ -9,6 +9,7 @@ gone (its pipe closes, or the kernel kills it: the parent-death signal is SIGKIL
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -42,10 +43,8 @@ PR_SET_PDEATHSIG = 1
 
 def die_with_parent(parent_pid: int) -> None:
     """SIGKILL this process when its parent (rank 0) dies (Linux), or now if it already has."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
     if os.getppid() != parent_pid:
         os._exit(1)
 

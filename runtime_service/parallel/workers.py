@@ -16,6 +16,7 @@ Failures:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -218,10 +219,8 @@ class Workers:
             for proc in self.procs:
                 proc.kill()
         for conn in self.conns:
-            try:
+            with contextlib.suppress(OSError):  # already gone
                 conn.send(Shutdown())
-            except OSError:
-                pass  # already gone
         for proc in self.procs:
             try:
                 proc.wait(SHUTDOWN_WAIT_S)
