@@ -8,10 +8,22 @@ engine has nothing to do.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+
+
+def send(conn: Connection, message: object) -> None:
+    """Plain pickle: multiprocessing's own pickler would pass tensors as file descriptors
+    that only its own children can receive."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def recv(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,8 @@ from runtime_service.parallel.messages import (
     Ready,
     Shutdown,
     WorkerSpec,
+    recv,
+    send,
 )
 from runtime_service.parallel.model import ParallelLlamaModel
 
@@ -97,7 +99,7 @@ class Worker:
     def serve(self) -> None:
         while True:
             try:
-                message = self.conn.recv()
+                message = recv(self.conn)
             except EOFError:
                 log.error("rank %d: rank 0 is gone; exiting", self.group.rank)
                 os._exit(1)
@@ -132,9 +134,9 @@ def start(spec: WorkerSpec, conn: Connection) -> Worker:
             model.attach_lora(config.max_loras, config.max_lora_rank)
     except Exception as e:
         log.exception("rank %d failed to start", spec.rank)
-        conn.send(Failed(spec.rank, f"{type(e).__name__}: {e}"))
+        send(conn, Failed(spec.rank, f"{type(e).__name__}: {e}"))
         sys.exit(1)
-    conn.send(Ready(spec.rank))
+    send(conn, Ready(spec.rank))
     join_group(spec.rank, spec.world_size, spec.port, device)
     return Worker(model, group, conn)
 
@@ -142,7 +144,7 @@ def start(spec: WorkerSpec, conn: Connection) -> Worker:
 def main() -> None:
     fd = int(sys.argv[sys.argv.index("--fd") + 1])
     conn = Connection(socket.socket(fileno=fd).detach())
-    spec: WorkerSpec = conn.recv()
+    spec: WorkerSpec = recv(conn)
     from llmserve.logs import setup_logging
 
     setup_logging(spec.log_level, spec.log_format)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -46,6 +47,8 @@ from runtime_service.parallel.messages import (
     Ready,
     Shutdown,
     WorkerSpec,
+    recv,
+    send,
 )
 from runtime_service.parallel.model import ParallelLlamaModel
 
@@ -125,7 +128,7 @@ class Workers:
                 log_level=level if level in ("debug", "info", "warning", "error") else "info",
                 log_format="text",
             )
-            self.conns[-1].send(spec)
+            send(self.conns[-1], spec)
         return self._store.port
 
     def wait_ready(self) -> None:
@@ -133,7 +136,7 @@ class Workers:
         could not (Unavailable if it died, FailedPrecondition with its error otherwise)."""
         for rank, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True), start=1):
             try:
-                answer = conn.recv()
+                answer = recv(conn)
             except (EOFError, OSError):
                 status = proc.wait()
                 raise Unavailable(
@@ -162,8 +165,9 @@ class Workers:
 
     # Driving.
     def _send(self, message: object) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)  # once for all workers
         for conn in self.conns:
-            conn.send(message)
+            conn.send_bytes(data)
 
     def forward(
         self,
@@ -220,7 +224,7 @@ class Workers:
                 proc.kill()
         for conn in self.conns:
             with contextlib.suppress(OSError):  # already gone
-                conn.send(Shutdown())
+                send(conn, Shutdown())
         for proc in self.procs:
             try:
                 proc.wait(SHUTDOWN_WAIT_S)
