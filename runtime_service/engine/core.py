@@ -63,6 +63,7 @@ class CoreInfo:
     num_blocks: int
     block_size: int
     lora: AdapterReader | None = None  # reads adapters for this model; None: LoRA is off
+    tensor_parallel_size: int = 1  # processes the model is split over
 
 
 def resolve_device(name: str) -> torch.device:
@@ -161,6 +162,7 @@ class EngineCore:
             num_blocks=num_blocks,
             block_size=config.block_size,
             lora=None if self.lora is None else self.lora.reader,
+            tensor_parallel_size=config.tensor_parallel_size,
         )
         log.info(
             "engine core ready: %s on %s (%s), %d KV blocks of %d tokens, max_model_len %d",

@@ -34,6 +34,7 @@ import torch
 from llmserve.errors import FailedPrecondition, Unavailable
 from runtime_service.engine.config import EngineConfig
 from runtime_service.models.attention import AttentionMetadata
+from runtime_service.models.loader import read_hf_config
 from runtime_service.models.open import ModelInfo
 from runtime_service.parallel.group import ParallelGroup, join_group, master_store
 from runtime_service.parallel.load import load_shard, read_host_weights
@@ -51,6 +52,7 @@ from runtime_service.parallel.messages import (
     send,
 )
 from runtime_service.parallel.model import ParallelLlamaModel
+from runtime_service.parallel.plan import make_plan
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -244,6 +246,10 @@ def load_parallel_model(
     """Rank 0's share of the model, with the workers of the other ranks started and ready."""
     world = config.tensor_parallel_size
     devices = rank_devices(device, world)
+    if (Path(config.model) / "config.json").exists():  # a split that cannot be made: say so now
+        whole = read_hf_config(Path(config.model))
+        for rank in range(world):
+            make_plan(whole, rank, world)
     workers = Workers()
     try:
         workers.spawn(config, dtype, devices)
