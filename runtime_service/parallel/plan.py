@@ -82,11 +82,8 @@ def make_plan(config: ModelConfig, rank: int, world_size: int) -> ShardPlan:
         ranks_of = even_runs(world_size, kv)
         head = next(h for h, (a, b) in enumerate(ranks_of) if a <= rank < b)
         first, last = ranks_of[head]
-        if last - first > group:
-            raise FailedPrecondition(
-                f"tensor_parallel_size ({world_size}) puts {last - first} ranks on a KV head"
-                f" that serves {group} q heads; at most {kv * group} ranks fit this model"
-            )
+        # NOTE: world_size <= num_heads puts at most ceil(world_size / kv) <= group ranks on a
+        # head, so each of them gets at least one q head.
         start, end = even_runs(group, last - first)[rank - first]
         kv_run = (head, head + 1)
         q_run = (head * group + start, head * group + end)
