@@ -1,13 +1,15 @@
-"""Loading one rank's share of a model: the whole weights read on the host, cut, then moved.
+"""Loading one rank's share of a model: each tensor read on the host, cut, and its part moved.
 
 Engines are degree-agnostic: the builder writes one engine per (model, target, quantization,
 options), and each rank cuts its share at load (shard.py), so one artifact serves any
-tensor-parallel degree and the store key needs no degree. Cutting is cheap (slices of
-memory-mapped safetensors) next to reading the weights, and only the share reaches the device.
+tensor-parallel degree and the store key needs no degree. Tensors stream one at a time from
+the safetensors files (or the checkpoint's fusion), so a rank holds its share plus one whole
+tensor, never the whole model; only the share reaches the device.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,26 +33,29 @@ from runtime_service.models.weights import SafetensorsCheckpoint, fuse_hf_weight
 from runtime_service.parallel.group import ParallelGroup
 from runtime_service.parallel.model import ParallelLlamaModel
 from runtime_service.parallel.plan import make_plan
-from runtime_service.parallel.shard import shard_weights
+from runtime_service.parallel.shard import shard_tensor
 
 CPU = torch.device("cpu")
 
 
+Tensors = Callable[[], Iterator[tuple[str, torch.Tensor]]]
+
+
 @dataclass
 class HostWeights:
-    """A model's whole fused weights in host memory, and what serving it needs to know."""
+    """A model's fused weights as a stream of host tensors, and what serving it needs."""
 
     config: ModelConfig
-    weights: dict[str, torch.Tensor]
+    tensors: Tensors  # () -> (engine name, host tensor) pairs, one at a time
     quantization: str
     max_positions: int | None
     info: ModelInfo
 
 
-def read_host_weights(
+def open_host_weights(
     config: EngineConfig, dtype: torch.dtype, device: torch.device, verify: bool = True
 ) -> HostWeights:
-    """As models/open.py's load_model reads them, but into host memory (verify: check an
+    """What models/open.py's load_model reads, as a stream of host tensors (verify: check an
     engine's files against its manifest; workers leave that to rank 0)."""
     path = Path(config.model)
     if not path.is_dir():
@@ -66,12 +71,18 @@ def read_host_weights(
         require_engine_target(manifest.engine_id, manifest.target, target)
         if verify and config.verify_engine:
             verify_files(path, manifest.files, f"engine {manifest.engine_id} at {path}")
-        from safetensors.torch import load_file
+        engine_dtype = parse_dtype(manifest.dtype)
 
-        weights: dict[str, torch.Tensor] = {}
-        for file in sorted(path.glob(ENGINE_WEIGHTS_GLOB)):
-            weights.update(load_file(file, device="cpu"))
-        weights = cast_weights(weights, parse_dtype(manifest.dtype), CPU)
+        def engine_tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            from safetensors import safe_open
+
+            for file in sorted(path.glob(ENGINE_WEIGHTS_GLOB)):
+                with safe_open(str(file), framework="pt") as handle:
+                    for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                        yield from cast_weights(
+                            {name: handle.get_tensor(name)}, engine_dtype, CPU
+                        ).items()
+
         info = ModelInfo(
             name=manifest.model_name,
             path=path,
@@ -81,27 +92,36 @@ def read_host_weights(
         )
         max_positions = config.max_model_len or manifest.max_model_len
         return HostWeights(
-            read_hf_config(path), weights, manifest.quantization, max_positions, info
+            read_hf_config(path), engine_tensors, manifest.quantization, max_positions, info
         )
     if not (path / "config.json").exists():
         raise FailedPrecondition(f"{path} has no config.json (not a Hugging Face checkpoint)")
     model_config = read_hf_config(path)
     if config.load_format == "dummy":
         quant = config.dummy_quantization
-        weights = dummy_weights(model_config, dtype, CPU, quant)
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            yield from dummy_weights(model_config, dtype, CPU, quant).items()
     else:
         quant = "none"
-        checkpoint = SafetensorsCheckpoint(path)
-        weights = {n: t.to(dtype) for n, t in fuse_hf_weights(model_config, checkpoint.get)}
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            checkpoint = SafetensorsCheckpoint(path)
+            for name, t in fuse_hf_weights(model_config, checkpoint.get):
+                yield name, t.to(dtype)
+
     info = ModelInfo(name=path.name, path=path, quantization=quant, tokenizer_path=path)
-    return HostWeights(model_config, weights, quant, config.max_model_len, info)
+    return HostWeights(model_config, tensors, quant, config.max_model_len, info)
 
 
 def load_shard(host: HostWeights, group: ParallelGroup) -> ParallelLlamaModel:
     """This rank's model on its device (the group need not be joined yet)."""
     plan = make_plan(host.config, group.rank, group.world_size)
-    shard = shard_weights(host.config, host.weights, host.quantization, plan)
-    shard = {name: t.to(group.device) for name, t in shard.items()}
+    shard = {}
+    for name, t in host.tensors():
+        part = shard_tensor(host.config, name, t, host.quantization, plan)
+        if part is not None:
+            shard[name] = part.to(group.device)
     return ParallelLlamaModel(
         host.config, plan, shard, host.quantization, group, host.max_positions
     )

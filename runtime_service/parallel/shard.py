@@ -19,7 +19,7 @@ act_scale [in] follows the input columns.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -63,61 +63,56 @@ def input_columns(config: ModelConfig, plan: ShardPlan, fused: str) -> tuple[int
     return plan.intermediate
 
 
-def _column_parallel(tensors: dict[str, torch.Tensor], rows: torch.Tensor) -> None:
-    for key in ("weight", "scales", "zeros", "bias"):
-        if key in tensors:
-            tensors[key] = tensors[key][rows.to(tensors[key].device)].contiguous()
-
-
-def _row_parallel(
-    tensors: dict[str, torch.Tensor], quantization: str, cols: tuple[int, int], rank: int
-) -> None:
-    a, b = cols
+def shard_tensor(
+    config: ModelConfig, name: str, t: torch.Tensor, quantization: str, plan: ShardPlan
+) -> torch.Tensor | None:
+    """This rank's part of one engine tensor (None: the rank holds none of it). Each tensor is
+    cut on its own, so a loader can stream them: one whole tensor in memory at a time."""
+    if name in ("embed.weight", "lm_head.weight"):
+        return vocab_shard(t, plan)
+    parts = name.split(".")
+    if len(parts) != 4 or parts[0] != "layers" or parts[2] not in (*COLUMN_PARALLEL, *ROW_PARALLEL):
+        return t  # norms: replicated
+    fused, key = parts[2], parts[3]
+    if fused in COLUMN_PARALLEL:
+        if key == "act_scale":  # input features: every rank has the whole input
+            return t
+        rows = qkv_rows(config, plan) if fused == "qkv" else gate_up_rows(config, plan)
+        return t[rows.to(t.device)].contiguous()
+    a, b = input_columns(config, plan, fused)
+    if key == "bias":
+        return t if plan.rank == 0 else None  # added once, by the all-reduce
+    if key == "act_scale":
+        return t[a:b].contiguous()
     if quantization == "int4":
         if a % 2 or b % 2:
-            raise ValueError(f"int4 columns [{a}, {b}) must start and end on a byte")
-        in_features = tensors["weight"].shape[1] * 2
-        group = in_features // tensors["scales"].shape[1]
-        tensors["weight"] = tensors["weight"][:, a // 2 : b // 2].contiguous()
+            raise ValueError(f"int4 columns [{a}, {b}) of {name} must start and end on a byte")
+        if key == "weight":
+            return t[:, a // 2 : b // 2].contiguous()
+        # scales / zeros [out, G]: groups follow the columns, finer where a rank's cut one.
+        in_features = config.q_size if fused == "o" else config.intermediate_size
+        group = in_features // t.shape[1]
         fine = math.gcd(group, a, b - a)  # a local group never straddles a global one
         owner = (a + torch.arange(0, b - a, fine)) // group
-        for key in ("scales", "zeros"):
-            tensors[key] = tensors[key][:, owner.to(tensors[key].device)].contiguous()
-    else:
-        tensors["weight"] = tensors["weight"][:, a:b].contiguous()
-    if "act_scale" in tensors:
-        tensors["act_scale"] = tensors["act_scale"][a:b].contiguous()
-    if rank != 0:
-        tensors.pop("bias", None)
+        return t[:, owner.to(t.device)].contiguous()
+    if key == "weight":
+        return t[:, a:b].contiguous()
+    return t  # int8 / fp8 per-row scales: the rank keeps every row
 
 
 def shard_weights(
-    config: ModelConfig, weights: Mapping[str, torch.Tensor], quantization: str, plan: ShardPlan
+    config: ModelConfig,
+    weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    quantization: str,
+    plan: ShardPlan,
 ) -> dict[str, torch.Tensor]:
     """This rank's share of an engine's fused weights (same names, smaller tensors)."""
-    out: dict[str, torch.Tensor] = {}
-    rows = {"qkv": qkv_rows(config, plan), "gate_up": gate_up_rows(config, plan)}
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    for name, t in weights.items():
-        parts = name.split(".")
-        if (
-            len(parts) == 4
-            and parts[0] == "layers"
-            and parts[2] in (*COLUMN_PARALLEL, *ROW_PARALLEL)
-        ):
-            layers.setdefault(".".join(parts[:3]), {})[parts[3]] = t
-        elif name in ("embed.weight", "lm_head.weight"):
-            out[name] = vocab_shard(t, plan)
-        else:
-            out[name] = t  # norms: replicated
-    for prefix, tensors in layers.items():
-        fused = prefix.split(".")[2]
-        tensors = dict(tensors)
-        if fused in COLUMN_PARALLEL:
-            _column_parallel(tensors, rows[fused])
-        else:
-            _row_parallel(tensors, quantization, input_columns(config, plan, fused), plan.rank)
-        out.update({f"{prefix}.{k}": v for k, v in tensors.items()})
+    items = weights.items() if isinstance(weights, Mapping) else weights
+    out = {}
+    for name, t in items:
+        part = shard_tensor(config, name, t, quantization, plan)
+        if part is not None:
+            out[name] = part
     return out
 
 

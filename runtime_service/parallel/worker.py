@@ -23,7 +23,7 @@ import torch
 from runtime_service.models.attention import AttentionMetadata
 from runtime_service.models.loader import allocate_kv_caches, parse_dtype
 from runtime_service.parallel.group import ParallelGroup, join_group
-from runtime_service.parallel.load import load_shard, read_host_weights
+from runtime_service.parallel.load import load_shard, open_host_weights
 from runtime_service.parallel.lora import move_batch
 from runtime_service.parallel.messages import (
     Failed,
@@ -126,7 +126,7 @@ def start(spec: WorkerSpec, conn: Connection) -> Worker:
         config = spec.engine_config
         if config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
-        host = read_host_weights(config, parse_dtype(spec.dtype), device, verify=False)
+        host = open_host_weights(config, parse_dtype(spec.dtype), device, verify=False)
         group = ParallelGroup(spec.rank, spec.world_size, device)
         model = load_shard(host, group)
         del host

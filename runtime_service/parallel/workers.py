@@ -37,7 +37,7 @@ from runtime_service.models.attention import AttentionMetadata
 from runtime_service.models.loader import read_hf_config
 from runtime_service.models.open import ModelInfo
 from runtime_service.parallel.group import ParallelGroup, join_group, master_store
-from runtime_service.parallel.load import load_shard, read_host_weights
+from runtime_service.parallel.load import load_shard, open_host_weights
 from runtime_service.parallel.lora import move_batch
 from runtime_service.parallel.messages import (
     Failed,
@@ -253,7 +253,7 @@ def load_parallel_model(
     workers = Workers()
     try:
         workers.spawn(config, dtype, devices)
-        host = read_host_weights(config, dtype, device)
+        host = open_host_weights(config, dtype, device)
         model = load_shard(host, ParallelGroup(0, world, devices[0]))
         info = host.info
         del host
