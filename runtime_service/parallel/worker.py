@@ -38,6 +38,7 @@ from runtime_service.parallel.messages import (
     send,
 )
 from runtime_service.parallel.model import ParallelLlamaModel
+from runtime_service.parallel.workers import cpu_threads_per_rank
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -126,6 +127,8 @@ def start(spec: WorkerSpec, conn: Connection) -> Worker:
         config = spec.engine_config
         if config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
+        elif device.type == "cpu":
+            torch.set_num_threads(cpu_threads_per_rank(spec.world_size))
         host = open_host_weights(config, parse_dtype(spec.dtype), device, verify=False)
         group = ParallelGroup(spec.rank, spec.world_size, device)
         model = load_shard(host, group)

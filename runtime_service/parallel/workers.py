@@ -84,6 +84,11 @@ def rank_devices(device: torch.device, world_size: int) -> list[torch.device]:
     return [torch.device("cuda", first + r) for r in range(world_size)]
 
 
+def cpu_threads_per_rank(world_size: int) -> int:
+    """Without --cpu-threads, CPU ranks share the cores instead of each taking all of them."""
+    return max(1, (os.cpu_count() or 1) // world_size)
+
+
 class Workers:
     """The worker processes of ranks 1..N-1, their pipes and the process group."""
 
@@ -246,6 +251,8 @@ def load_parallel_model(
     """Rank 0's share of the model, with the workers of the other ranks started and ready."""
     world = config.tensor_parallel_size
     devices = rank_devices(device, world)
+    if device.type == "cpu" and not config.cpu_threads:
+        torch.set_num_threads(cpu_threads_per_rank(world))
     if (Path(config.model) / "config.json").exists():  # a split that cannot be made: say so now
         whole = read_hf_config(Path(config.model))
         for rank in range(world):
