@@ -6,6 +6,7 @@ PEFT); and a start-up failure names the rank and its cause."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmserve.errors import FailedPrecondition
+from llmserve.errors import FailedPrecondition, Unavailable
 from llmserve.store import open_store
 from llmserve.store.engines import fetch_engine
 from runtime_service.engine.config import EngineConfig
@@ -151,6 +152,23 @@ def test_a_worker_that_cannot_start_is_named_with_its_cause(tmp_path: Path) -> N
         f"tensor-parallel rank 1 failed to start: NotFound: model directory {missing} does not"
         " exist"
     )
+
+
+class ExitsWhenUnpickled:
+    """Stands in for a worker's EngineConfig: the worker dies with status 3 reading its spec."""
+
+    def __reduce__(self) -> tuple:
+        return (os._exit, (3,))
+
+
+def test_a_worker_that_dies_before_it_is_ready_is_named_with_its_status() -> None:
+    workers = Workers()
+    try:
+        workers.spawn(ExitsWhenUnpickled(), torch.float32, [torch.device("cpu")] * 2)  # type: ignore[arg-type]
+        with pytest.raises(Unavailable, match="tensor-parallel rank 1 exited with status 3 before"):
+            workers.wait_ready()
+    finally:
+        workers.close(kill=True)
 
 
 def test_a_split_the_model_cannot_take_is_refused_before_any_worker_starts(
