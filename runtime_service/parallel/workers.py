@@ -16,6 +16,7 @@ Failures:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -84,6 +85,14 @@ def rank_devices(device: torch.device, world_size: int) -> list[torch.device]:
     return [torch.device("cuda", first + r) for r in range(world_size)]
 
 
+def log_format() -> str:
+    """The format of this process's logs ("json" if the root logger writes JSON), for workers."""
+    from llmserve.logs import JsonFormatter
+
+    handlers = logging.getLogger().handlers
+    return "json" if any(isinstance(h.formatter, JsonFormatter) for h in handlers) else "text"
+
+
 def cpu_threads_per_rank(world_size: int) -> int:
     """Without --cpu-threads, CPU ranks share the cores instead of each taking all of them."""
     return max(1, (os.cpu_count() or 1) // world_size)
@@ -133,7 +142,7 @@ class Workers:
                 engine_config=config,
                 parent_pid=os.getpid(),
                 log_level=level if level in ("debug", "info", "warning", "error") else "info",
-                log_format="text",
+                log_format=log_format(),
             )
             send(self.conns[-1], spec)
         return self._store.port
@@ -225,6 +234,8 @@ class Workers:
     def close(self, kill: bool = False) -> None:
         """Stops the workers (Shutdown, then a kill if one does not exit; kill: at once, as
         after a failed start-up) and leaves the group."""
+        if self._closing.is_set():
+            return  # closed already (close() and the exit hook may both run)
         self._closing.set()
         if kill:
             for proc in self.procs:
@@ -270,5 +281,6 @@ def load_parallel_model(
         workers.close(kill=True)
         raise
     model.driver = workers
+    atexit.register(workers.close)  # an offline LLM nobody closed: stop the workers cleanly
     log.info("tensor parallel: %d ranks on %s", world, ", ".join(map(str, devices)))
     return model, info, workers
