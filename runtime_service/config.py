@@ -78,6 +78,11 @@ class RuntimeConfig(ServerConfig):
         0, "CPU threads of the engine (0: all cores); set it when runtimes share a machine"
     )
     load_format: str = setting("auto", "with --model: auto, or dummy (random weights; benchmarks)")
+    tensor_parallel_size: int = setting(
+        1,
+        "split the model over this many GPUs of the node (from --device's on; one worker"
+        " process each), or CPU processes",
+    )
 
     def store_options(self) -> StoreOptions:
         """Options of the runtime's store client (its signing key, if any)."""
@@ -111,6 +116,10 @@ class RuntimeConfig(ServerConfig):
         )
         require(self.lora_dir is None or self.enable_lora, "lora_dir needs --enable-lora")
         require(self.cpu_threads >= 0, f"cpu_threads must be >= 0, got {self.cpu_threads}")
+        require(
+            1 <= self.tensor_parallel_size <= 64,
+            f"tensor_parallel_size must be in [1, 64], got {self.tensor_parallel_size}",
+        )
         require(self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         require(
             self.load_format in ("auto", "dummy"),

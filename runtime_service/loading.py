@@ -130,6 +130,7 @@ def engine_config(config: RuntimeConfig, path: Path, device: DeviceInfo) -> Engi
         max_loras=config.max_loras,
         max_lora_rank=config.max_lora_rank,
         lora_dir=config.lora_dir,
+        tensor_parallel_size=config.tensor_parallel_size,
         verify_engine=False,  # fetch_engine verified every file on the way into the cache
     )
 

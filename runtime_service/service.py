@@ -164,6 +164,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             adapters=await self._adapters(),
             num_preemptions=s.num_preemptions,
             draining=self._draining(),
+            tensor_parallel_size=llm.info.tensor_parallel_size,
         )
 
     async def LoadAdapter(self, request: Any, context: Any) -> Any:

@@ -42,6 +42,9 @@ class EngineConfig:
     max_loras: int = 4
     max_lora_rank: int = 64
     lora_dir: Path | None = None
+    # Tensor parallelism: the model split over this many processes (one per GPU from
+    # `device` on, or CPU processes over gloo); see docs/tensor_parallel.md.
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
@@ -68,6 +71,10 @@ class EngineConfig:
             (
                 self.max_num_batched_tokens >= 1,
                 f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}",
+            ),
+            (
+                1 <= self.tensor_parallel_size <= 64,
+                f"tensor_parallel_size must be in [1, 64], got {self.tensor_parallel_size}",
             ),
             (self.max_loras >= 1, f"max_loras must be >= 1, got {self.max_loras}"),
             (

@@ -63,6 +63,7 @@ class CoreInfo:
     num_blocks: int
     block_size: int
     lora: AdapterReader | None = None  # reads adapters for this model; None: LoRA is off
+    tensor_parallel_size: int = 1  # processes the model is split over
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,15 +88,21 @@ class EngineCore:
             torch.set_num_threads(config.cpu_threads)
         self.device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, self.device)
-        self.model, info = load_model(
-            config.model,
-            dtype,
-            self.device,
-            config.max_model_len,
-            config.load_format,
-            verify=config.verify_engine,
-            dummy_quantization=config.dummy_quantization,
-        )
+        self.workers = None  # tensor parallelism: the other ranks (parallel/workers.py)
+        if config.tensor_parallel_size > 1:
+            from runtime_service.parallel.workers import load_parallel_model
+
+            self.model, info, self.workers = load_parallel_model(config, dtype, self.device)
+        else:
+            self.model, info = load_model(
+                config.model,
+                dtype,
+                self.device,
+                config.max_model_len,
+                config.load_format,
+                verify=config.verify_engine,
+                dummy_quantization=config.dummy_quantization,
+            )
         mc = self.model.config
         self.max_model_len = min(
             config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings
@@ -135,7 +142,8 @@ class EngineCore:
             config.max_num_batched_tokens,
             self.max_model_len,
             self.lora,
-            cuda_graphs=config.enable_cuda_graphs,
+            # NOTE: the decode graphs do not capture the workers' half of a step yet.
+            cuda_graphs=config.enable_cuda_graphs and self.workers is None,
         )
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
@@ -160,6 +168,7 @@ class EngineCore:
             num_blocks=num_blocks,
             block_size=config.block_size,
             lora=None if self.lora is None else self.lora.reader,
+            tensor_parallel_size=config.tensor_parallel_size,
         )
         log.info(
             "engine core ready: %s on %s (%s), %d KV blocks of %d tokens, max_model_len %d",
@@ -170,6 +179,12 @@ class EngineCore:
             config.block_size,
             self.max_model_len,
         )
+
+    def close(self) -> None:
+        """Stops the tensor-parallel workers, if any (a single-device core holds nothing)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
 
     # Requests.
     def add(self, er: EngineRequest) -> None:

@@ -87,11 +87,18 @@ class LoRAManager:
         lora_dir: Path | None = None,
     ) -> None:
         self.device = model.device
+        # A tensor-parallel rank's model has its share's shapes; adapters have the whole one's.
+        whole = getattr(model, "full_config", model.config)
         self.reader = AdapterReader(
-            model.config, max_lora_rank, model.dtype, lora_dir, prescaled_layers(model)
+            whole, max_lora_rank, model.dtype, lora_dir, prescaled_layers(model)
         )
         self.slots = AdapterSlots(max_loras)
-        self.device_slots = attach_lora(model, max_loras, max_lora_rank)
+        attach = getattr(model, "attach_lora", None)  # tensor parallel: slots that shard
+        self.device_slots = (
+            attach(max_loras, max_lora_rank)
+            if attach is not None
+            else attach_lora(model, max_loras, max_lora_rank)
+        )
         self.adapters: dict[str, LoRAAdapter] = {}
         self._requests: dict[str, set[str]] = {}  # adapter -> unfinished request ids
         self._unloading: dict[str, int] = {}  # adapter -> unload(wait=True) calls waiting
