@@ -19,6 +19,7 @@ from pathlib import Path
 from llmserve.device import DeviceInfo, cpu_info, device_info
 from llmserve.engine_pb import dtype_value, engine_to_pb
 from llmserve.errors import FailedPrecondition
+from llmserve.reasons import Reason
 from llmserve.store import Hold, open_store
 from llmserve.store.engines import fetch_engine, hold_engine
 from llmserve.v1 import common_pb2, engine_pb2
@@ -49,7 +50,10 @@ def runtime_device(config: RuntimeConfig) -> DeviceInfo:
     index = int(config.device.split(":")[1]) if config.device.startswith("cuda:") else 0
     info = device_info(index)
     if config.device.startswith("cuda") and not info.is_cuda:
-        raise FailedPrecondition(f"device {config.device} requested but no CUDA GPU is present")
+        raise FailedPrecondition(
+            f"device {config.device} requested but no CUDA GPU is present",
+            reason=Reason.TARGET_MISMATCH,
+        )
     return info
 
 
