@@ -148,7 +148,7 @@ def register_adapter(
             adapter = reader.read(name, files)
         except (InvalidArgument, FailedPrecondition) as e:
             message = str(e).replace(str(files), repr(source))
-            raise type(e)(f"{message} (base engine {engine_id})") from e
+            raise e.with_message(f"{message} (base engine {engine_id})") from e
         aid = adapter_id(engine.model_digest, adapter.digest, name)
         manifest = AdapterManifest(
             adapter_id=aid,

@@ -211,7 +211,7 @@ def read_adapter(
         try:
             found[_place(tensor_name, tensor, config, spec, prescaled)] = tensor
         except (InvalidArgument, FailedPrecondition) as e:
-            raise type(e)(f"adapter {name!r}: {e}") from e
+            raise e.with_message(f"adapter {name!r}: {e}") from e
     for layer, fused, part, which in found:
         other = "B" if which == "A" else "A"
         if (layer, fused, part, other) not in found:
