@@ -225,7 +225,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         if not serving.engine.model_digest:
             raise FailedPrecondition(
                 "adapter_id needs an engine from the store (this runtime serves a directory "
-                "given with --model, which has no model digest); load the adapter by path",
+                "given with --model-path, which has no model digest); load the adapter by path",
                 reason=Reason.ENGINE_MISMATCH,
             )
         store = open_store(self.config.store, self.config.store_options())
