@@ -116,15 +116,18 @@ def error_from_rpc(
     return cls(message, reason=reason, field=details.field, retry_after_s=details.retry_after_s)
 
 
+def draining_error() -> errors.Unavailable:
+    """The error of a call refused because the server drains (gRPC and HTTP alike)."""
+    return errors.Unavailable(
+        "server is draining; retry on another replica",
+        reason=Reason.DRAINING,
+        retry_after_s=DRAIN_RETRY_AFTER_S,
+    )
+
+
 def draining() -> grpc.Status:
     """The status of a call refused because the server drains."""
-    return to_status(
-        errors.Unavailable(
-            "server is draining; retry on another replica",
-            reason=Reason.DRAINING,
-            retry_after_s=DRAIN_RETRY_AFTER_S,
-        )
-    )
+    return to_status(draining_error())
 
 
 def internal(exc: BaseException) -> grpc.Status:

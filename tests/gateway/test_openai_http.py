@@ -411,6 +411,7 @@ def test_draining_gateway_refuses_new_http_calls_with_503(
         with pytest.raises(openai.InternalServerError) as err:
             gw.client().models.list()
         assert err.value.status_code == 503 and "draining" in err.value.message
+        assert err.value.code == "draining" and err.value.response.headers["retry-after"] == "1"
         stream.close()  # type: ignore[attr-defined]
         assert gw.process.proc.wait(60) == 0
     finally:
