@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from llmserve.errors import InvalidArgument, LLMServeError
+from llmserve.errors import InvalidArgument, LLMServeError, Unimplemented
 from llmserve.reasons import Reason
 from llmserve.server import rich_status
 from llmserve.server.token import ServiceToken
@@ -49,11 +49,13 @@ def bounded(details: str) -> str:
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Ends the call with the status that `exc` maps to (raises grpc.aio.AbortError)."""
     if isinstance(exc, LLMServeError):
-        await rich_status.abort(context, rich_status.to_status(exc, bounded(exc.message)))
-    if not isinstance(exc, NotImplementedError):
+        error = exc
+    elif isinstance(exc, NotImplementedError):
+        error = Unimplemented(str(exc) or "not implemented")
+    else:
         log.error("internal error", exc_info=exc)
-    status = rich_status.internal(exc)
-    await context.abort(status.code, bounded(status.details), status.trailing_metadata)
+        error = LLMServeError(f"internal error: {type(exc).__name__}: {exc}")
+    await rich_status.abort(context, rich_status.to_status(error, bounded(error.message)))
 
 
 def decode_request(method: str, raw: bytes, decode: Decoder) -> Any:

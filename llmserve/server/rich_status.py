@@ -130,13 +130,6 @@ def draining() -> grpc.Status:
     return to_status(draining_error())
 
 
-def internal(exc: BaseException) -> grpc.Status:
-    """The status of an exception that is not an LLMServeError."""
-    if isinstance(exc, NotImplementedError):
-        return to_status(errors.Unimplemented(str(exc) or "not implemented"))
-    return to_status(errors.LLMServeError(f"internal error: {type(exc).__name__}: {exc}"))
-
-
 async def abort(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:
     """Ends the call with `status` and its details (raises grpc.aio.AbortError)."""
     await context.abort(status.code, status.details, status.trailing_metadata)
