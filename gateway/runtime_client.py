@@ -68,6 +68,15 @@ def error_from_runtime(e: grpc.aio.AioRpcError) -> errors.LLMServeError:
     )
 
 
+def reply_aborted() -> errors.Unavailable:
+    """The error of a reply the runtime aborted (FINISH_REASON_ABORT: it was draining)."""
+    return errors.Unavailable(
+        "the runtime aborted the reply (it may be draining); retry",
+        reason=Reason.REPLY_ABORTED,
+        retry_after_s=rich_status.DRAIN_RETRY_AFTER_S,
+    )
+
+
 async def generate(
     pool: RuntimePool,
     request: runtime_pb2.GenerateRequest,

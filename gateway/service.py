@@ -245,10 +245,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     reason=Reason.RUNTIME_FAILED,
                 )
             if last[0].finish_reason == common_pb2.FINISH_REASON_ABORT:
-                raise Unavailable(
-                    "the runtime aborted the reply (it may be draining); retry",
-                    reason=Reason.REPLY_ABORTED,
-                )
+                raise runtime_client.reply_aborted()
         except LLMServeError as e:
             raise e.with_message(f"{e.message}; the session is unchanged") from e
         chunk, address = last

@@ -27,6 +27,7 @@ from gateway.openai.responses import (
     Completion,
     CompletionChoice,
 )
+from gateway.runtime_client import reply_aborted
 from llmserve.errors import Unavailable
 from llmserve.reasons import Reason
 
@@ -47,10 +48,7 @@ async def checked(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async with contextlib.aclosing(chunks):
         async for chunk in chunks:
             if convert.is_abort(chunk):
-                raise Unavailable(
-                    "the runtime aborted the reply (it may be draining); retry",
-                    reason=Reason.REPLY_ABORTED,
-                )
+                raise reply_aborted()
             yield chunk
 
 
