@@ -31,7 +31,7 @@ class RuntimeConfig(ServerConfig):
     builder: str = setting("", "builder HOST:PORT asked to build a missing engine for this device")
     wait_for_engine: bool = setting(False, "without --builder: wait for the engine to be built")
     engine_poll_s: float = setting(10.0, "with --wait-for-engine: how often the store is read")
-    model: Path | None = setting(
+    model_path: Path | None = setting(
         None, "development: serve a Hugging Face directory or .gguf file, built in place"
     )
     engine_cache_dir: Path = setting(
@@ -39,7 +39,7 @@ class RuntimeConfig(ServerConfig):
     )
     served_model_name: str = setting("", "model name reported to clients (default: the engine's)")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto")
-    dtype: str = setting("auto", "with --model: float32, bfloat16, float16 or auto")
+    dtype: str = setting("auto", "with --model-path: float32, bfloat16, float16 or auto")
     gpu_memory_utilization: float = setting(0.9, "fraction of GPU memory for weights + KV cache")
     cpu_kv_cache_bytes: int = setting(512 * 1024 * 1024, "KV cache size on CPU")
     num_kv_blocks: int | None = setting(None, "KV cache blocks (overrides the two above)")
@@ -77,7 +77,9 @@ class RuntimeConfig(ServerConfig):
     cpu_threads: int = setting(
         0, "CPU threads of the engine (0: all cores); set it when runtimes share a machine"
     )
-    load_format: str = setting("auto", "with --model: auto, or dummy (random weights; benchmarks)")
+    load_format: str = setting(
+        "auto", "with --model-path: auto, or dummy (random weights; benchmarks)"
+    )
     tensor_parallel_size: int = setting(
         1,
         "split the model over this many GPUs of the node (from --device's on; one worker"
@@ -92,10 +94,10 @@ class RuntimeConfig(ServerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(
-            bool(self.engine or self.by_key) != (self.model is not None),
-            "give exactly one of --engine (an engine id in --store) or --model-name/--model-source "
-            "(the engine of a model for this device; with --engine, it must match), or --model "
-            "(a path), not --model with the others",
+            bool(self.engine or self.by_key) != (self.model_path is not None),
+            "give exactly one of --engine (an engine id in --store) or --model-name/--model-source"
+            " (the engine of a model for this device; with --engine, it must match), or"
+            " --model-path (a path), not --model-path with the others",
         )
         require(
             self.quantization in QUANTIZATION_MIN_CAPABILITY,

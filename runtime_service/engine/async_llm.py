@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmserve.errors import AlreadyExists, Unavailable, shown
+from llmserve.reasons import Reason
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo, EngineStats
 from runtime_service.engine.core_loop import start_core
@@ -162,13 +163,19 @@ class AsyncLLM:
 
     def _check_new(self, request_id: str | None) -> str:
         if self._dead is not None:
-            raise Unavailable(f"the engine stopped after an error: {self._dead}")
+            raise Unavailable(
+                f"the engine stopped after an error: {self._dead}", reason=Reason.ENGINE_STOPPED
+            )
         if self._stopped:
-            raise Unavailable("the engine is shutting down")
+            raise Unavailable("the engine is shutting down", reason=Reason.ENGINE_STOPPED)
         self._loop = self._loop or asyncio.get_running_loop()
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._streams:
-            raise AlreadyExists(f"request_id {shown(request_id)} is already in progress")
+            raise AlreadyExists(
+                f"request_id {shown(request_id)} is already in progress",
+                reason=Reason.REQUEST_IN_PROGRESS,
+                field="request_id",
+            )
         return request_id
 
     def _enqueue(self, er: EngineRequest, adapter: str | None) -> RequestStream:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from llmserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from llmserve.reasons import Reason
 from runtime_service.engine.block_manager import BlockManager
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.kv_pool import num_kv_blocks
@@ -189,7 +190,11 @@ class EngineCore:
     # Requests.
     def add(self, er: EngineRequest) -> None:
         if er.request_id in self.requests:
-            raise AlreadyExists(f"request_id {er.request_id!r} is already in progress")
+            raise AlreadyExists(
+                f"request_id {er.request_id!r} is already in progress",
+                reason=Reason.REQUEST_IN_PROGRESS,
+                field="request_id",
+            )
         req = Request(
             er.request_id,
             er.prompt_token_ids,
@@ -218,7 +223,9 @@ class EngineCore:
     def _lora(self, adapter: str | None = None) -> LoRAManager:
         if self.lora is None:
             off = "this engine serves no adapters (enable_lora is off)"
-            raise NotFound(f"adapter {adapter!r}: {off}") if adapter else FailedPrecondition(off)
+            if adapter:
+                raise NotFound(f"adapter {adapter!r}: {off}", reason=Reason.ADAPTER_NOT_FOUND)
+            raise FailedPrecondition(off, reason=Reason.LORA_DISABLED)
         return self.lora
 
     def register_adapter(self, adapter: LoRAAdapter, exist_ok: bool = False) -> AdapterInfo:

@@ -70,11 +70,11 @@ def run_runtime(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_startup_failures_exit_nonzero_with_the_reason(tmp_path: Path) -> None:
-    out = run_runtime(["--model", str(tmp_path / "missing")])
+    out = run_runtime(["--model-path", str(tmp_path / "missing")])
     assert out.returncode == 1
     assert f"model directory {tmp_path / 'missing'} does not exist" in out.stderr
     (tmp_path / "empty").mkdir()
-    out = run_runtime(["--model", str(tmp_path / "empty")])
+    out = run_runtime(["--model-path", str(tmp_path / "empty")])
     assert out.returncode == 1 and "has no config.json" in out.stderr
     out = run_runtime([])
     assert out.returncode == 2 and "give exactly one of --engine" in out.stderr
