@@ -85,6 +85,10 @@ class StepInputs:
         self._host_fix = torch.zeros(2 * max_num_seqs, dtype=torch.long, pin_memory=pin)
         self._dev_fix = self._host_fix if same else torch.zeros_like(self._host_fix, device=device)
         self.h_fix = self._host_fix.numpy()
+        # Recorded after a step's copies from the pinned arrays: the next `prepare` waits for
+        # it before writing them (with async scheduling the previous step's copies may still
+        # be queued behind the step before it).
+        self._copied: torch.cuda.Event | None = None
         self.block_tables = (
             self._host_tables if same else torch.zeros_like(self._host_tables, device=device)
         )
@@ -97,6 +101,8 @@ class StepInputs:
     ) -> StepBatch:
         """Fills the buffers for `sched` (padded to `padded_size` decode rows if given);
         placeholders take their ids from `prev_tokens`, the previous step's sampled tokens."""
+        if self._copied is not None:
+            self._copied.synchronize()
         num_reqs = len(sched.requests)
         num_fixes = 0
         fix = self.h_fix
@@ -156,6 +162,9 @@ class StepInputs:
         if num_fixes:
             assert prev_tokens is not None, "a placeholder without the step that samples it"
             self._fix_placeholders(num_fixes, prev_tokens)
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
         meta = AttentionMetadata(
             slot_mapping=self.slot_mapping[:num_rows],
             block_tables=self.block_tables[:rows],
