@@ -132,8 +132,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if self._num_in_flight == 0:
             self._idle.set()
 
-    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext) -> None:
+    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext, call: _Call) -> None:
         if self.draining:
+            call.close("UNAVAILABLE")
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, "server is draining; retry on another replica"
             )
@@ -160,9 +161,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, behavior: Callable[..., Any], decode: Decoder
     ) -> Callable[..., Any]:
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            await self._refuse_if_draining(context)
-            self._enter()
             call = self._open(method, context)
+            await self._refuse_if_draining(context, call)
+            self._enter()
             code = "OK"
             try:
                 with call.active():
@@ -188,9 +189,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, behavior: Callable[..., Any], decode: Decoder
     ) -> Callable[..., Any]:
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await self._refuse_if_draining(context)
-            self._enter()
             call = self._open(method, context)
+            await self._refuse_if_draining(context, call)
+            self._enter()
             code = "OK"
             stream: Any = None
             try:
