@@ -1,6 +1,6 @@
-"""The Grafana dashboard (deploy/grafana/llmserve.json) is built from the metrics the daemons
-export: every series and label its queries name exists in the code, and docs/operations.md
-describes every metric."""
+"""The Grafana dashboard (deploy/helm/llmserve/dashboards/llmserve.json) is built from the
+metrics the daemons export: every series and label its queries name exists in the code, the
+chart ships it as a ConfigMap when asked, and docs/operations.md describes every metric."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from llmserve.processes import REPO_ROOT
 from llmserve.server import access_log
 from runtime_service.engine.core import EngineStats
 from runtime_service.metrics import EngineCollector, RuntimeMetrics
+from tests.deploy.chart import CHART, find, render
 
-DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "llmserve.json"
+DASHBOARD = CHART / "dashboards" / "llmserve.json"
 OPERATIONS = REPO_ROOT / "docs" / "operations.md"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
@@ -79,3 +80,11 @@ def test_operations_doc_lists_every_metric() -> None:
     families = {re.sub(r"(_total|_bucket|_sum|_count)$", "", n) for n in declared()}
     missing = sorted(f for f in families if f not in text)
     assert not missing, f"docs/operations.md does not describe {missing}"
+
+
+def test_the_chart_ships_the_dashboard_when_asked() -> None:
+    assert not [d for d in render({}) if d["kind"] == "ConfigMap" and "dashboard" in str(d)]
+    values = {"metrics": {"grafanaDashboard": {"enabled": True}}}
+    config_map = find(render(values), "ConfigMap", "demo-llmserve-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"]["llmserve.json"]) == json.loads(DASHBOARD.read_text())
