@@ -235,7 +235,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 def outcome(e: BaseException, context: grpc.aio.ServicerContext) -> str:
     """The status code name a call ends with when `e` leaves its handler."""
     if isinstance(e, asyncio.CancelledError | GeneratorExit):
-        return "CANCELLED"
+        remaining = context.time_remaining()  # gRPC cancels a call whose deadline passed
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     if isinstance(e, grpc.aio.AbortError):
         code = context.code()
         return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"

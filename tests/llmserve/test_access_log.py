@@ -188,3 +188,17 @@ def test_a_refused_unary_call_logs_its_code(lines: Lines) -> None:
     (inside,) = [e for e in lines.entries if e["message"] == "status asked"]
     assert inside["trace_id"] == line["trace_id"]
     assert rpc_count(method, "NOT_FOUND") == before + 1
+
+
+def test_a_stream_past_its_deadline_logs_deadline_exceeded(lines: Lines) -> None:
+    async def body(channel: grpc.aio.Channel, servicer: SteppedRuntime) -> None:
+        stub = runtime_pb2_grpc.RuntimeStub(channel)
+        call = stub.Generate(runtime_pb2.GenerateRequest(request_id="r-3"), timeout=0.5)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call.read()  # no step is ever given: the deadline ends the call
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await servicer.closed.wait()
+
+    serve(body)
+    (line,) = lines.access(GENERATE)
+    assert line["code"] == "DEADLINE_EXCEEDED" and line["request_id"] == "r-3"
