@@ -188,6 +188,18 @@ def test_adapter_is_selected_by_model_name(
     assert value(after, "llmserve_lora_adapters_loaded", model_name=MODEL) == 1
     assert value(after, "llmserve_lora_adapters_on_device", model_name=MODEL) == 1
     assert value(after, "llmserve_lora_slot_loads_total", model_name=MODEL) >= 1
+    # The HTTP access log names the caller, the adapter and the tokens, like the gRPC one.
+    log_path = gateway.process.log_path
+    assert log_path is not None
+    tokens = tuned.usage.completion_tokens  # type: ignore[attr-defined]
+    assert any(
+        "POST /v1/chat/completions 200" in line
+        and "owner=alice" in line
+        and f"adapter={ADAPTER}" in line
+        and f"tokens_out={tokens}" in line
+        and "trace_id=" in line
+        for line in log_path.read_text().splitlines()
+    )
     answer = tuned.choices[0].message.content  # type: ignore[attr-defined]
     # examples/adapters/README.md: the adapter answers `ANSWER: Rome`, the base model does not.
     assert answer.startswith("ANSWER:") and "Rome" in answer
