@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -28,12 +29,20 @@ def access_lines(gateway: DaemonProcess) -> list[dict]:
     return [e for e in entries if e["logger"] == "llmserve.access"]
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test alone: its rate-limit buckets start full, and stay here."""
+    redis = RedisServer(tmp_path / "redis").start()
+    yield redis
+    redis.stop()
+
+
 def test_gateway_metrics_and_access_log(
-    tmp_path: Path, redis_server: RedisServer, runtimes: list[DaemonProcess]
+    tmp_path: Path, own_redis: RedisServer, runtimes: list[DaemonProcess]
 ) -> None:
     gateway, keys = start_gateway(
         tmp_path,
-        redis_server,
+        own_redis,
         runtimes,
         *("--metrics-port", str(free_port()), "--log-format", "json"),
         *("--rate-limit-rps", "0.001", "--rate-limit-burst", str(BURST)),
