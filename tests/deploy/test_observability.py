@@ -1,6 +1,7 @@
-"""The Grafana dashboard (deploy/helm/llmserve/dashboards/llmserve.json) is built from the
-metrics the daemons export: every series and label its queries name exists in the code, the
-chart ships it as a ConfigMap when asked, and docs/operations.md describes every metric."""
+"""Observability in deploy/: the Grafana dashboard (the chart's dashboards/llmserve.json) is
+built from the metrics the daemons export (every series and label its queries name exists in
+the code); the chart ships it as a ConfigMap when asked and passes OTEL_* variables to every
+daemon; docs/operations.md describes every metric."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import gateway.metrics as gateway_metrics
@@ -16,7 +18,7 @@ from llmserve.processes import REPO_ROOT
 from llmserve.server import access_log
 from runtime_service.engine.core import EngineStats
 from runtime_service.metrics import EngineCollector, RuntimeMetrics
-from tests.deploy.chart import CHART, find, render
+from tests.deploy.chart import CHART, containers, env, find, helm, render
 
 DASHBOARD = CHART / "dashboards" / "llmserve.json"
 OPERATIONS = REPO_ROOT / "docs" / "operations.md"
@@ -88,3 +90,15 @@ def test_the_chart_ships_the_dashboard_when_asked() -> None:
     config_map = find(render(values), "ConfigMap", "demo-llmserve-dashboard")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(config_map["data"]["llmserve.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_the_chart_passes_otel_variables_to_every_daemon() -> None:
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://otel.example:4317", "OTEL_SERVICE_NAME": "x"}
+    docs = render({"telemetry": {"otelEnv": otel}})
+    daemons = {n: c for n, c in containers(docs).items() if n in ("gateway", "runtime", "builder")}
+    assert set(daemons) == {"gateway", "runtime", "builder"}
+    for container in daemons.values():
+        assert {k: env(container)[k]["value"] for k in otel} == otel
+    with pytest.raises(helm().HelmError) as err:
+        render({"telemetry": {"otelEnv": {"PATH": "/tmp"}}})
+    assert "'PATH' does not match pattern '^OTEL_" in str(err.value)
