@@ -63,6 +63,10 @@ def setup_tracing(
     - `otlp_endpoint` (the --otlp-endpoint flag) replaces the endpoint; without a scheme it
       means plaintext (http://), as it always has.
     - `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`: no OTLP export.
+
+    `environ` (default os.environ) decides whether and how to export; the SDK's resource,
+    sampler and exporters read the rest from os.environ themselves. `install=False` leaves the
+    global provider alone (tests).
     """
     env = os.environ if environ is None else environ
     resource = Resource.create()  # reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
