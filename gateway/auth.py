@@ -89,6 +89,17 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     return token.strip()
 
 
+def auth_failure_reason(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """missing, malformed or unknown: why a call's API key was refused (for the metric)."""
+    if not any(k.lower() == "authorization" for k, _ in metadata or ()):
+        return "missing"
+    try:
+        bearer_token(metadata)
+    except Unauthenticated:
+        return "malformed"
+    return "unknown"
+
+
 class ApiKeys:
     """Looks keys up in Redis and keeps Redis in line with the keys file."""
 

@@ -29,6 +29,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from gateway.metrics import REDIS_ERRORS
 from llmserve.errors import Unavailable
 from llmserve.reasons import Reason
 
@@ -129,6 +130,7 @@ class RedisStore:
             OSError,
         ) as e:
             log.warning("redis at %s unreachable: %s", self.where, e)
+            REDIS_ERRORS.labels(what).inc()
             raise Unavailable(
                 f"Redis at {self.where} is unreachable ({type(e).__name__}: {e}); {what}"
                 " cannot be read or written now; retry later",

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 import grpc
 from opentelemetry import trace
 
+from gateway import metrics
 from gateway.runtime_pool import RuntimePool
 from llmserve import errors
 from llmserve.reasons import Reason
@@ -95,48 +96,61 @@ async def generate(
     """
     tried: dict[str, str] = {}
     exhausted = False
+    last_code = ""
+    failed_over = False
     for attempt in range(1, max_attempts + 1):
         runtime = pool.choose(model, adapter=adapter, pinned=pinned, exclude=tried)
         if runtime is None:
             break
-        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         state = runtime.state
+        if attempt > 1:
+            metrics.RUNTIME_RETRIES.labels(model, last_code).inc()
+        if pinned and state.address != pinned and not failed_over:
+            failed_over = True  # once per request, however many runtimes it then tries
+            metrics.FAILOVERS.labels(model).inc()
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         started = False
-        with tracer.start_as_current_span(
+        # NOTE: the span is not made current: this generator yields while it is open, and
+        # the code after a yield may run in another context (see llmserve/server/interceptor).
+        span = tracer.start_span(
             "llmserve.v1.Runtime/Generate",
             kind=trace.SpanKind.CLIENT,
             attributes={"rpc.system": "grpc", "net.peer.name": state.address, "attempt": attempt},
-        ):
-            metadata = (*metadata_from_context(), *pool.auth())
-            call = runtime.stub.Generate(request, timeout=timeout, metadata=metadata)
-            state.num_in_flight += 1
-            state.num_sent_since_status += 1
-            try:
-                while (response := await _next(call, idle_timeout_s)) is not grpc.aio.EOF:
-                    started = True
-                    yield response, state.address
-                return
-            except (grpc.aio.AioRpcError, _Silent) as e:
-                reason = f"{e.code().name}: {e.details()}"
-                if started:
-                    log.warning("runtime %s failed mid-stream: %s", state.address, reason)
-                    raise errors.Unavailable(
-                        f"the runtime failed after the reply had started ({reason}); the"
-                        " reply is incomplete, send the request again",
-                        reason=Reason.RUNTIME_FAILED,
-                    ) from e
-                if e.code() not in RETRYABLE:
-                    assert isinstance(e, grpc.aio.AioRpcError)
-                    raise error_from_runtime(e) from e
-                log.warning("runtime %s failed before the first token: %s", state.address, reason)
-                tried[state.address] = reason
-                exhausted = exhausted or e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                if e.code() == grpc.StatusCode.UNAVAILABLE:
-                    pool.mark_failed(state.address, reason)
-            finally:
-                state.num_in_flight -= 1
-                call.cancel()
+        )
+        metadata = (*metadata_from_context(trace.set_span_in_context(span)), *pool.auth())
+        call = runtime.stub.Generate(request, timeout=timeout, metadata=metadata)
+        state.num_in_flight += 1
+        state.num_sent_since_status += 1
+        try:
+            while (response := await _next(call, idle_timeout_s)) is not grpc.aio.EOF:
+                started = True
+                yield response, state.address
+            return
+        except (grpc.aio.AioRpcError, _Silent) as e:
+            reason = f"{e.code().name}: {e.details()}"
+            span.set_status(trace.StatusCode.ERROR, reason)
+            if started:
+                log.warning("runtime %s failed mid-stream: %s", state.address, reason)
+                raise errors.Unavailable(
+                    f"the runtime failed after the reply had started ({reason}); the"
+                    " reply is incomplete, send the request again",
+                    reason=Reason.RUNTIME_FAILED,
+                ) from e
+            if e.code() not in RETRYABLE:
+                assert isinstance(e, grpc.aio.AioRpcError)
+                raise error_from_runtime(e) from e
+            log.warning("runtime %s failed before the first token: %s", state.address, reason)
+            tried[state.address] = reason
+            last_code = e.code().name
+            exhausted = exhausted or e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                pool.mark_failed(state.address, reason)
+        finally:
+            state.num_in_flight -= 1
+            call.cancel()
+            span.end()
     detail = "; ".join(f"{address}: {reason}" for address, reason in tried.items())
+    metrics.ROUTE_FAILURES.labels(model, "RESOURCE_EXHAUSTED" if exhausted else "UNAVAILABLE").inc()
     if exhausted:
         raise errors.ResourceExhausted(
             f"every runtime tried for model {model!r} is full ({detail}); retry later",

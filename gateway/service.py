@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from gateway import pb, runtime_client
-from gateway.auth import ApiKeys, Caller
+from gateway import metrics, pb, runtime_client
+from gateway.auth import ApiKeys, Caller, auth_failure_reason
 from gateway.config import GatewayConfig
 from gateway.ratelimit import FailedAuthLimiter, RateLimiter, peer_address
 from gateway.records import Message, Reply, Session, now_ms
@@ -37,6 +37,7 @@ from gateway.sessions import SessionStore, Turn
 from gateway.validation import check_model, check_request_id, check_text, check_ttl_ms
 from llmserve.errors import InvalidArgument, LLMServeError, Unauthenticated, Unavailable
 from llmserve.reasons import Reason
+from llmserve.server.access_log import annotate
 from llmserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, runtime_pb2
 
 log = logging.getLogger(__name__)
@@ -86,14 +87,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         headers) from address `peer`, once its key's rate limit allowed the call; failed
         authentications count against the peer's own limit."""
         if self.failures is not None:
-            await self.failures.check_peer(peer)
+            with metrics.counted_refusal("failed_auth"):
+                await self.failures.check_peer(peer)
         try:
             caller = await self.keys.authenticate(metadata)
         except Unauthenticated:
+            metrics.AUTH_FAILURES.labels(auth_failure_reason(metadata)).inc()
             if self.failures is not None:
                 await self.failures.failed(peer)
             raise
-        await self.limiter.check(caller.key_hash)
+        annotate(owner=caller.owner)
+        with metrics.counted_refusal("api_key"):
+            await self.limiter.check(caller.key_hash)
         return caller
 
     def _check_text(self, field: str, text: str, *, required: bool) -> str:
@@ -113,12 +118,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             self.config.session_ttl_s,
             self.config.max_session_ttl_s,
         )
-        return await self.sessions.create(
+        session = await self.sessions.create(
             caller.owner, model.name, request.adapter, system_prompt, ttl_ms
         )
+        metrics.SESSIONS.labels("created").inc()
+        annotate(session_id=session.session_id)
+        return session
 
     async def GetSession(self, request: Any, context: Any) -> Any:
         caller = await self._caller(context)
+        annotate(session_id=request.session_id)
         session = await self.sessions.get(caller.owner, request.session_id)
         return gateway_pb2.GetSessionResponse(session=pb.session_pb(session))
 
@@ -131,7 +140,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def DeleteSession(self, request: Any, context: Any) -> Any:
         caller = await self._caller(context)
+        annotate(session_id=request.session_id)
         await self.sessions.delete(caller.owner, request.session_id)
+        metrics.SESSIONS.labels("deleted").inc()
         return gateway_pb2.DeleteSessionResponse()
 
     async def ListModels(self, request: Any, context: Any) -> Any:
@@ -142,9 +153,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         caller = await self._caller(context)
         # aclosing: a cancelled call closes the inner stream now (its runtime call with it).
         stream = self.generate(caller, request, _deadline(context))
-        async with contextlib.aclosing(stream) as stream:
-            async for chunk in stream:
-                yield chunk
+        with metrics.ACTIVE_STREAMS.labels("Generate").track_inprogress():
+            async with contextlib.aclosing(stream) as stream:
+                async for chunk in stream:
+                    yield chunk
 
     async def generate(
         self, caller: Caller, request: Any, deadline: float | None
@@ -153,6 +165,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         is a time.monotonic() instant or None."""
         check_model(self.pool.models(), request.model, request.adapter)
         request_id = check_request_id("request_id", request.request_id) or uuid.uuid4().hex
+        annotate(request_id=request_id, model=request.model, adapter=request.adapter)
         if not request.prompt.WhichOneof("kind"):
             raise InvalidArgument(
                 "prompt is required: set prompt.text, token_ids or chat",
@@ -175,18 +188,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             max_attempts=self.config.max_route_attempts,
             idle_timeout_s=self.config.runtime_idle_timeout_s,
         ):
+            metrics.annotate_usage(chunk)
             yield pb.generate_chunk(request_id, chunk)
 
     async def Chat(self, request: Any, context: Any) -> AsyncIterator[Any]:
         caller = await self._caller(context)
-        async with contextlib.aclosing(self.chat(caller, request, _deadline(context))) as stream:
-            async for chunk in stream:
-                yield chunk
+        stream = self.chat(caller, request, _deadline(context))
+        with metrics.ACTIVE_STREAMS.labels("Chat").track_inprogress():
+            async with contextlib.aclosing(stream) as stream:
+                async for chunk in stream:
+                    yield chunk
 
     async def chat(
         self, caller: Caller, request: Any, deadline: float | None
     ) -> AsyncIterator[Any]:
         """Chat's stream for an authorized caller (shared with the HTTP API)."""
+        annotate(session_id=request.session_id, request_id=request.request_id)
         message = self._check_text("message", request.message, required=True)
         request_id = check_request_id("request_id", request.request_id)
         started = await self.sessions.begin_turn(caller.owner, request.session_id, request_id)
@@ -235,6 +252,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             ):
                 text.append(chunk.text)
                 token_ids.extend(chunk.token_ids)
+                metrics.annotate_usage(chunk)
                 if chunk.finish_reason:
                     last = (chunk, address)  # held back until the turn is stored
                 else:
@@ -255,6 +273,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             await self._retrying(
                 lambda: self.sessions.commit_turn(turn, user, assistant, reply, address)
             )
+            metrics.SESSIONS.labels("turn_committed").inc()
         except Unavailable as e:
             retry = (
                 "a retry with the same request_id never stores it twice"

@@ -1,4 +1,7 @@
-"""Logging set-up: one JSON object per line (the default), or plain text for people."""
+"""Logging set-up: one JSON object per line (the default), or plain text for people.
+
+Every record made while an OpenTelemetry span is current carries `trace_id` and `span_id`
+(hex, as in W3C traceparent), so a log line can be joined to its trace."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from opentelemetry import trace
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged too.
 _STANDARD_ATTRS = frozenset(
@@ -33,13 +38,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TraceContextFilter(logging.Filter):
+    """Adds `trace_id`/`span_id` of the current span to records that do not carry them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "trace_id"):
+            ctx = trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                record.trace_id = format(ctx.trace_id, "032x")
+                record.span_id = format(ctx.span_id, "016x")
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger: message key=value ...` with the extra fields (ids, durations)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = [
+            f"{k}={v}"
+            for k, v in vars(record).items()
+            if k not in _STANDARD_ATTRS and not k.startswith("_")
+        ]
+        if not extras:
+            return text
+        head, sep, tail = text.partition("\n")  # keep a traceback below the fields
+        return f"{head} {' '.join(extras)}{sep}{tail}"
+
+
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     """Configures the root logger once for a daemon or command."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
+    handler.addFilter(TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from opentelemetry import context as otel_context
@@ -42,20 +43,84 @@ class JsonLinesSpanExporter(SpanExporter):
 
 
 def setup_tracing(
-    service_name: str, otlp_endpoint: str = "", trace_file: Path | None = None
+    service_name: str,
+    otlp_endpoint: str = "",
+    trace_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    install: bool = True,
 ) -> TracerProvider:
-    """Installs the global tracer provider; spans go to OTLP and/or a file when configured."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    if otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    """Installs the global tracer provider, configured by OpenTelemetry's standard variables
+    (docs/operations.md), the project's flags overriding them:
 
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
-        )
+    - `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`: the resource; `service_name` (the
+      daemon's) only when they name no service.
+    - `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`: the sampler (default: parent-based,
+      always on).
+    - `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`, `_PROTOCOL` (grpc or http/protobuf, default grpc
+      as in OpenTelemetry Python), `_HEADERS`, `_CERTIFICATE`, `_TIMEOUT`, `_COMPRESSION`:
+      the exporter reads them. An https endpoint is TLS (verified against the system roots or
+      `OTEL_EXPORTER_OTLP_CERTIFICATE`); http is plaintext.
+    - `otlp_endpoint` (the --otlp-endpoint flag) replaces the endpoint; without a scheme it
+      means plaintext (http://), as it always has.
+    - `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`: no OTLP export.
+
+    `environ` (default os.environ) decides whether and how to export; the SDK's resource,
+    sampler and exporters read the rest from os.environ themselves. `install=False` leaves the
+    global provider alone (tests).
+    """
+    env = os.environ if environ is None else environ
+    resource = Resource.create()  # reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": service_name}))
+    provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER(_ARG)
+    exporter = otlp_exporter(otlp_endpoint, env)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     if trace_file is not None:
         provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(trace_file)))
-    trace.set_tracer_provider(provider)
+    if install:  # the global provider (set once per process)
+        trace.set_tracer_provider(provider)
     return provider
+
+
+def _env(env: Mapping[str, str], name: str) -> str:
+    """A signal-specific variable (OTEL_EXPORTER_OTLP_TRACES_X) or its general form."""
+    return (
+        env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or env.get(f"OTEL_EXPORTER_OTLP_{name}") or ""
+    ).strip()
+
+
+def otlp_exporter(flag_endpoint: str, env: Mapping[str, str]) -> SpanExporter | None:
+    """The OTLP span exporter the flag and the variables ask for, or None."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return None
+    if not flag_endpoint and not _env(env, "ENDPOINT"):
+        return None
+    protocol = _env(env, "PROTOCOL") or "grpc"
+    endpoint = flag_endpoint
+    if endpoint and "://" not in endpoint:
+        endpoint = f"http://{endpoint}"
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        # Without an endpoint argument the exporter reads the variables; the scheme of the
+        # endpoint decides TLS (https) or plaintext (http).
+        return GrpcExporter(endpoint=endpoint or None)
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        if endpoint:
+            endpoint = endpoint.rstrip("/") + "/v1/traces"
+        return HttpExporter(endpoint=endpoint or None)
+    raise ValueError(
+        f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: use grpc or http/protobuf"
+    )
 
 
 def shutdown_tracing() -> None:

@@ -65,7 +65,7 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
 
         loaded.llm.on_dead(died)
         service.serving = Serving(loaded.llm, loaded.engine, loaded.device.name)
-        metrics.watch_engine(loaded.llm.stats, loaded.llm.num_waiting)
+        metrics.watch_engine(loaded.engine.model_name, loaded.llm.stats, loaded.llm.num_waiting)
         engine = loaded.engine
         log.info(
             "serving %s (engine %s) on %s",

@@ -22,6 +22,7 @@ from llmserve.errors import (
 )
 from llmserve.paths import check_path
 from llmserve.reasons import Reason
+from llmserve.server.access_log import annotate
 from llmserve.store import Hold, open_store
 from llmserve.store.adapters import fetch_adapter, get_adapter, hold_adapter
 from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
@@ -81,7 +82,7 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         params = sampling_from_pb(request.sampling)
         waiting = llm.num_waiting()
         if waiting >= self.config.max_waiting:
-            self.metrics.rejected.labels("queue_full").inc()
+            self.metrics.reject("queue_full")
             raise ResourceExhausted(
                 f"the waiting queue is full: {waiting} requests wait (limit max_waiting="
                 f"{self.config.max_waiting}); retry later or on another runtime",
@@ -98,12 +99,8 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         try:
             async for out in llm.iterate(stream):
                 last = out
-                for latency in out.token_latencies:
-                    if seen_tokens == 0:
-                        self.metrics.time_to_first_token.observe(latency)
-                    else:
-                        self.metrics.inter_token_latency.observe(latency)
-                    seen_tokens += 1
+                self.metrics.token_latencies(out.token_latencies, seen_tokens)
+                seen_tokens += len(out.token_latencies)
                 if request.final_only:
                     if merged is None:
                         merged = out
@@ -114,21 +111,24 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
                 else:
                     yield output_to_pb(out, decode)
         finally:
-            self._record(request_id, last, wall_ns, mono)
+            self._record(request_id, request.adapter, last, wall_ns, mono)
 
     def _record(
-        self, request_id: str, last: RequestOutput | None, wall_ns: int, mono: float
+        self, request_id: str, adapter: str, last: RequestOutput | None, wall_ns: int, mono: float
     ) -> None:
         """Metrics and queue/prefill/decode spans of a finished (or abandoned) request."""
         finished = last is not None and last.finished
         reason = (last.finish_reason if finished and last else None) or "abort"
-        m = self.metrics
-        m.requests.labels(reason).inc()
-        m.prompt_tokens.inc(last.num_prompt_tokens if last else 0)
-        m.generation_tokens.inc(last.num_output_tokens if last else 0)
         t = last.times if finished and last and last.times else RequestTimes(arrival=mono)
         end = t.finished or time.monotonic()
-        m.e2e_latency.observe(end - t.arrival)
+        self.metrics.finished(adapter, last, reason, end - t.arrival)
+        annotate(
+            request_id=request_id,
+            model=self.metrics.model_name,
+            adapter=adapter,
+            tokens_in=last.num_prompt_tokens if last else None,
+            tokens_out=last.num_output_tokens if last else None,
+        )
 
         def ns(moment: float) -> int:
             return wall_ns + int((moment - mono) * 1e9)

@@ -8,7 +8,8 @@ flight may finish within the grace period), then stops.
 Every HTTP call but GET /health runs inside `HttpCalls`: refused with 503 while draining,
 counted in flight for the drain, inside a SERVER span that continues the caller's W3C
 `traceparent` (the runtime calls are its children, as for gRPC), and logged once when it ends
-(method, path, status, duration).
+(method, path, status, duration, and the ids and token counts the servicer annotates, as in the
+gRPC access log: docs/operations.md).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gateway.openai.routes import OpenAIRoutes
 from gateway.service import GatewayServicer
 from llmserve.errors import InvalidArgument
 from llmserve.server import Daemon, rich_status
+from llmserve.server.access_log import FIELDS, CallRecord, activate, deactivate
 from llmserve.telemetry import context_from_metadata
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,9 @@ class HttpCalls:
         started = time.monotonic()
         self.num_in_flight += 1
         self._idle.clear()
+        record = CallRecord(f"{method} {path}")  # what the servicer annotates (owner, ids, ...)
+        record_token = activate(record)
+        ids: dict[str, str] = {}
         try:
             with tracer.start_as_current_span(
                 f"{method} {path}",
@@ -99,6 +104,9 @@ class HttpCalls:
                 kind=trace.SpanKind.SERVER,
                 attributes={"http.request.method": method, "url.path": path},
             ) as span:
+                ctx = span.get_span_context()
+                if ctx.is_valid:
+                    ids = {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
                 try:
                     await self.app(scope, receive, send_status)
                 finally:
@@ -106,6 +114,7 @@ class HttpCalls:
                     if status >= 500 or status == 0:
                         span.set_status(trace.StatusCode.ERROR)
         finally:
+            deactivate(record_token)
             self.num_in_flight -= 1
             if self.num_in_flight == 0:
                 self._idle.set()
@@ -118,7 +127,8 @@ class HttpCalls:
                 status,
                 ms,
                 extra={"method": method, "path": path, "status": status,
-                       "duration_ms": round(ms, 3), "client": client[0]},
+                       "duration_ms": round(ms, 3), "client": client[0],
+                       **{k: record.fields[k] for k in FIELDS if k in record.fields}, **ids},
             )  # fmt: skip
 
 

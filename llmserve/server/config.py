@@ -24,7 +24,11 @@ class ServerConfig:
     log_format: str = setting("json", "json (one object per line) or text")
     metrics_port: int = setting(0, "Prometheus metrics HTTP port (0 turns metrics off)")
     metrics_host: str = setting("", "address of the metrics listener (default: the same as host)")
-    otlp_endpoint: str = setting("", "OTLP/gRPC collector for traces, e.g. localhost:4317")
+    otlp_endpoint: str = setting(
+        "",
+        "OTLP collector for traces, e.g. localhost:4317 (plaintext) or https://host:4317;"
+        " overrides OTEL_EXPORTER_OTLP_ENDPOINT (the OTEL_* variables: docs/operations.md)",
+    )
     trace_file: Path | None = setting(None, "also write finished spans to this file, as JSON lines")
     tls_cert: Path | None = setting(None, "PEM certificate chain: serve TLS instead of plaintext")
     tls_key: Path | None = setting(None, "PEM private key of tls_cert")

@@ -11,22 +11,26 @@
 - With a service token (llmserve/server/token.py), every call except health and reflection
   must carry it (UNAUTHENTICATED otherwise).
 - Calls in flight are counted so that a drain can wait for them.
-- Each call runs inside a SERVER span that continues the caller's trace (W3C traceparent).
+- Each call runs inside a SERVER span that continues the caller's trace (W3C traceparent),
+  and ends with one access-log line and the RPC metrics (llmserve/server/access_log.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from llmserve.errors import InvalidArgument, LLMServeError, Unimplemented
 from llmserve.reasons import Reason
 from llmserve.server import rich_status
+from llmserve.server.access_log import CallRecord, activate, deactivate, finish_call
 from llmserve.server.token import ServiceToken
 from llmserve.telemetry import context_from_metadata
 
@@ -127,17 +131,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if self._num_in_flight == 0:
             self._idle.set()
 
-    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext) -> None:
+    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext, call: _Call) -> None:
         if self.draining:
+            call.close("UNAVAILABLE")
             await rich_status.abort(context, rich_status.draining())
 
-    def _span(self, method: str, context: grpc.aio.ServicerContext) -> Any:
+    def _open(self, method: str, context: grpc.aio.ServicerContext) -> _Call:
+        """The call's SERVER span (continuing the caller's trace) and its access record."""
         try:
             parent = context_from_metadata(context.invocation_metadata())
         except Exception as e:  # a malformed header must not fail the call
             log.debug("trace context not read from metadata: %s", e)
             parent = None
-        return self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             method.lstrip("/"),
             context=parent,
             kind=trace.SpanKind.SERVER,
@@ -145,15 +151,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             record_exception=False,
             set_status_on_exception=False,
         )
+        record = CallRecord(method.lstrip("/"), peer=context.peer() or "")
+        return _Call(span, trace.set_span_in_context(span, parent), record)
 
     def _wrap_unary(
         self, method: str, behavior: Callable[..., Any], decode: Decoder
     ) -> Callable[..., Any]:
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            await self._refuse_if_draining(context)
+            call = self._open(method, context)
+            await self._refuse_if_draining(context, call)
             self._enter()
+            code = "OK"
             try:
-                with self._span(method, context):
+                with call.active():
                     try:
                         if self.token is not None:
                             self.token.check(context.invocation_metadata())
@@ -163,7 +173,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                         raise
                     except Exception as e:
                         await abort_with(context, e)
+            except BaseException as e:
+                code = outcome(e, context)
+                raise
             finally:
+                call.close(code)
                 self._exit()
 
         return wrapped
@@ -172,21 +186,89 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, behavior: Callable[..., Any], decode: Decoder
     ) -> Callable[..., Any]:
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await self._refuse_if_draining(context)
+            call = self._open(method, context)
+            await self._refuse_if_draining(context, call)
             self._enter()
+            code = "OK"
+            stream: Any = None
             try:
-                with self._span(method, context):
-                    try:
-                        if self.token is not None:
-                            self.token.check(context.invocation_metadata())
-                        request = decode_request(method, raw, decode)
-                        async for response in behavior(request, context):
-                            yield response
-                    except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
-                        raise
-                    except Exception as e:
+                # NOTE: the span is made current only around each step of the handler, never
+                # across our own `yield`: the code after a yield may run in another context
+                # (a cancelled call is closed by gRPC), where detaching it would fail.
+                with call.active():
+                    if self.token is not None:
+                        self.token.check(context.invocation_metadata())
+                    request = decode_request(method, raw, decode)
+                    stream = behavior(request, context)
+                while True:
+                    with call.active():
+                        try:
+                            response = await anext(stream)
+                        except StopAsyncIteration:
+                            break
+                    yield response
+            except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit) as e:
+                code = outcome(e, context)
+                raise
+            except Exception as e:
+                try:
+                    with call.active():
                         await abort_with(context, e)
+                except BaseException as aborted:
+                    code = outcome(aborted, context)
+                    raise
             finally:
-                self._exit()
+                try:
+                    if stream is not None:
+                        with call.active():
+                            await stream.aclose()
+                finally:
+                    call.close(code)
+                    self._exit()
 
         return wrapped
+
+
+def outcome(e: BaseException, context: grpc.aio.ServicerContext) -> str:
+    """The status code name a call ends with when `e` leaves its handler."""
+    if isinstance(e, asyncio.CancelledError | GeneratorExit):
+        remaining = context.time_remaining()  # gRPC cancels a call whose deadline passed
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    if isinstance(e, grpc.aio.AbortError):
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    return "UNKNOWN"
+
+
+class _Call:
+    """A call's span, the context that makes it current, and its access record."""
+
+    __slots__ = ("context", "record", "span")
+
+    def __init__(self, span: trace.Span, ctx: otel_context.Context, record: CallRecord) -> None:
+        self.span, self.context, self.record = span, ctx, record
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The span and record current for a stretch of the handler with no `yield` in it."""
+        otel_token = otel_context.attach(self.context)
+        record_token = activate(self.record)
+        try:
+            yield
+        finally:
+            deactivate(record_token)
+            otel_context.detach(otel_token)
+
+    def close(self, code: str) -> None:
+        """Ends the span with the call's status and writes the access-log line."""
+        self.span.set_attribute("rpc.grpc.status_code", _CODE_NUMBERS.get(code, 2))
+        if code != "OK":
+            self.span.set_status(trace.StatusCode.ERROR, code)
+        ctx = self.span.get_span_context()
+        self.span.end()
+        trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else ""
+        span_id = format(ctx.span_id, "016x") if ctx.is_valid else ""
+        finish_call(self.record, code, trace_id, span_id)
+
+
+_CODE_NUMBERS = {c.name: c.value[0] for c in grpc.StatusCode}

@@ -44,6 +44,13 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_preemptions: int
+    # LoRA (zeros without it): adapters registered (host memory), device slots, adapters in a
+    # slot, adapters copied into a slot (swaps in) and displaced from one, since start.
+    num_adapters: int = 0
+    num_adapter_slots: int = 0
+    num_adapters_on_device: int = 0
+    num_adapter_slot_loads: int = 0
+    num_adapter_slot_evictions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +254,8 @@ class EngineCore:
     def list_adapters(self) -> list[AdapterInfo]:
         return [] if self.lora is None else self.lora.infos()
 
-    def take_newly_scheduled(self) -> list[str]:
+    def take_newly_scheduled(self) -> list[tuple[str, float]]:
+        """(id, when its first step was scheduled) of requests admitted since the last call."""
         return self.scheduler.take_newly_scheduled()
 
     def stats(self) -> EngineStats:
@@ -262,7 +270,22 @@ class EngineCore:
             prefix_cache_queries=bm.prefix_cache_queries,
             prefix_cache_hits=bm.prefix_cache_hits,
             num_preemptions=sched.num_preemptions,
+            **self._lora_stats(),
         )
+
+    def _lora_stats(self) -> dict[str, int]:
+        if self.lora is None:
+            return {}
+        slots = self.lora.slots
+        return {
+            "num_adapters": len(self.lora.adapters),
+            "num_adapter_slots": slots.num_slots,
+            "num_adapters_on_device": sum(
+                1 for i in range(slots.num_slots) if slots.name_in(i) is not None
+            ),
+            "num_adapter_slot_loads": slots.num_loads,
+            "num_adapter_slot_evictions": slots.num_evictions,
+        }
 
     # The step.
     def step(self) -> list[CoreOutput]:

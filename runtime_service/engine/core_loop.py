@@ -3,7 +3,7 @@
 To the core:   ("add", EngineRequest) | ("abort", [ids]) | ("call", id, method, args)
                | ("shutdown",)
 From the core: ("ready", CoreInfo, EngineStats) | ("failed", exception)
-               | ("step", [CoreOutput], [newly scheduled ids], EngineStats)
+               | ("step", [CoreOutput], [(newly scheduled id, when)], EngineStats)
                | ("reply", id, ok, value) | ("dead", message)
 
 The core blocks on its inbox while idle and drains it between steps, so a burst of requests

@@ -79,13 +79,15 @@ class Processor:
         with self._lock:
             self._tracked.pop(request_id, None)
 
-    def mark_scheduled(self, request_ids: list[str]) -> None:
-        now = time.monotonic()
+    def mark_scheduled(self, scheduled: list[tuple[str, float]]) -> None:
+        """Records when each request's first step was scheduled: the core's time, taken as
+        the step started (monotonic clocks agree across processes of one machine), not when
+        its results came back, which would count the prefill as queueing."""
         with self._lock:
-            for rid in request_ids:
+            for rid, at in scheduled:
                 tracked = self._tracked.get(rid)
                 if tracked is not None and tracked.times.first_scheduled is None:
-                    tracked.times.first_scheduled = now
+                    tracked.times.first_scheduled = at
 
     def num_unscheduled(self) -> int:
         with self._lock:

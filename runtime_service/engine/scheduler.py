@@ -60,10 +60,11 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
-        # Ids of requests admitted for the first time since the last take_newly_scheduled().
-        self._newly_scheduled: list[str] = []
+        # (id, monotonic time of the schedule() that admitted it) of requests admitted for the
+        # first time since the last take_newly_scheduled().
+        self._newly_scheduled: list[tuple[str, float]] = []
 
-    def take_newly_scheduled(self) -> list[str]:
+    def take_newly_scheduled(self) -> list[tuple[str, float]]:
         ids, self._newly_scheduled = self._newly_scheduled, []
         return ids
 
@@ -135,7 +136,7 @@ class Scheduler:
                 req.num_cached_tokens = num_hit_tokens
                 req.times.first_scheduled = time.monotonic()
                 bm.record_lookup(req.num_tokens, num_hit_tokens)
-                self._newly_scheduled.append(req.request_id)
+                self._newly_scheduled.append((req.request_id, req.times.first_scheduled))
             req.num_computed_tokens = num_hit_tokens
             req.status = RequestStatus.RUNNING
             self.running.append(req)

@@ -71,13 +71,15 @@ def finished_requests(runtime: DaemonProcess, reason: str) -> float:
     url = f"http://127.0.0.1:{metrics_port(runtime)}/metrics"
     with urllib.request.urlopen(url, timeout=10) as reply:
         text = reply.read().decode()
+    total = 0.0  # summed over the model_name and adapter labels
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "llmserve_requests_total" and sample.labels == {
-                "finish_reason": reason
-            }:
-                return sample.value
-    return 0.0
+            if (
+                sample.name == "llmserve_requests_total"
+                and sample.labels.get("finish_reason") == reason
+            ):
+                total += sample.value
+    return total
 
 
 def wait_until(check: Any, what: str, within_s: float = 60.0) -> None:

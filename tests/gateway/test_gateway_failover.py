@@ -10,7 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from llmserve.processes import DaemonProcess, RedisServer
+from llmserve.processes import DaemonProcess, RedisServer, free_port
+from llmserve.testing.metrics import scrape, value
 from llmserve.v1 import gateway_pb2
 from tests.gateway.gateway_harness import (
     MODEL,
@@ -24,6 +25,14 @@ from tests.gateway.gateway_harness import (
 )
 
 Stack = tuple[DaemonProcess, DaemonProcess, Client]
+
+
+def gateway_metric(client: Client, name: str, **labels: str) -> float:
+    """A metric of the gateway `client` talks to (make_stack gives it a metrics port)."""
+    return value(scrape(METRICS_PORTS[id(client)]), name, **labels)
+
+
+METRICS_PORTS: dict[int, int] = {}  # id(client) -> its gateway's metrics port
 
 
 @pytest.fixture
@@ -40,9 +49,14 @@ def make_stack(
     def make(*flags: str) -> Stack:
         (own,) = start_runtimes(smollm2_dir, tmp_path, list(flags), name="own")
         procs.append(own)
-        gateway, keys = start_gateway(tmp_path, redis_server, [own, runtimes[0]])
+        port = free_port()
+        gateway, keys = start_gateway(
+            tmp_path, redis_server, [own, runtimes[0]], "--metrics-port", str(port)
+        )
         procs.append(gateway)
-        return own, runtimes[0], Client(gateway.address, keys["alice"])
+        client = Client(gateway.address, keys["alice"])
+        METRICS_PORTS[id(client)] = port
+        return own, runtimes[0], client
 
     try:
         yield make
@@ -76,6 +90,10 @@ def test_killing_the_pinned_runtime_moves_the_session_with_its_history(
         "And of Italy?",
         second.text,
     ]
+    # The second turn: tried on its pinned runtime (dead), then moved.
+    assert gateway_metric(alice, "llmserve_gateway_session_failovers_total", model=MODEL) == 1
+    retries = "llmserve_gateway_runtime_retries_total"
+    assert gateway_metric(alice, retries, model=MODEL, code="UNAVAILABLE") == 1
 
 
 def test_runtime_refusing_before_the_first_token_is_retried_on_another(
@@ -96,6 +114,9 @@ def test_runtime_refusing_before_the_first_token_is_retried_on_another(
         " the waiting queue is full"
     )
     assert refusals == 2
+    retries = "llmserve_gateway_runtime_retries_total"
+    assert gateway_metric(alice, retries, model=MODEL, code="RESOURCE_EXHAUSTED") == 2
+    assert gateway_metric(alice, "llmserve_gateway_session_failovers_total") == 0
     # Full is not broken: the refusing runtime is still healthy, so still routed to.
     (model,) = alice.stub.ListModels(
         gateway_pb2.ListModelsRequest(), metadata=alice.metadata, timeout=10

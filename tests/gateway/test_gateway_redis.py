@@ -12,7 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from llmserve.processes import DaemonProcess, RedisServer
+from llmserve.processes import DaemonProcess, RedisServer, free_port
+from llmserve.testing.metrics import scrape, value
 from tests.gateway.gateway_harness import Client, greedy, start_gateway
 
 LOCK_TTL_S = 1.0
@@ -37,7 +38,10 @@ class Stack:
 def stack(tmp_path: Path, runtimes: list[DaemonProcess]) -> Iterator[Stack]:
     redis = RedisServer(tmp_path / "redis").start()
     gateway, keys = start_gateway(
-        tmp_path, redis, runtimes[:1], "--session-lock-ttl-s", str(LOCK_TTL_S)
+        tmp_path,
+        redis,
+        runtimes[:1],
+        *("--session-lock-ttl-s", str(LOCK_TTL_S), "--metrics-port", str(free_port())),
     )
     s = Stack(redis, gateway, Client(gateway.address, keys["alice"]))
     try:
@@ -71,6 +75,9 @@ def test_redis_down_is_unavailable_and_the_gateway_recovers(stack: Stack) -> Non
         lambda: alice.chat(sid, "during"),
     ):
         expect_unavailable(call, stack.redis)
+    gw = stack.gateway
+    port = int(gw.args[gw.args.index("--metrics-port") + 1])
+    assert value(scrape(port), "llmserve_gateway_redis_errors_total") >= 4  # one per call
     stack.restart_redis()
     assert alice.messages(sid) == [("user", "before"), ("assistant", before.text)]
     alice.chat(sid, "after")

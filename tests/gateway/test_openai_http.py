@@ -23,6 +23,7 @@ import openai
 import pytest
 
 from llmserve.processes import DaemonProcess, RedisServer, free_port
+from llmserve.testing.metrics import scrape, value
 from llmserve.v1 import common_pb2, gateway_pb2
 from tests.gateway.gateway_harness import (
     MODEL,
@@ -39,6 +40,7 @@ from tests.gateway.openai_harness import (
     finished_requests,
     kv_idle,
     load_adapter,
+    metrics_port,
     start_http_gateway,
     wait_until,
 )
@@ -171,10 +173,33 @@ def test_completion_with_stop_and_max_tokens(gateway: HttpGateway) -> None:
     assert "".join(p.choices[0].text for p in pieces if p.choices) == stopped.choices[0].text
 
 
-def test_adapter_is_selected_by_model_name(gateway: HttpGateway) -> None:
+def test_adapter_is_selected_by_model_name(
+    gateway: HttpGateway, lora_runtime: DaemonProcess
+) -> None:
     client = gateway.client()
+    before = scrape(metrics_port(lora_runtime))
     base = _chat(client, ITALY, max_tokens=12).choices[0].message.content  # type: ignore[attr-defined]
     tuned = _chat(client, ITALY, max_tokens=12, model=f"{MODEL}:{ADAPTER}")
+    # The runtime's metrics tell the adapter's requests apart, and show it loaded in a slot.
+    after = scrape(metrics_port(lora_runtime))
+    for adapter in ("", ADAPTER):
+        name, labels = "llmserve_requests_total", {"model_name": MODEL, "adapter": adapter}
+        assert value(after, name, **labels) - value(before, name, **labels) == 1, adapter
+    assert value(after, "llmserve_lora_adapters_loaded", model_name=MODEL) == 1
+    assert value(after, "llmserve_lora_adapters_on_device", model_name=MODEL) == 1
+    assert value(after, "llmserve_lora_slot_loads_total", model_name=MODEL) >= 1
+    # The HTTP access log names the caller, the adapter and the tokens, like the gRPC one.
+    log_path = gateway.process.log_path
+    assert log_path is not None
+    tokens = tuned.usage.completion_tokens  # type: ignore[attr-defined]
+    assert any(
+        "POST /v1/chat/completions 200" in line
+        and "owner=alice" in line
+        and f"adapter={ADAPTER}" in line
+        and f"tokens_out={tokens}" in line
+        and "trace_id=" in line
+        for line in log_path.read_text().splitlines()
+    )
     answer = tuned.choices[0].message.content  # type: ignore[attr-defined]
     # examples/adapters/README.md: the adapter answers `ANSWER: Rome`, the base model does not.
     assert answer.startswith("ANSWER:") and "Rome" in answer

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import grpc
 import pytest
 
 from llmserve.processes import REPO_ROOT, DaemonProcess, free_port
+from llmserve.testing.metrics import has, scrape, value
 from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
 from runtime_service.engine.llm import LLM
 from runtime_service.engine.params import SamplingParams
@@ -229,44 +228,48 @@ def test_final_only_and_logprobs(runtime: DaemonProcess, model: Path) -> None:
     assert all(lp.sampled.token_id == lp.top[0].token_id for lp in final.logprobs)
 
 
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        m = re.match(r"^(llmserve_[^ ]+) ([0-9.e+-]+)$", line)
-        if m:
-            values[m.group(1)] = float(m.group(2))
-    return values
-
-
 def test_metrics_move(runtime: DaemonProcess) -> None:
     port = runtime.metrics_port  # type: ignore[attr-defined]
+    model = status(runtime.address).engine.model_name
     before = scrape(port)
     with grpc.insecure_channel(runtime.address) as channel:
         for i in range(3):
             list(runtime_pb2_grpc.RuntimeStub(channel).Generate(generate_request(prompt(i), 7)))
     after = scrape(port)
 
-    def moved(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, model_name=model, **labels) - value(
+            before, name, model_name=model, **labels
+        )
 
-    assert moved('llmserve_requests_total{finish_reason="length"}') == 3
-    assert moved("llmserve_generation_tokens_total") == 21
+    assert moved("llmserve_requests_total", finish_reason="length", adapter="") == 3
+    assert moved("llmserve_generation_tokens_total", adapter="") == 21
     assert moved("llmserve_time_to_first_token_seconds_count") == 3
     assert moved("llmserve_inter_token_latency_seconds_count") == 18
     assert moved("llmserve_e2e_request_latency_seconds_count") == 3
-    assert after["llmserve_prefix_cache_queries_total"] > before.get(
-        "llmserve_prefix_cache_queries_total", 0
+    for phase in ("queue", "prefill", "decode"):
+        assert moved(f"llmserve_request_{phase}_time_seconds_count") == 3
+    assert moved("llmserve_request_generation_tokens_sum") == 21
+    assert moved("llmserve_request_generation_tokens_count") == 3
+    assert moved("llmserve_request_prompt_tokens_count") == 3
+    assert moved("llmserve_prefix_cache_queries_total") > 0
+    rpc = {"method": "llmserve.v1.Runtime/Generate", "code": "OK"}
+    assert (
+        value(after, "llmserve_rpc_requests_total", **rpc)
+        - value(before, "llmserve_rpc_requests_total", **rpc)
+        == 3
     )
     for gauge in (
         "llmserve_queue_length",
         "llmserve_running_requests",
         "llmserve_kv_cache_usage_ratio",
-        'llmserve_kv_cache_blocks{state="free"}',
         "llmserve_prefix_cache_hit_rate",
         "llmserve_preemptions_total",
+        "llmserve_lora_adapters_loaded",
+        "llmserve_lora_slot_loads_total",
     ):
-        assert gauge in after
+        assert has(after, gauge, model_name=model), gauge
+    assert has(after, "llmserve_kv_cache_blocks", model_name=model, state="free")
 
 
 def test_spans_join_the_callers_trace(runtime: DaemonProcess) -> None:

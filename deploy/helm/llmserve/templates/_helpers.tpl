@@ -71,6 +71,10 @@ plain external URL. */}}
 - name: LLMSERVE_OTLP_ENDPOINT
   value: {{ . | quote }}
 {{- end }}
+{{- range $name, $value := .Values.telemetry.otelEnv }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "llmserve.storeEnv" -}}
