@@ -93,23 +93,34 @@ def truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     ).to(device, non_blocking=True)
     temperature, top_k, top_p, min_p = (settings[:, i : i + 1] for i in range(4))
     logits = logits / temperature
-    vocab = logits.shape[1]
     use_top_k = any(r.params.top_k > 0 for r in reqs)
     use_top_p = any(r.params.top_p < 1.0 for r in reqs)
-    if use_top_p:
+    if use_top_p and logits.is_cuda:  # top-k first, then the nucleus by threshold search
+        if use_top_k:
+            logits = _top_k(logits, reqs, top_k)
+        from runtime_service.kernels.top_p_triton import top_p_mask_
+
+        logits = top_p_mask_(logits.contiguous(), top_p[:, 0])
+    elif use_top_p:
         logits = _top_k_top_p(logits, reqs, top_k, top_p)
     elif use_top_k:
-        max_k = min(max(r.params.top_k for r in reqs), vocab)
-        top = logits.topk(max_k, dim=-1).values
-        k = torch.where(top_k > 0, top_k.clamp(max=max_k), max_k).long()
-        kth = top.gather(1, k - 1)
-        kth = torch.where(top_k > 0, kth, float("-inf"))
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = _top_k(logits, reqs, top_k)
     if any(r.params.min_p > 0 for r in reqs):
         probs = logits.softmax(dim=-1)
         threshold = probs.max(dim=-1, keepdim=True).values * min_p
         logits = logits.masked_fill(probs < threshold, float("-inf"))
     return logits
+
+
+def _top_k(logits: torch.Tensor, reqs: list[Request], top_k: torch.Tensor) -> torch.Tensor:
+    """Masks all but each row's top_k largest logits (ties of the k-th kept); rows with
+    top_k 0 are left whole."""
+    max_k = min(max(r.params.top_k for r in reqs), logits.shape[1])
+    top = logits.topk(max_k, dim=-1).values
+    k = torch.where(top_k > 0, top_k.clamp(max=max_k), max_k).long()
+    kth = top.gather(1, k - 1)
+    kth = torch.where(top_k > 0, kth, float("-inf"))
+    return logits.masked_fill(logits < kth, float("-inf"))
 
 
 # Candidates for top-p without a top-k: the nucleus is found among this many of the most

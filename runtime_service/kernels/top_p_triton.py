@@ -1,0 +1,104 @@
+"""Top-p (nucleus) masking without a sort: a per-row threshold search in one Triton program.
+
+A token is kept when the probability mass of the tokens strictly more likely than it is below
+top_p (the sampler's rule, sampler.py). That mass only falls as the logit rises, so the kept
+tokens are those whose logit is at least a threshold T, and T can be found by searching the
+logits' ordered bit patterns: each pass over the row measures the mass above 15 candidate
+thresholds at once and narrows the interval 16-fold, so 8 passes (after one for the maximum
+and one for the normalizer, plus two to finish) pin T among all 2^32 float32 values. A row of
+128k logits is read 13 times (mostly from L2) instead of being sorted or searched by `topk`.
+
+Ties at T are all kept (a sort would keep only those of them it happens to put first).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+WAYS = 16  # candidate thresholds per pass (15 inside the interval)
+# 16^8 = 2^32 keys; each pass leaves up to 15 keys beyond a 16th of the interval, so two more
+# passes (of step 1) finish the search exactly.
+PASSES = 10
+
+
+@triton.jit
+def _key(x):
+    """float32 -> int64 key with the floats' order (negative floats' magnitude bits flipped)."""
+    u = x.to(tl.int32, bitcast=True)
+    return tl.where(u >= 0, u, u ^ 0x7FFFFFFF).to(tl.int64)
+
+
+@triton.jit
+def _top_p_kernel(
+    logits_ptr,
+    top_p_ptr,
+    V: tl.constexpr,  # the vocabulary: one compiled variant per model
+    stride,
+    BLOCK: tl.constexpr,
+    WAYS_: tl.constexpr,
+    PASSES_: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    base = logits_ptr + row * stride
+    top_p = tl.load(top_p_ptr + row)
+    if top_p < 1.0:  # top_p 1 keeps every token
+        m = tl.full([BLOCK], float("-inf"), tl.float32)
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            m = tl.maximum(m, tl.load(base + cols, mask=cols < V, other=float("-inf")))
+        row_max = tl.max(m, axis=0)
+        s = tl.zeros([BLOCK], tl.float32)
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
+            s += tl.exp(x - row_max)
+        target = top_p * tl.sum(s, axis=0)  # keep t: mass strictly above t < target
+        # Invariant: the mass above key `lo` reaches the target, the mass above `hi` does not.
+        lo = _key(tl.full([1], float("-inf"), tl.float32)) - 1
+        hi = _key(tl.full([1], row_max, tl.float32))
+        ways = tl.arange(0, WAYS_).to(tl.int64)
+        for _ in range(PASSES_):
+            step = tl.maximum((hi - lo) // WAYS_, 1)
+            cand = lo + ways * step  # cand[0] = lo; the last may pass hi: clamp
+            cand = tl.minimum(cand, hi)
+            mass = tl.zeros([WAYS_], tl.float32)
+            for start in range(0, V, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
+                e = tl.exp(x - row_max)
+                above = _key(x)[None, :] > cand[:, None]
+                mass += tl.sum(tl.where(above, e[None, :], 0.0), axis=1)
+            below = mass >= target  # True from cand[0] up to the crossing
+            below = below | (ways == 0)
+            num_below = tl.sum(below.to(tl.int64), axis=0)
+            new_lo = tl.max(tl.where(ways == num_below - 1, cand, lo - 1), axis=0)
+            new_hi = tl.min(tl.where(ways == num_below, cand, hi + 1), axis=0)
+            new_hi = tl.where(num_below == WAYS_, hi, new_hi)
+            lo = tl.full([1], 0, tl.int64) + new_lo
+            hi = tl.full([1], 0, tl.int64) + new_hi
+        threshold = tl.max(hi, axis=0)
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
+            keep = _key(x) >= threshold
+            tl.store(base + cols, tl.where(keep, x, float("-inf")), mask=cols < V)
+
+
+def top_p_mask_(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Sets, in place, the logits outside each row's nucleus to -inf. logits [R, V] float32
+    (contiguous rows), top_p [R] float32 in (0, 1]."""
+    rows, vocab = logits.shape
+    if rows:
+        _top_p_kernel[(rows,)](
+            logits,
+            top_p.to(torch.float32).contiguous(),
+            vocab,
+            logits.stride(0),
+            BLOCK=1024,
+            WAYS_=WAYS,
+            PASSES_=PASSES,
+            num_warps=8,
+        )
+    return logits
