@@ -12,7 +12,6 @@ metadata, with the caller's remaining deadline.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from collections.abc import AsyncIterator
 import grpc
 from opentelemetry import trace
 
+from gateway.idle import IdleWatchdog
 from gateway.runtime_pool import RuntimePool
 from llmserve import errors
 from llmserve.telemetry import metadata_from_context
@@ -48,14 +48,6 @@ class _Silent(Exception):
 
     def details(self) -> str:
         return str(self)
-
-
-async def _next(call: grpc.aio.UnaryStreamCall, idle_timeout_s: float) -> object:
-    """The call's next response (or grpc.aio.EOF); _Silent after idle_timeout_s without one."""
-    try:
-        return await asyncio.wait_for(call.read(), idle_timeout_s)
-    except TimeoutError:
-        raise _Silent(idle_timeout_s) from None
 
 
 def error_from_runtime(e: grpc.aio.AioRpcError) -> errors.LLMServeError:
@@ -99,9 +91,13 @@ async def generate(
             state.num_in_flight += 1
             state.num_sent_since_status += 1
             try:
-                while (response := await _next(call, idle_timeout_s)) is not grpc.aio.EOF:
-                    started = True
-                    yield response, state.address
+                try:
+                    async with IdleWatchdog(idle_timeout_s) as watchdog:
+                        while (response := await watchdog.read(call)) is not grpc.aio.EOF:
+                            started = True
+                            yield response, state.address
+                except TimeoutError:
+                    raise _Silent(idle_timeout_s) from None
                 return
             except (grpc.aio.AioRpcError, _Silent) as e:
                 reason = f"{e.code().name}: {e.details()}"
