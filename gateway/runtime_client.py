@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -66,8 +67,10 @@ async def generate(
     deadline: float | None = None,
     max_attempts: int = 3,
     idle_timeout_s: float = 60.0,
-) -> AsyncIterator[tuple[runtime_pb2.GenerateResponse, str]]:
-    """Streams (chunk, runtime address) from the runtime chosen for `model`.
+    raw: bool = False,
+) -> AsyncIterator[tuple[Any, str]]:
+    """Streams (chunk, runtime address) from the runtime chosen for `model`: chunks are
+    GenerateResponse messages, or their bytes with `raw`.
 
     `deadline` is a time.monotonic() instant after which the call is pointless (the caller's
     own deadline). Raises Unavailable or ResourceExhausted when no runtime could take it.
@@ -87,7 +90,8 @@ async def generate(
             attributes={"rpc.system": "grpc", "net.peer.name": state.address, "attempt": attempt},
         ):
             metadata = (*metadata_from_context(), *pool.auth())
-            call = runtime.stub.Generate(request, timeout=timeout, metadata=metadata)
+            method = runtime.generate_raw if raw else runtime.stub.Generate
+            call = method(request, timeout=timeout, metadata=metadata)
             state.num_in_flight += 1
             state.num_sent_since_status += 1
             try:
