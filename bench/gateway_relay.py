@@ -106,6 +106,7 @@ async def _client(
     first = (count[0], time.process_time())
     await asyncio.sleep(max(0.0, end - time.time()))
     last = (count[0], time.process_time())
+    await asyncio.sleep(1.0)  # calls cancelled only after the gateway's CPU time was read
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -237,6 +238,8 @@ def main() -> None:
     rate = chunks / seconds
     offered = args.streams / (args.step_ms / 1000)
     path = "clients → upstream (direct)" if args.direct else "clients → gateway → upstream"
+    if args.relay_cmd:
+        path = f"clients → {args.relay_cmd.split()[-3]} → upstream"
     gw = f"{gateway_cpu / seconds:.2f} | {chunks / gateway_cpu:,.0f}" if gateway_cpu else "- | -"
     row = (
         f"| {path} | {args.streams} | {args.clients} | {args.upstreams} | {offered:,.0f} | "
