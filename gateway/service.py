@@ -147,14 +147,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             async for chunk in stream:
                 yield chunk
 
-    async def generate(
-        self, caller: Caller, request: Any, deadline: float | None
-    ) -> AsyncIterator[Any]:
-        """Generate's stream for an authorized caller (shared with the HTTP API); `deadline`
-        is a time.monotonic() instant or None."""
-        async with contextlib.aclosing(self._generate(caller, request, deadline)) as stream:
-            async for chunk in stream:
-                yield chunk
+    def generate(self, caller: Caller, request: Any, deadline: float | None) -> AsyncIterator[Any]:
+        """Generate's stream for an authorized caller (shared with the HTTP API), as protobuf
+        messages; `deadline` is a time.monotonic() instant or None."""
+        return self._generate(caller, request, deadline)
 
     async def _generate(
         self, caller: Caller, request: Any, deadline: float | None, relay: bool = False
