@@ -187,10 +187,13 @@ def main() -> None:
     parser.add_argument("--shape", default="llama3-8b")
     parser.add_argument("--rows", default="single,throughput,long,mixed,sampler")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--quantization", default="none", help="none or fp8 (random weights)")
+    parser.add_argument(
+        "--quantization", default="none", help="none, fp8, int8 or int4 (random weights)"
+    )
     parser.add_argument("--max-num-seqs", type=int, default=1024)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--no-async-scheduling", action="store_true")
     parser.add_argument("--peers", default="none", help="hf-static, hf-cb (comma-separated)")
     parser.add_argument("--peer-rows", default="throughput")
     parser.add_argument("--static-batch", type=int, default=256)
@@ -219,6 +222,7 @@ def main() -> None:
         max_model_len=4096,
         enable_prefix_caching=False,
         enable_cuda_graphs=not args.no_cuda_graphs,
+        async_scheduling=False if args.no_async_scheduling else None,
         dummy_quantization=args.quantization,
     )
     load_seconds = time.perf_counter() - start
@@ -230,7 +234,8 @@ def main() -> None:
         f"Device: {device_name('cuda' if torch.cuda.is_available() else 'cpu')}; torch "
         f"{torch.__version__}; {time.strftime('%Y-%m-%d')}; max_num_seqs {args.max_num_seqs}, "
         f"max_num_batched_tokens {args.max_num_batched_tokens}, CUDA graphs "
-        f"{'off' if args.no_cuda_graphs else 'on'}; engine ready in {load_seconds:.1f} s "
+        f"{'off' if args.no_cuda_graphs else 'on'}, async scheduling "
+        f"{'off' if args.no_async_scheduling else 'on'}; engine ready in {load_seconds:.1f} s "
         f"({llm.engine.block_manager.num_blocks} KV blocks).",
         "",
         "| row | system | in tokens | out tokens | seconds | tok/s |",

@@ -63,7 +63,7 @@ def main() -> None:
     model = tiny_model("llama", Path(tempfile.gettempdir()) / "llmserve-tiny-models")
     runtime = DaemonProcess(
         "runtime_service",
-        ["--model", str(model), "--device", "cpu", "--cpu-threads", "1",
+        ["--model-path", str(model), "--device", "cpu", "--cpu-threads", "1",
          "--max-num-seqs", str(args.concurrency), "--max-num-batched-tokens", "8192",
          "--max-model-len", "256", "--num-kv-blocks", str(args.concurrency * 8),
          "--event-loop", args.event_loop, "--log-format", "text"],

@@ -77,7 +77,7 @@ def start_stack(work: Path, cpu_threads: int) -> Stack:
     redis = RedisServer(work / "redis").start()
     runtime = DaemonProcess(
         "runtime_service",
-        ["--model", str(smollm2.hf_dir(REPO_ROOT / ".cache" / "models")),
+        ["--model-path", str(smollm2.hf_dir(REPO_ROOT / ".cache" / "models")),
          "--served-model-name", MODEL, "--max-model-len", "2048",
          "--cpu-threads", str(cpu_threads), "--log-format", "text"],
         log_path=work / "runtime.log",

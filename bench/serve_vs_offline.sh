@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 MODEL=$(python3 -c "import sys; sys.path.insert(0, 'bench'); \
 from offline_throughput import shaped_model_dir; print(shaped_model_dir('llama3-8b'))")
 PORT=50052
-python3 -m runtime_service --model "$MODEL" --load-format dummy --port $PORT \
+python3 -m runtime_service --model-path "$MODEL" --load-format dummy --port $PORT \
   --max-num-seqs 256 --max-num-batched-tokens 8192 --served-model-name bench \
   --log-format text > "$OUT/runtime.log" 2>&1 &
 RUNTIME=$! GATEWAY="" REDIS=""

@@ -29,6 +29,7 @@ import torch
 from builder_service.convert import INT4_FOLDED_LAYERS
 from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmserve.paths import check_path
+from llmserve.reasons import Reason
 from llmserve.store import ADAPTERS, ENGINES, ArtifactStore
 from llmserve.store.adapters import ADAPTER_FILES, AdapterManifest, adapter_id
 from llmserve.store.engines import get_engine
@@ -62,15 +63,21 @@ def copy_adapter_files(source: str, dest: Path, s3_client: Any = None) -> None:
         _download_s3(source, dest, s3_client)
         return
     if "://" in source:
-        raise InvalidArgument(f"source must be {_WHAT}, got {source!r}")
+        raise InvalidArgument(
+            f"source must be {_WHAT}, got {source!r}", reason=Reason.INVALID_FIELD, field="source"
+        )
     path = Path(source).expanduser()
     if not path.exists():
-        raise NotFound(f"source {source!r} does not exist")
+        raise NotFound(f"source {source!r} does not exist", reason=Reason.SOURCE_NOT_FOUND)
     if not path.is_dir():
-        raise InvalidArgument(f"source must be {_WHAT}, got the file {source!r}")
+        raise InvalidArgument(
+            f"source must be {_WHAT}, got the file {source!r}",
+            reason=Reason.INVALID_FIELD,
+            field="source",
+        )
     for name in ADAPTER_FILES:
         if not (path / name).is_file():
-            raise NotFound(f"source {source!r} has no {name}")
+            raise NotFound(f"source {source!r} has no {name}", reason=Reason.SOURCE_NOT_FOUND)
         shutil.copyfile(path / name, dest / name)
 
 
@@ -88,7 +95,9 @@ def _download_s3(source: str, dest: Path, client: Any) -> None:
         try:
             client.download_file(bucket, key, str(dest / name))
         except Exception as e:  # botocore's ClientError (404, 403, ...) and connection errors
-            raise NotFound(f"source {source!r} has no readable {name}: {e}") from e
+            raise NotFound(
+                f"source {source!r} has no readable {name}: {e}", reason=Reason.SOURCE_NOT_FOUND
+            ) from e
 
 
 def engine_model_config(store: ArtifactStore, engine_id: str, work: Path) -> ModelConfig:
@@ -114,9 +123,15 @@ def register_adapter(
     """
     check_adapter_name(name)
     if not source:
-        raise InvalidArgument(f"source is required: {_WHAT}")
+        raise InvalidArgument(
+            f"source is required: {_WHAT}", reason=Reason.FIELD_REQUIRED, field="source"
+        )
     if not engine_id:
-        raise InvalidArgument("engine_id is required: the id of the engine the adapter must fit")
+        raise InvalidArgument(
+            "engine_id is required: the id of the engine the adapter must fit",
+            reason=Reason.FIELD_REQUIRED,
+            field="engine_id",
+        )
     engine = get_engine(store, engine_id)
     downloads = work_dir.expanduser() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
@@ -133,7 +148,7 @@ def register_adapter(
             adapter = reader.read(name, files)
         except (InvalidArgument, FailedPrecondition) as e:
             message = str(e).replace(str(files), repr(source))
-            raise type(e)(f"{message} (base engine {engine_id})") from e
+            raise e.with_message(f"{message} (base engine {engine_id})") from e
         aid = adapter_id(engine.model_digest, adapter.digest, name)
         manifest = AdapterManifest(
             adapter_id=aid,

@@ -39,6 +39,7 @@ from builder_service.validate import (
 )
 from llmserve.device import DeviceInfo, device_info
 from llmserve.errors import InvalidArgument
+from llmserve.reasons import Reason
 from llmserve.store import ENGINES, ArtifactStore, EngineManifest, Validation, engine_id
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.linear import INT4_GROUP_SIZE
@@ -72,9 +73,17 @@ class AwqOptions:
 
     def __post_init__(self) -> None:
         if not 1 <= self.grid <= 100:
-            raise InvalidArgument(f"awq_grid must be in [1, 100], got {self.grid}")
+            raise InvalidArgument(
+                f"awq_grid must be in [1, 100], got {self.grid}",
+                reason=Reason.INVALID_FIELD,
+                field="awq_grid",
+            )
         if not 8 <= self.samples <= 65536:
-            raise InvalidArgument(f"awq_samples must be in [8, 65536], got {self.samples}")
+            raise InvalidArgument(
+                f"awq_samples must be in [8, 65536], got {self.samples}",
+                reason=Reason.INVALID_FIELD,
+                field="awq_samples",
+            )
 
 
 class Builder:
@@ -117,7 +126,9 @@ class Builder:
             if max_len > config.max_position_embeddings:
                 raise InvalidArgument(
                     f"max_model_len must be at most the model's limit "
-                    f"{config.max_position_embeddings}, got {max_len}"
+                    f"{config.max_position_embeddings}, got {max_len}",
+                    reason=Reason.INVALID_FIELD,
+                    field="max_model_len",
                 )
             options = self.build_options(spec.quantization, max_len)
             eid = engine_id(digest, spec.target, spec.quantization, spec.dtype, options)

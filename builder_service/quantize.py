@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from llmserve.errors import FailedPrecondition
+from llmserve.reasons import Reason
 from runtime_service.models.linear import (
     INT4_GROUP_SIZE,
     dequantize_int4,
@@ -34,7 +35,8 @@ def int4_group_size(in_features: int) -> int:
         size //= 2
     if size < 8:
         raise FailedPrecondition(
-            f"int4 needs linear layers whose input width is a multiple of 8, got {in_features}"
+            f"int4 needs linear layers whose input width is a multiple of 8, got {in_features}",
+            reason=Reason.SOURCE_UNSUPPORTED,
         )
     return size
 

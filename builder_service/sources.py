@@ -17,6 +17,7 @@ from typing import Any
 
 from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmserve.paths import check_path
+from llmserve.reasons import Reason
 from llmserve.store.manifest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -74,18 +75,25 @@ class Source:
 def check_local(uri: str, path: Path) -> Source:
     """The Source at path; NotFound or InvalidArgument naming `source` when unusable."""
     if not path.exists():
-        raise NotFound(f"source {uri!r} does not exist")
+        raise NotFound(f"source {uri!r} does not exist", reason=Reason.SOURCE_NOT_FOUND)
     if path.is_file():
         if path.suffix != ".gguf":
             raise InvalidArgument(
-                f"source must be a Hugging Face directory or a .gguf file, got the file {uri!r}"
+                f"source must be a Hugging Face directory or a .gguf file, got the file {uri!r}",
+                reason=Reason.INVALID_FIELD,
+                field="source",
             )
         return Source(uri, path)
     if not (path / "config.json").is_file():
-        raise InvalidArgument(f"source {uri!r} is a directory without config.json")
+        raise InvalidArgument(
+            f"source {uri!r} is a directory without config.json",
+            reason=Reason.INVALID_FIELD,
+            field="source",
+        )
     if not any(p.suffix == ".safetensors" for p in path.iterdir()):
         raise FailedPrecondition(
-            f"source {uri!r} has no *.safetensors weights (other weight formats are not read)"
+            f"source {uri!r} has no *.safetensors weights (other weight formats are not read)",
+            reason=Reason.SOURCE_UNSUPPORTED,
         )
     return Source(uri, path)
 
@@ -101,7 +109,9 @@ def download_s3(uri: str, client: Any, dest: Path) -> Path:
         try:
             client.download_file(bucket, key, str(target))
         except Exception as e:
-            raise NotFound(f"source {uri!r} cannot be read: {e}") from e
+            raise NotFound(
+                f"source {uri!r} cannot be read: {e}", reason=Reason.SOURCE_NOT_FOUND
+            ) from e
         return target
     prefix = key + "/" if key else ""
     names = []
@@ -111,7 +121,7 @@ def download_s3(uri: str, client: Any, dest: Path) -> Path:
             if "/" not in name and wanted(name):
                 names.append(name)
     if not names:
-        raise NotFound(f"source {uri!r} holds no model files")
+        raise NotFound(f"source {uri!r} holds no model files", reason=Reason.SOURCE_NOT_FOUND)
     model_dir = dest / "model"
     model_dir.mkdir(exist_ok=True)
     for name in names:
@@ -122,7 +132,11 @@ def download_s3(uri: str, client: Any, dest: Path) -> Path:
 def open_source(uri: str, download_dir: Path, s3_client: Any = None) -> Source:
     """A local Source for a path or s3:// URI (downloaded into download_dir)."""
     if not uri:
-        raise InvalidArgument("source is required: a Hugging Face directory, .gguf file or s3://")
+        raise InvalidArgument(
+            "source is required: a Hugging Face directory, .gguf file or s3://",
+            reason=Reason.FIELD_REQUIRED,
+            field="source",
+        )
     check_path("source", uri)
     if uri.startswith("s3://"):
         if s3_client is None:
@@ -132,7 +146,11 @@ def open_source(uri: str, download_dir: Path, s3_client: Any = None) -> Source:
             s3_client = make_client(StoreOptions())
         return check_local(uri, download_s3(uri, s3_client, download_dir))
     if "://" in uri:
-        raise InvalidArgument(f"source must be a local path or s3:// URI, got {uri!r}")
+        raise InvalidArgument(
+            f"source must be a local path or s3:// URI, got {uri!r}",
+            reason=Reason.INVALID_FIELD,
+            field="source",
+        )
     return check_local(uri, Path(uri).expanduser().resolve())
 
 

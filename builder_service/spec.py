@@ -14,6 +14,7 @@ from llmserve.engine_pb import DTYPES as DTYPE_ENUMS
 from llmserve.engine_pb import dtype_name, quantization_name
 from llmserve.errors import InvalidArgument
 from llmserve.paths import check_path
+from llmserve.reasons import Reason
 from llmserve.store.manifest import EngineManifest
 from llmserve.targets import parse_target, require_quantization_supported
 
@@ -43,25 +44,41 @@ class BuildSpec:
         work; malformed fields raise InvalidArgument naming the field.
         """
         if not self.source:
-            raise InvalidArgument("source is required: a Hugging Face directory, .gguf or s3://")
+            raise InvalidArgument(
+                "source is required: a Hugging Face directory, .gguf or s3://",
+                reason=Reason.FIELD_REQUIRED,
+                field="source",
+            )
         check_path("source", self.source)
         if self.quantization not in QUANTIZATIONS:
             raise InvalidArgument(
-                f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}"
+                f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}",
+                reason=Reason.INVALID_FIELD,
+                field="quantization",
             )
         target = self.target or device_target
         parse_target(target)
         require_quantization_supported(target, self.quantization)
         dtype = self.dtype or ("float32" if target == CPU_TARGET else "bfloat16")
         if dtype not in DTYPES:
-            raise InvalidArgument(f"dtype must be one of {DTYPES}, got {dtype!r}")
+            raise InvalidArgument(
+                f"dtype must be one of {DTYPES}, got {dtype!r}",
+                reason=Reason.INVALID_FIELD,
+                field="dtype",
+            )
         if self.max_model_len is not None and self.max_model_len < 1:
-            raise InvalidArgument(f"max_model_len must be >= 1, got {self.max_model_len}")
+            raise InvalidArgument(
+                f"max_model_len must be >= 1, got {self.max_model_len}",
+                reason=Reason.INVALID_FIELD,
+                field="max_model_len",
+            )
         if self.max_perplexity_increase is not None and not (
             0.0 <= self.max_perplexity_increase <= 10.0
         ):
             raise InvalidArgument(
-                f"max_perplexity_increase must be in [0, 10], got {self.max_perplexity_increase}"
+                f"max_perplexity_increase must be in [0, 10], got {self.max_perplexity_increase}",
+                reason=Reason.INVALID_FIELD,
+                field="max_perplexity_increase",
             )
         return dataclasses.replace(self, target=target, dtype=dtype)
 
@@ -70,10 +87,18 @@ class BuildSpec:
     def from_pb(cls, request: Any) -> BuildSpec:
         quantization = quantization_name(request.quantization)
         if quantization is None:
-            raise InvalidArgument(f"quantization {request.quantization} is not a known value")
+            raise InvalidArgument(
+                f"quantization {request.quantization} is not a known value",
+                reason=Reason.INVALID_FIELD,
+                field="quantization",
+            )
         dtype = dtype_name(request.dtype)
         if dtype is None:
-            raise InvalidArgument(f"dtype {request.dtype} is not a known value")
+            raise InvalidArgument(
+                f"dtype {request.dtype} is not a known value",
+                reason=Reason.INVALID_FIELD,
+                field="dtype",
+            )
         return cls(
             source=request.source,
             model_name=request.model_name,

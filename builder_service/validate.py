@@ -13,6 +13,7 @@ import math
 import torch
 
 from llmserve.errors import FailedPrecondition, InvalidArgument
+from llmserve.reasons import Reason
 from llmserve.store.manifest import Validation
 
 # Largest relative perplexity rise allowed by default, per quantization.
@@ -29,7 +30,11 @@ def check_bound_setting(value: float | None, quantization: str) -> float:
     if value is None:
         return DEFAULT_MAX_INCREASE[quantization]
     if not (0.0 <= value <= 10.0) or math.isnan(value):
-        raise InvalidArgument(f"max_perplexity_increase must be in [0, 10], got {value}")
+        raise InvalidArgument(
+            f"max_perplexity_increase must be in [0, 10], got {value}",
+            reason=Reason.INVALID_FIELD,
+            field="max_perplexity_increase",
+        )
     return value
 
 
@@ -67,5 +72,6 @@ def check_validation(validation: Validation, quantization: str, force: bool) -> 
         f"validation failed: {quantization} raised perplexity on the calibration text by "
         f"{validation.relative_increase:.2%} (source {validation.source_perplexity:.4f}, "
         f"engine {validation.engine_perplexity:.4f}), above max_perplexity_increase = "
-        f"{validation.max_relative_increase:.2%}; set force to publish it anyway"
+        f"{validation.max_relative_increase:.2%}; set force to publish it anyway",
+        reason=Reason.VALIDATION_FAILED,
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from gateway.redis_store import API_KEYS_KEY, RedisStore
 from llmserve.errors import Unauthenticated
+from llmserve.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,16 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     """The API key in `authorization: Bearer <key>` metadata; Unauthenticated otherwise."""
     values = [v for k, v in metadata or () if k.lower() == "authorization"]
     if not values:
-        raise Unauthenticated("missing API key: send metadata `authorization: Bearer <api key>`")
+        raise Unauthenticated(
+            "missing API key: send metadata `authorization: Bearer <api key>`",
+            reason=Reason.API_KEY_MISSING,
+        )
     value = values[0].decode() if isinstance(values[0], bytes) else values[0]
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("authorization metadata must be `Bearer <api key>`")
+        raise Unauthenticated(
+            "authorization metadata must be `Bearer <api key>`", reason=Reason.API_KEY_MALFORMED
+        )
     return token.strip()
 
 
@@ -122,7 +128,7 @@ class ApiKeys:
         if owner is None:
             owner = await self._on_miss(key_hash)
         if owner is None:
-            raise Unauthenticated("unknown API key")
+            raise Unauthenticated("unknown API key", reason=Reason.API_KEY_UNKNOWN)
         return Caller(owner=owner, key_hash=key_hash)
 
     async def _on_miss(self, key_hash: str) -> str | None:

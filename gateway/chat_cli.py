@@ -37,26 +37,30 @@ class ChatConfig:
     temperature: float | None = setting(None, "sampling temperature (0: greedy)")
     max_tokens: int | None = setting(None, "most tokens per reply")
     timeout_s: float = setting(300.0, "deadline of one call")
-    tls_ca: Path | None = setting(None, "PEM CA of the gateway's certificate: connect with TLS")
-    tls_cert: Path | None = setting(None, "PEM client certificate (mTLS; with tls_key)")
-    tls_key: Path | None = setting(None, "PEM private key of tls_cert")
+    gateway_tls_ca: Path | None = setting(
+        None, "PEM CA of the gateway's certificate: connect with TLS"
+    )
+    gateway_tls_cert: Path | None = setting(
+        None, "PEM client certificate for the gateway (mTLS; with gateway_tls_key)"
+    )
+    gateway_tls_key: Path | None = setting(None, "PEM private key of gateway_tls_cert")
 
     def __post_init__(self) -> None:
         require(bool(self.api_key), "api_key is required (--api-key or LLMSERVE_API_KEY)")
         require(self.timeout_s > 0, f"timeout_s must be > 0, got {self.timeout_s}")
         require(
-            (self.tls_cert is None) == (self.tls_key is None),
-            "tls_cert and tls_key must be given together",
+            (self.gateway_tls_cert is None) == (self.gateway_tls_key is None),
+            "gateway_tls_cert and gateway_tls_key must be given together",
         )
 
 
 def open_channel(config: ChatConfig) -> grpc.Channel:
-    if config.tls_ca is None and config.tls_cert is None:
+    if config.gateway_tls_ca is None and config.gateway_tls_cert is None:
         return grpc.insecure_channel(config.gateway)
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=config.tls_ca.read_bytes() if config.tls_ca else None,
-        private_key=config.tls_key.read_bytes() if config.tls_key else None,
-        certificate_chain=config.tls_cert.read_bytes() if config.tls_cert else None,
+        root_certificates=config.gateway_tls_ca.read_bytes() if config.gateway_tls_ca else None,
+        private_key=config.gateway_tls_key.read_bytes() if config.gateway_tls_key else None,
+        certificate_chain=config.gateway_tls_cert.read_bytes() if config.gateway_tls_cert else None,
     )
     return grpc.secure_channel(config.gateway, credentials)
 

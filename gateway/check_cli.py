@@ -33,8 +33,10 @@ class CheckConfig:
         None, "a gateway keys file (`name:key` lines): call with its first key"
     )
     min_models: int = setting(1, "fewest models with a healthy runtime (0: only list them)")
-    tls_ca: Path | None = setting(None, "PEM CA of the gateway's certificate: connect with TLS")
-    timeout_s: float = setting(10.0, "deadline of each call")
+    gateway_tls_ca: Path | None = setting(
+        None, "PEM CA of the gateway's certificate: connect with TLS"
+    )
+    timeout_s: float = setting(10.0, "deadline of one call")
 
     def __post_init__(self) -> None:
         require(self.min_models >= 0, f"min_models must be >= 0, got {self.min_models}")
@@ -54,10 +56,10 @@ def run_checks(config: CheckConfig, out: TextIO) -> bool:
     """Runs the checks, printing one line each; True when all pass."""
     if config.api_key_file is not None:
         parse_keys_file(config.api_key_file)  # a malformed file fails here, naming the line
-    if config.tls_ca is None:
+    if config.gateway_tls_ca is None:
         channel = grpc.insecure_channel(config.gateway)
     else:
-        creds = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
+        creds = grpc.ssl_channel_credentials(root_certificates=config.gateway_tls_ca.read_bytes())
         channel = grpc.secure_channel(config.gateway, creds)
     with channel:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from gateway.redis_store import RedisStore, auth_failure_key, rate_limit_key
 from llmserve.errors import ResourceExhausted
+from llmserve.reasons import Reason
 
 # KEYS[1]: the bucket. ARGV: rate (tokens/s), burst, cost (1 takes a token, 0 only looks).
 # Returns {1, 0} when a token was there (and taken, at cost 1), {0, ms until one is} otherwise.
@@ -36,8 +37,8 @@ return {allowed, wait_ms}
 
 
 class RateLimiter:
-    """`check(key_hash)` raises ResourceExhausted with `retry-after-ms` trailing metadata when
-    the key's bucket is empty. A rate of 0 turns limiting off."""
+    """`check(key_hash)` raises ResourceExhausted (reason RATE_LIMITED, with the wait as a
+    RetryInfo) when the key's bucket is empty. A rate of 0 turns limiting off."""
 
     def __init__(self, redis: RedisStore, rate: float, burst: int) -> None:
         self._redis = redis
@@ -60,7 +61,8 @@ class RateLimiter:
                 f"rate limit exceeded: this API key may make {self.rate:g} requests per second"
                 f" with bursts of {self.burst} (rate_limit_rps, rate_limit_burst); retry in"
                 f" {wait_ms} ms",
-                metadata=(("retry-after-ms", str(wait_ms)),),
+                reason=Reason.RATE_LIMITED,
+                retry_after_s=wait_ms / 1000,
             )
 
 
@@ -79,7 +81,8 @@ class FailedAuthLimiter(RateLimiter):
                 f"too many failed authentications from this address: {self.rate:g} per second"
                 f" with bursts of {self.burst} (auth_failure_rps, auth_failure_burst); retry in"
                 f" {wait_ms} ms",
-                metadata=(("retry-after-ms", str(wait_ms)),),
+                reason=Reason.AUTH_FAILURES_LIMITED,
+                retry_after_s=wait_ms / 1000,
             )
 
     async def failed(self, peer: str) -> None:

@@ -30,6 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from llmserve.errors import Unavailable
+from llmserve.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ class RedisStore:
             log.warning("redis at %s unreachable: %s", self.where, e)
             raise Unavailable(
                 f"Redis at {self.where} is unreachable ({type(e).__name__}: {e}); {what}"
-                " cannot be read or written now; retry later"
+                " cannot be read or written now; retry later",
+                reason=Reason.SESSION_STORE_UNAVAILABLE,
             ) from e
 
     async def ping(self) -> bool:

@@ -23,6 +23,8 @@ from opentelemetry import trace
 from gateway.idle import IdleWatchdog
 from gateway.runtime_pool import RuntimePool
 from llmserve import errors
+from llmserve.reasons import Reason
+from llmserve.server import rich_status
 from llmserve.telemetry import metadata_from_context
 from llmserve.v1 import runtime_pb2
 
@@ -33,9 +35,9 @@ tracer = trace.get_tracer("llmserve.gateway")
 RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 )
-_ERRORS_BY_CODE: dict[str, type[errors.LLMServeError]] = {
-    cls.code: cls for cls in errors.LLMServeError.__subclasses__()
-}
+
+# The wait suggested (RetryInfo) when every runtime's queue is full.
+QUEUE_FULL_RETRY_AFTER_S = 1.0
 
 
 class _Silent(Exception):
@@ -52,9 +54,20 @@ class _Silent(Exception):
 
 
 def error_from_runtime(e: grpc.aio.AioRpcError) -> errors.LLMServeError:
-    """The runtime's refusal, passed on with its code (INVALID_ARGUMENT, NOT_FOUND, ...)."""
-    cls = _ERRORS_BY_CODE.get(e.code().name, errors.Unavailable)
-    return cls(f"runtime: {e.details()}")
+    """The runtime's refusal, passed on with its code (INVALID_ARGUMENT, NOT_FOUND, ...) and
+    its google.rpc details (reason, field, retry hint)."""
+    return rich_status.error_from_rpc(
+        e.code(), f"runtime: {e.details()}", tuple(e.trailing_metadata() or ())
+    )
+
+
+def reply_aborted() -> errors.Unavailable:
+    """The error of a reply the runtime aborted (FINISH_REASON_ABORT: it was draining)."""
+    return errors.Unavailable(
+        "the runtime aborted the reply (it may be draining); retry",
+        reason=Reason.REPLY_ABORTED,
+        retry_after_s=rich_status.DRAIN_RETRY_AFTER_S,
+    )
 
 
 async def generate(
@@ -109,7 +122,8 @@ async def generate(
                     log.warning("runtime %s failed mid-stream: %s", state.address, reason)
                     raise errors.Unavailable(
                         f"the runtime failed after the reply had started ({reason}); the"
-                        " reply is incomplete, send the request again"
+                        " reply is incomplete, send the request again",
+                        reason=Reason.RUNTIME_FAILED,
                     ) from e
                 if e.code() not in RETRYABLE:
                     assert isinstance(e, grpc.aio.AioRpcError)
@@ -125,10 +139,13 @@ async def generate(
     detail = "; ".join(f"{address}: {reason}" for address, reason in tried.items())
     if exhausted:
         raise errors.ResourceExhausted(
-            f"every runtime tried for model {model!r} is full ({detail}); retry later"
+            f"every runtime tried for model {model!r} is full ({detail}); retry later",
+            reason=Reason.QUEUE_FULL,
+            retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
         )
     raise errors.Unavailable(
         f"no healthy runtime serves model {model!r} now"
         + (f" (tried {detail})" if detail else "")
-        + "; retry later"
+        + "; retry later",
+        reason=Reason.NO_RUNTIME,
     )

@@ -38,6 +38,7 @@ from gateway.runtime_pool import RuntimePool
 from gateway.sessions import SessionStore, Turn
 from gateway.validation import check_model, check_request_id, check_text, check_ttl_ms
 from llmserve.errors import InvalidArgument, LLMServeError, Unauthenticated, Unavailable
+from llmserve.reasons import Reason
 from llmserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, runtime_pb2
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         check_model(self.pool.models(), request.model, request.adapter)
         request_id = check_request_id("request_id", request.request_id) or uuid.uuid4().hex
         if not request.prompt.WhichOneof("kind"):
-            raise InvalidArgument("prompt is required: set prompt.text, token_ids or chat")
+            raise InvalidArgument(
+                "prompt is required: set prompt.text, token_ids or chat",
+                reason=Reason.FIELD_REQUIRED,
+                field="prompt",
+            )
         runtime_request = runtime_pb2.GenerateRequest(
             request_id=runtime_request_id(caller.owner, request_id),
             prompt=request.prompt,
@@ -244,11 +249,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 else:
                     yield pb.chat_chunk(session.session_id, chunk)
             if last is None:
-                raise Unavailable("the runtime ended the reply without a finish reason")
+                raise Unavailable(
+                    "the runtime ended the reply without a finish reason",
+                    reason=Reason.RUNTIME_FAILED,
+                )
             if last[0].finish_reason == common_pb2.FINISH_REASON_ABORT:
-                raise Unavailable("the runtime aborted the reply (it may be draining); retry")
+                raise runtime_client.reply_aborted()
         except LLMServeError as e:
-            raise type(e)(f"{e.message}; the session is unchanged", metadata=e.metadata) from e
+            raise e.with_message(f"{e.message}; the session is unchanged") from e
         chunk, address = last
         reply = pb.reply_of("".join(text), token_ids, chunk)
         assistant = Message("assistant", reply.text, reply.usage.completion_tokens, now_ms())
@@ -264,7 +272,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             )
             raise Unavailable(
                 f"{e.message}. The reply was generated but could not be stored; GetSession shows"
-                f" whether the turn is in the session; {retry}"
+                f" whether the turn is in the session; {retry}",
+                reason=e.reason,
             ) from e
         yield pb.chat_chunk(session.session_id, chunk)
 

@@ -31,6 +31,7 @@ from gateway import session_scripts as scripts
 from gateway.records import Message, Reply, Session, now_ms
 from gateway.redis_store import RedisStore, SessionKeys, owner_index_key
 from llmserve.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, shown
+from llmserve.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ class _Cursor:
     @classmethod
     def decode(cls, token: str) -> _Cursor:
         """Strict: only what `encode` makes (a finite score and a session id) is accepted."""
-        invalid = InvalidArgument("page_token is not a next_page_token returned by ListSessions")
+        invalid = InvalidArgument(
+            "page_token is not a next_page_token returned by ListSessions", field="page_token"
+        )
         if len(token) > MAX_PAGE_TOKEN_CHARS:
             raise invalid
         try:
@@ -79,7 +82,8 @@ class _Cursor:
 def not_found(session_id: str) -> NotFound:
     return NotFound(
         f"session_id {shown(session_id)}: no such session for this API key (never created,"
-        " expired, or deleted)"
+        " expired, or deleted)",
+        reason=Reason.SESSION_NOT_FOUND,
     )
 
 
@@ -151,7 +155,9 @@ class SessionStore:
         """A page of the owner's sessions (without messages), most recently updated first, and
         the token of the next page ("" on the last). Entries of expired sessions are pruned."""
         if not 0 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size must be in [0, {MAX_PAGE_SIZE}], got {page_size}")
+            raise InvalidArgument(
+                f"page_size must be in [0, {MAX_PAGE_SIZE}], got {page_size}", field="page_size"
+            )
         page_size = page_size or DEFAULT_PAGE_SIZE
         cursor = _Cursor.decode(page_token) if page_token else None
         index = owner_index_key(owner)
@@ -212,12 +218,14 @@ class SessionStore:
         if status == "busy":
             raise Aborted(
                 f"session busy: session_id {session_id!r} has a Chat in progress; a session"
-                " takes one turn at a time, retry when it has finished"
+                " takes one turn at a time, retry when it has finished",
+                reason=Reason.SESSION_BUSY,
             )
         if status == "full":
             raise FailedPrecondition(
                 f"session_id {shown(session_id)} holds {self.max_turns} turns, the most a session"
-                " may hold (max_session_turns); start a new session"
+                " may hold (max_session_turns); start a new session",
+                reason=Reason.SESSION_FULL,
             )
         _, meta, pttl, messages = result
         session = Session.from_meta(session_id, _pairs(meta), int(pttl), messages)
@@ -260,7 +268,8 @@ class SessionStore:
             if status in ("lost", "conflict"):
                 raise Aborted(
                     f"session_id {s.session_id!r} changed while the reply was generated (the"
-                    " turn's lock expired and another turn ran); this reply was not stored"
+                    " turn's lock expired and another turn ran); this reply was not stored",
+                    reason=Reason.SESSION_CHANGED,
                 )
             after = replace(
                 s,
@@ -291,7 +300,9 @@ def _pairs(flat: list[str]) -> dict[str, str]:
 def _checked_id(session_id: str) -> str:
     """Session ids are 32 hex digits; anything else cannot name a session (nor a key)."""
     if not session_id:
-        raise InvalidArgument("session_id is required")
+        raise InvalidArgument(
+            "session_id is required", reason=Reason.FIELD_REQUIRED, field="session_id"
+        )
     if not _is_session_id(session_id):
         raise not_found(session_id)
     return session_id

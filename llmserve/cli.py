@@ -6,6 +6,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from llmserve import __version__
+
 # name -> (module with main(argv, prog), summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "builder": ("builder_service.main", "run the builder daemon"),
@@ -21,7 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def usage() -> str:
     lines = ["usage: llmserve <command> [options]", "", "commands:"]
     lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "`llmserve <command> --help` describes a command's options."]
+    lines += ["", "`llmserve <command> --help` describes a command's options;"]
+    lines += ["`llmserve --version` (or `llmserve <command> --version`) prints the version."]
     return "\n".join(lines)
 
 
@@ -30,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return 0 if args else 2
+    if args[0] == "--version":
+        print(f"llmserve {__version__}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"llmserve: unknown command {name!r}\n\n{usage()}", file=sys.stderr)

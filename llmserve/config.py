@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from llmserve import __version__
+
 ENV_PREFIX = "LLMSERVE_"
 
 C = TypeVar("C")
@@ -65,17 +67,31 @@ def _convert(tp: Any, raw: str) -> Any:
     raise TypeError(f"unsupported setting type {tp}")
 
 
+def help_with_default(help: str, default: Any, env: str) -> str:
+    """A setting's help: its text, its default unless it has none (None, "", []) or the text
+    already says it ("default: the engine's"), and its environment variable."""
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default
+    if isinstance(shown, bool):
+        shown = str(shown).lower()
+    if shown is None or shown == "" or "default" in help:
+        return f"{help} (env {env})"
+    return f"{help} (default: {shown}; env {env})"
+
+
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per field of the settings dataclass `cls`."""
+    """An argparse parser with one flag per field of the settings dataclass `cls`, and
+    --version."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         base, _ = _base_type(tp)
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if callable(f.default_factory) else f.default
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_text = f"{f.metadata.get('help', '')} (default: {shown}; env {env_name(f.name)})"
+        help_text = help_with_default(f.metadata.get("help", ""), default, env_name(f.name))
         if base is bool:
             parser.add_argument(
                 flag,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llmserve.errors import InvalidArgument, shown
+from llmserve.reasons import Reason
 
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 
@@ -12,8 +13,14 @@ def check_path(field: str, value: str) -> str:
     ValueError on one) and at most MAX_PATH_CHARS characters; InvalidArgument otherwise."""
     if len(value) > MAX_PATH_CHARS:
         raise InvalidArgument(
-            f"{field} is {len(value)} characters, more than the limit of {MAX_PATH_CHARS}"
+            f"{field} is {len(value)} characters, more than the limit of {MAX_PATH_CHARS}",
+            reason=Reason.FIELD_TOO_LONG,
+            field=field,
         )
     if "\0" in value:
-        raise InvalidArgument(f"{field} must not contain a NUL character, got {shown(value)}")
+        raise InvalidArgument(
+            f"{field} must not contain a NUL character, got {shown(value)}",
+            reason=Reason.INVALID_FIELD,
+            field=field,
+        )
     return value

@@ -11,6 +11,7 @@ import re
 
 from llmserve.device import CPU_TARGET
 from llmserve.errors import FailedPrecondition, InvalidArgument
+from llmserve.reasons import Reason
 
 _SM = re.compile(r"^sm_(\d)(\d)$|^sm_(\d\d)(\d)$")
 # Weight quantizations and the smallest compute capability that runs each (None: any device).
@@ -28,7 +29,11 @@ def parse_target(target: str, field: str = "target") -> tuple[int, int] | None:
         return None
     match = _SM.match(target)
     if match is None:
-        raise InvalidArgument(f'{field} must be "cpu" or "sm_XY" (e.g. sm_90), got {target!r}')
+        raise InvalidArgument(
+            f'{field} must be "cpu" or "sm_XY" (e.g. sm_90), got {target!r}',
+            reason=Reason.INVALID_FIELD,
+            field=field,
+        )
     major, minor = (match.group(1), match.group(2)) if match.group(1) else match.groups()[2:]
     return int(major), int(minor)
 
@@ -38,7 +43,9 @@ def require_quantization_supported(target: str, quantization: str) -> None:
     if quantization not in QUANTIZATION_MIN_CAPABILITY:
         raise InvalidArgument(
             f"quantization must be one of {tuple(QUANTIZATION_MIN_CAPABILITY)}, "
-            f"got {quantization!r}"
+            f"got {quantization!r}",
+            reason=Reason.INVALID_FIELD,
+            field="quantization",
         )
     needed = QUANTIZATION_MIN_CAPABILITY[quantization]
     if needed is None:
@@ -47,7 +54,8 @@ def require_quantization_supported(target: str, quantization: str) -> None:
     if capability is None or capability < needed:
         raise FailedPrecondition(
             f"quantization {quantization} needs compute capability >= {needed[0]}.{needed[1]} "
-            f"(sm_{needed[0]}{needed[1]}); target {target} cannot run it"
+            f"(sm_{needed[0]}{needed[1]}); target {target} cannot run it",
+            reason=Reason.TARGET_MISMATCH,
         )
 
 
@@ -56,5 +64,6 @@ def require_engine_target(engine_id: str, engine_target: str, device_target: str
     if engine_target != device_target:
         raise FailedPrecondition(
             f"engine {engine_id} was built for target {engine_target}, but this device is "
-            f"{device_target}; build an engine for {device_target}"
+            f"{device_target}; build an engine for {device_target}",
+            reason=Reason.TARGET_MISMATCH,
         )

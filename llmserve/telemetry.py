@@ -83,8 +83,8 @@ def metadata_from_context(ctx: otel_context.Context | None = None) -> list[tuple
     return list(carrier.items())
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
-    """Serves the Prometheus registry over HTTP on `port` (no-op for port 0)."""
+def start_metrics_server(port: int, addr: str) -> None:
+    """Serves the Prometheus registry over HTTP on `addr`:`port` (no-op for port 0)."""
     if port:
         import prometheus_client
 

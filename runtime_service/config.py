@@ -31,7 +31,7 @@ class RuntimeConfig(ServerConfig):
     builder: str = setting("", "builder HOST:PORT asked to build a missing engine for this device")
     wait_for_engine: bool = setting(False, "without --builder: wait for the engine to be built")
     engine_poll_s: float = setting(10.0, "with --wait-for-engine: how often the store is read")
-    model: Path | None = setting(
+    model_path: Path | None = setting(
         None, "development: serve a Hugging Face directory or .gguf file, built in place"
     )
     engine_cache_dir: Path = setting(
@@ -39,7 +39,7 @@ class RuntimeConfig(ServerConfig):
     )
     served_model_name: str = setting("", "model name reported to clients (default: the engine's)")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto")
-    dtype: str = setting("auto", "with --model: float32, bfloat16, float16 or auto")
+    dtype: str = setting("auto", "with --model-path: float32, bfloat16, float16 or auto")
     gpu_memory_utilization: float = setting(0.9, "fraction of GPU memory for weights + KV cache")
     cpu_kv_cache_bytes: int = setting(512 * 1024 * 1024, "KV cache size on CPU")
     num_kv_blocks: int | None = setting(None, "KV cache blocks (overrides the two above)")
@@ -52,6 +52,9 @@ class RuntimeConfig(ServerConfig):
     enable_chunked_prefill: bool = setting(True, "split long prompts across steps")
     enable_cuda_graphs: bool = setting(
         True, "replay decode steps as CUDA graphs captured at start-up (off: eager steps)"
+    )
+    async_scheduling: bool = setting(
+        True, "on CUDA, launch each step before the previous step's tokens reach the host"
     )
     enable_lora: bool = setting(False, "serve LoRA adapters (reserves device slots for them)")
     max_loras: int = setting(
@@ -74,7 +77,14 @@ class RuntimeConfig(ServerConfig):
     cpu_threads: int = setting(
         0, "CPU threads of the engine (0: all cores); set it when runtimes share a machine"
     )
-    load_format: str = setting("auto", "with --model: auto, or dummy (random weights; benchmarks)")
+    load_format: str = setting(
+        "auto", "with --model-path: auto, or dummy (random weights; benchmarks)"
+    )
+    tensor_parallel_size: int = setting(
+        1,
+        "split the model over this many GPUs of the node (from --device's on; one worker"
+        " process each), or CPU processes",
+    )
 
     def store_options(self) -> StoreOptions:
         """Options of the runtime's store client (its signing key, if any)."""
@@ -84,10 +94,10 @@ class RuntimeConfig(ServerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(
-            bool(self.engine or self.by_key) != (self.model is not None),
-            "give exactly one of --engine (an engine id in --store) or --model-name/--model-source "
-            "(the engine of a model for this device; with --engine, it must match), or --model "
-            "(a path), not --model with the others",
+            bool(self.engine or self.by_key) != (self.model_path is not None),
+            "give exactly one of --engine (an engine id in --store) or --model-name/--model-source"
+            " (the engine of a model for this device; with --engine, it must match), or"
+            " --model-path (a path), not --model-path with the others",
         )
         require(
             self.quantization in QUANTIZATION_MIN_CAPABILITY,
@@ -108,6 +118,10 @@ class RuntimeConfig(ServerConfig):
         )
         require(self.lora_dir is None or self.enable_lora, "lora_dir needs --enable-lora")
         require(self.cpu_threads >= 0, f"cpu_threads must be >= 0, got {self.cpu_threads}")
+        require(
+            1 <= self.tensor_parallel_size <= 64,
+            f"tensor_parallel_size must be in [1, 64], got {self.tensor_parallel_size}",
+        )
         require(self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         require(
             self.load_format in ("auto", "dummy"),

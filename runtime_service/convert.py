@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llmserve.errors import InvalidArgument
+from llmserve.reasons import Reason
 from llmserve.v1 import common_pb2, runtime_pb2
 from runtime_service.engine.inputs import ChatPrompt, PromptInput, TextPrompt, TokensPrompt
 from runtime_service.engine.outputs import RequestOutput
@@ -33,7 +34,9 @@ def prompt_from_pb(prompt: common_pb2.Prompt) -> PromptInput:
             ),
             truncate_history=chat.truncate_history,
         )
-    raise InvalidArgument("prompt must be set: text, token_ids or chat")
+    raise InvalidArgument(
+        "prompt must be set: text, token_ids or chat", reason=Reason.FIELD_REQUIRED, field="prompt"
+    )
 
 
 def sampling_from_pb(s: common_pb2.SamplingParams) -> SamplingParams:
@@ -63,13 +66,16 @@ def sampling_from_pb(s: common_pb2.SamplingParams) -> SamplingParams:
             ignore_eos=s.ignore_eos,
         )
     except InvalidArgument as e:
-        raise InvalidArgument(f"sampling.{e.message}") from None
+        field = f"sampling.{e.field}" if e.field else "sampling"
+        raise InvalidArgument(f"sampling.{e.message}", reason=e.reason, field=field) from None
 
 
 def check_request_id(request_id: str) -> None:
     if len(request_id) > MAX_REQUEST_ID_CHARS:
         raise InvalidArgument(
-            f"request_id must be at most {MAX_REQUEST_ID_CHARS} characters, got {len(request_id)}"
+            f"request_id must be at most {MAX_REQUEST_ID_CHARS} characters, got {len(request_id)}",
+            reason=Reason.FIELD_TOO_LONG,
+            field="request_id",
         )
 
 

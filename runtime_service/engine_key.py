@@ -18,6 +18,7 @@ import grpc
 
 from llmserve.engine_pb import quantization_value
 from llmserve.errors import FailedPrecondition, NotFound, Unavailable
+from llmserve.reasons import Reason
 from llmserve.store import ArtifactStore
 from llmserve.store.engines import get_engine, list_engines
 from llmserve.v1 import builder_pb2, builder_pb2_grpc
@@ -60,7 +61,8 @@ def check_pinned(store: ArtifactStore, engine_id: str, key: EngineKey) -> None:
         raise FailedPrecondition(
             f"engine {engine_id} is model {manifest.model_name!r} with quantization "
             f"{manifest.quantization}, but --model-name/--quantization ask for "
-            f"{key.model_name!r} with {key.quantization}"
+            f"{key.model_name!r} with {key.quantization}",
+            reason=Reason.ENGINE_MISMATCH,
         )
 
 
@@ -93,12 +95,18 @@ def build_engine(address: str, source: str, key: EngineKey, cancel: threading.Ev
                     return event.engine.engine_id
         except grpc.RpcError as err:
             if cancel.is_set():
-                raise Unavailable(f"stopped while the builder built {key}") from err
+                raise Unavailable(
+                    f"stopped while the builder built {key}", reason=Reason.ENGINE_STOPPED
+                ) from err
             raise FailedPrecondition(
                 f"the builder at {address} could not build {key} from {source!r}: "
-                f"{err.code().name}: {err.details()}"
+                f"{err.code().name}: {err.details()}",
+                reason=Reason.BUILD_FAILED,
             ) from err
-    raise FailedPrecondition(f"the builder at {address} ended the build of {key} without an engine")
+    raise FailedPrecondition(
+        f"the builder at {address} ended the build of {key} without an engine",
+        reason=Reason.BUILD_FAILED,
+    )
 
 
 def wait_for_engine(
@@ -110,7 +118,7 @@ def wait_for_engine(
         found = find_engine_id(store, key)
         if found is not None:
             return found
-    raise Unavailable(f"stopped while waiting for an engine of {key}")
+    raise Unavailable(f"stopped while waiting for an engine of {key}", reason=Reason.ENGINE_STOPPED)
 
 
 def resolve_engine_id(
@@ -140,5 +148,6 @@ def resolve_engine_id(
         return wait_for_engine(store, key, poll_s, cancel)
     raise NotFound(
         f"the store has no engine of {key}: build one (llmserve build --target {key.target}), "
-        "or start the runtime with --builder (and --model-source) or --wait-for-engine"
+        "or start the runtime with --builder (and --model-source) or --wait-for-engine",
+        reason=Reason.ENGINE_NOT_FOUND,
     )

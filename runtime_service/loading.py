@@ -5,7 +5,7 @@ deleted or collected while served), fetches it into its local cache verifying ev
 checksum, and refuses one built for another target, naming both.
 `--model-name`/`--model-source` + `--quantization` serve the engine of that key built for this
 device, built by the builder or waited for when missing (runtime_service/engine_key.py).
-`--model PATH` (development) serves a Hugging Face directory, fused in place, or a .gguf
+`--model-path PATH` (development) serves a Hugging Face directory, fused in place, or a .gguf
 file, built in place into a store under the engine cache with the builder's code.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from llmserve.device import DeviceInfo, cpu_info, device_info
 from llmserve.engine_pb import dtype_value, engine_to_pb
 from llmserve.errors import FailedPrecondition
+from llmserve.reasons import Reason
 from llmserve.store import Hold, open_store
 from llmserve.store.engines import fetch_engine, hold_engine
 from llmserve.v1 import common_pb2, engine_pb2
@@ -49,7 +50,10 @@ def runtime_device(config: RuntimeConfig) -> DeviceInfo:
     index = int(config.device.split(":")[1]) if config.device.startswith("cuda:") else 0
     info = device_info(index)
     if config.device.startswith("cuda") and not info.is_cuda:
-        raise FailedPrecondition(f"device {config.device} requested but no CUDA GPU is present")
+        raise FailedPrecondition(
+            f"device {config.device} requested but no CUDA GPU is present",
+            reason=Reason.TARGET_MISMATCH,
+        )
     return info
 
 
@@ -86,8 +90,8 @@ def resolve(
 ) -> tuple[Path, Hold | None]:
     """The local directory to serve, and the store hold that keeps it while served.
     `cancel`, set when the runtime stops, ends a wait for an engine or its build."""
-    if config.model is not None:
-        path = config.model.expanduser()
+    if config.model_path is not None:
+        path = config.model_path.expanduser()
         if not path.is_file():
             return path, None  # a Hugging Face directory (missing: the core says so)
         store_uri, engine_id = (
@@ -123,12 +127,14 @@ def engine_config(config: RuntimeConfig, path: Path, device: DeviceInfo) -> Engi
         enable_prefix_caching=config.enable_prefix_caching,
         enable_chunked_prefill=config.enable_chunked_prefill,
         enable_cuda_graphs=config.enable_cuda_graphs,
+        async_scheduling=None if config.async_scheduling else False,
         load_format=config.load_format,
         cpu_threads=config.cpu_threads,
         enable_lora=config.enable_lora,
         max_loras=config.max_loras,
         max_lora_rank=config.max_lora_rank,
         lora_dir=config.lora_dir,
+        tensor_parallel_size=config.tensor_parallel_size,
         verify_engine=False,  # fetch_engine verified every file on the way into the cache
     )
 
@@ -159,7 +165,7 @@ def load(config: RuntimeConfig, cancel: threading.Event | None = None) -> Loaded
     path, hold = resolve(config, device, cancel)
     settings = engine_config(config, path, device)
     if hold is None:
-        settings.verify_engine = True  # a directory given with --model: check it here
+        settings.verify_engine = True  # a directory given with --model-path: check it here
     try:
         llm = AsyncLLM(settings, log_level=config.log_level, log_format=config.log_format)
     except BaseException:

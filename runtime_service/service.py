@@ -21,6 +21,7 @@ from llmserve.errors import (
     shown,
 )
 from llmserve.paths import check_path
+from llmserve.reasons import Reason
 from llmserve.store import Hold, open_store
 from llmserve.store.adapters import fetch_adapter, get_adapter, hold_adapter
 from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
@@ -35,6 +36,9 @@ from runtime_service.engine.request import RequestTimes
 from runtime_service.metrics import RuntimeMetrics
 
 tracer = trace.get_tracer("llmserve.runtime")
+# The wait suggested (RetryInfo) to a request refused because the waiting queue is full.
+QUEUE_FULL_RETRY_AFTER_S = 1.0
+
 ADAPTER_STATES = {
     AdapterState.HOST: common_pb2.ADAPTER_STATE_HOST,
     AdapterState.DEVICE: common_pb2.ADAPTER_STATE_DEVICE,
@@ -63,7 +67,10 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
 
     def _ready(self) -> Serving:
         if self.serving is None:
-            raise Unavailable("the engine is still loading; retry when health reads SERVING")
+            raise Unavailable(
+                "the engine is still loading; retry when health reads SERVING",
+                reason=Reason.ENGINE_LOADING,
+            )
         return self.serving
 
     async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
@@ -77,7 +84,9 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             self.metrics.rejected.labels("queue_full").inc()
             raise ResourceExhausted(
                 f"the waiting queue is full: {waiting} requests wait (limit max_waiting="
-                f"{self.config.max_waiting}); retry later or on another runtime"
+                f"{self.config.max_waiting}); retry later or on another runtime",
+                reason=Reason.QUEUE_FULL,
+                retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
             )
         request_id = request.request_id or uuid.uuid4().hex
         wall_ns, mono = time.time_ns(), time.monotonic()
@@ -164,19 +173,24 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
             adapters=await self._adapters(),
             num_preemptions=s.num_preemptions,
             draining=self._draining(),
+            tensor_parallel_size=llm.info.tensor_parallel_size,
         )
 
     async def LoadAdapter(self, request: Any, context: Any) -> Any:
         serving = self._ready()
         if not request.name:
-            raise InvalidArgument("name must be set")
+            raise InvalidArgument("name must be set", reason=Reason.FIELD_REQUIRED, field="name")
         source = request.WhichOneof("source")
         if source == "path":
             info = await serving.llm.load_adapter(request.name, self._adapter_path(request.path))
         elif source == "adapter_id":
             info = await self._load_from_store(serving, request.name, request.adapter_id)
         else:
-            raise InvalidArgument("source must be set: path or adapter_id")
+            raise InvalidArgument(
+                "source must be set: path or adapter_id",
+                reason=Reason.FIELD_REQUIRED,
+                field="source",
+            )
         return runtime_pb2.LoadAdapterResponse(adapter=self._adapter_pb(info))
 
     def _adapter_path(self, path: str) -> Path:
@@ -189,14 +203,15 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         if not resolved.is_relative_to(root.expanduser().resolve()):
             raise PermissionDenied(
                 f"path {shown(path)} is not under adapter_path_root {root}; load adapters from"
-                " there, or by adapter_id from the store"
+                " there, or by adapter_id from the store",
+                reason=Reason.PATH_NOT_ALLOWED,
             )
         return resolved
 
     async def UnloadAdapter(self, request: Any, context: Any) -> Any:
         serving = self._ready()
         if not request.name:
-            raise InvalidArgument("name must be set")
+            raise InvalidArgument("name must be set", reason=Reason.FIELD_REQUIRED, field="name")
         await serving.llm.unload_adapter(request.name, request.wait)
         self._origins.pop(request.name, None)
         hold = self._holds.pop(request.name, None)
@@ -211,7 +226,8 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
         if not serving.engine.model_digest:
             raise FailedPrecondition(
                 "adapter_id needs an engine from the store (this runtime serves a directory "
-                "given with --model, which has no model digest); load the adapter by path"
+                "given with --model-path, which has no model digest); load the adapter by path",
+                reason=Reason.ENGINE_MISMATCH,
             )
         store = open_store(self.config.store, self.config.store_options())
         hold = await asyncio.to_thread(hold_adapter, store, adapter_id)
@@ -221,7 +237,8 @@ class RuntimeService(runtime_pb2_grpc.RuntimeServicer):
                 raise FailedPrecondition(
                     f"adapter {adapter_id} ({manifest.name!r}) was registered for model "
                     f"{manifest.base_model_digest}; this runtime serves model "
-                    f"{serving.engine.model_digest} (engine {serving.engine.engine_id})"
+                    f"{serving.engine.model_digest} (engine {serving.engine.engine_id})",
+                    reason=Reason.ADAPTER_INCOMPATIBLE,
                 )
             cache = self.config.engine_cache_dir / "adapters"
             path = await asyncio.to_thread(fetch_adapter, store, adapter_id, cache)

@@ -32,7 +32,7 @@ def daemon_args(module: str, tmp: Path) -> list[str]:
         args += ["--store", str(tmp / "store")]
     if module == "runtime_service":
         model = tiny_models.tiny_model("qwen2", MODEL_CACHE)
-        args += ["--model", str(model), "--num-kv-blocks", "64"]
+        args += ["--model-path", str(model), "--num-kv-blocks", "64"]
     return args
 
 

@@ -43,7 +43,7 @@ def resolve_model(models: Sequence[ModelInfo], name: str) -> tuple[str, str]:
     try:
         check_model(models, base, adapter)
     except NotFound as e:
-        raise NotFound(f"model {name!r}: {e.message}") from e
+        raise e.with_message(f"model {name!r}: {e.message}") from e
     return base, adapter
 
 

@@ -1,8 +1,10 @@
 """Errors in OpenAI's JSON shape, with the HTTP status of the gRPC code the gateway raised.
 
 The gateway's errors (llmserve.errors) carry a gRPC code; the HTTP API maps that code once,
-here. A rate limit's `retry-after-ms` becomes the `Retry-After` (seconds, rounded up) and
-`retry-after-ms` headers, both of which the openai client honours.
+here. An error's retry hint (the RetryInfo of its gRPC status: rate limits, full queues) becomes
+the `Retry-After` (seconds, rounded up) and `retry-after-ms` headers, both of which the openai
+client honours. `error.code` is the error's stable reason in lower case
+("session_not_found", "rate_limited"; protos/ERRORS.md), `error.param` the field at fault.
 """
 
 from __future__ import annotations
@@ -96,12 +98,12 @@ def http_error(exc: BaseException) -> HttpError:
         status, kind, code = 400, "invalid_request_error", "invalid_parameter"
     elif isinstance(exc, LLMServeError):
         status, kind = _BY_CODE.get(exc.code, (500, "server_error"))
-        message, code = exc.message, exc.code.lower()
-        param = exc.param if isinstance(exc, ParamError) else None
-        for key, value in exc.metadata:
-            if key == "retry-after-ms":
-                headers["retry-after-ms"] = value
-                headers["retry-after"] = str(max(1, math.ceil(int(value) / 1000)))
+        message, code = exc.message, str(exc.reason).lower()
+        param = exc.param if isinstance(exc, ParamError) else exc.field
+        if exc.retry_after_s is not None:
+            wait_ms = max(0, math.ceil(exc.retry_after_s * 1000))
+            headers["retry-after-ms"] = str(wait_ms)
+            headers["retry-after"] = str(max(1, math.ceil(wait_ms / 1000)))
     else:
         log.error("internal error", exc_info=exc)
         status, kind, code = 500, "server_error", "internal"

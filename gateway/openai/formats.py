@@ -27,7 +27,9 @@ from gateway.openai.responses import (
     Completion,
     CompletionChoice,
 )
+from gateway.runtime_client import reply_aborted
 from llmserve.errors import Unavailable
+from llmserve.reasons import Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,7 @@ async def checked(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async with contextlib.aclosing(chunks):
         async for chunk in chunks:
             if convert.is_abort(chunk):
-                raise Unavailable("the runtime aborted the reply (it may be draining); retry")
+                raise reply_aborted()
             yield chunk
 
 
@@ -64,7 +66,9 @@ async def _collect(chunks: AsyncIterator[Any]) -> _Collected:
         out.logprobs.extend(chunk.logprobs)
         out.last = chunk
     if out.last is None or not out.last.finish_reason:
-        raise Unavailable("the runtime ended the reply without a finish reason")
+        raise Unavailable(
+            "the runtime ended the reply without a finish reason", reason=Reason.RUNTIME_FAILED
+        )
     return out
 
 

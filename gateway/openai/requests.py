@@ -28,7 +28,7 @@ class ParamError(InvalidArgument):
     """A 400 naming the request parameter at fault (OpenAI's `error.param`)."""
 
     def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, field=param)
         self.param = param
 
 

@@ -35,8 +35,8 @@ from gateway.openai.replies import Receive, Send, send_error
 from gateway.openai.responses import ErrorBody, ErrorResponse
 from gateway.openai.routes import OpenAIRoutes
 from gateway.service import GatewayServicer
-from llmserve.errors import InvalidArgument, Unavailable
-from llmserve.server import Daemon
+from llmserve.errors import InvalidArgument
+from llmserve.server import Daemon, rich_status
 from llmserve.telemetry import context_from_metadata
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class HttpCalls:
             await self.app(scope, receive, send)
             return
         if self.daemon.draining:
-            await send_error(send, Unavailable("server is draining; retry on another replica"))
+            await send_error(send, rich_status.draining_error())
             return
         method, path = scope["method"], scope["path"]
         status = 0

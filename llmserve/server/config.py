@@ -29,6 +29,7 @@ class ServerConfig:
     log_level: str = setting("info", "one of debug, info, warning, error")
     log_format: str = setting("json", "json (one object per line) or text")
     metrics_port: int = setting(0, "Prometheus metrics HTTP port (0 turns metrics off)")
+    metrics_host: str = setting("", "address of the metrics listener (default: the same as host)")
     otlp_endpoint: str = setting("", "OTLP/gRPC collector for traces, e.g. localhost:4317")
     trace_file: Path | None = setting(None, "also write finished spans to this file, as JSON lines")
     tls_cert: Path | None = setting(None, "PEM certificate chain: serve TLS instead of plaintext")
@@ -42,6 +43,11 @@ class ServerConfig:
         " must send `authorization: Bearer <token>` (runtime and builder; not the gateway,"
         " whose callers send API keys)",
     )
+
+    @property
+    def metrics_address(self) -> str:
+        """Where the metrics listener binds: metrics_host, else host (without [] brackets)."""
+        return (self.metrics_host or self.host).removeprefix("[").removesuffix("]")
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= 65535, f"port must be in [0, 65535], got {self.port}")

@@ -201,7 +201,7 @@ def run_daemon(
     """The body of a daemon's main(): logging, tracing, metrics, then serve."""
     setup_logging(config.log_level, config.log_format)
     setup_tracing(name, config.otlp_endpoint, config.trace_file)
-    start_metrics_server(config.metrics_port)
+    start_metrics_server(config.metrics_port, config.metrics_address)
 
     async def main() -> int:
         daemon = Daemon(name, config)

@@ -1,11 +1,13 @@
 """The one server interceptor: error mapping, drain, in-flight tracking and a span per call.
 
-- Exceptions become gRPC statuses: an LLMServeError carries its own code and message; any
-  other exception is INTERNAL with its type and message, and is logged with its traceback.
+- Exceptions become gRPC statuses with google.rpc details (llmserve/server/rich_status.py): an
+  LLMServeError carries its own code, message, reason, field and retry hint; any other
+  exception is INTERNAL with its type and message, and is logged with its traceback.
 - Requests are decoded here, not by gRPC: bytes that are not a valid message (malformed
   protobuf, invalid UTF-8 in a string field) are INVALID_ARGUMENT naming the message type
   (gRPC itself would answer UNKNOWN).
-- While draining, every call except health and reflection is refused with UNAVAILABLE.
+- While draining, every call except health and reflection is refused with UNAVAILABLE
+  (reason DRAINING, with RetryInfo).
 - With a service token (llmserve/server/token.py), every call except health and reflection
   must carry it (UNAUTHENTICATED otherwise).
 - Calls in flight are counted so that a drain can wait for them.
@@ -22,7 +24,9 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from llmserve.errors import InvalidArgument, LLMServeError
+from llmserve.errors import InvalidArgument, LLMServeError, Unimplemented
+from llmserve.reasons import Reason
+from llmserve.server import rich_status
 from llmserve.server.token import ServiceToken
 from llmserve.telemetry import context_from_metadata
 
@@ -35,10 +39,6 @@ MAX_DETAILS_CHARS = 2048
 _EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
-def _status(code_name: str) -> grpc.StatusCode:
-    return getattr(grpc.StatusCode, code_name, grpc.StatusCode.UNKNOWN)
-
-
 def bounded(details: str) -> str:
     """Status details cut to MAX_DETAILS_CHARS (they travel in a size-limited header)."""
     if len(details) <= MAX_DETAILS_CHARS:
@@ -49,15 +49,13 @@ def bounded(details: str) -> str:
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Ends the call with the status that `exc` maps to (raises grpc.aio.AbortError)."""
     if isinstance(exc, LLMServeError):
-        if exc.metadata:
-            context.set_trailing_metadata(exc.metadata)
-        await context.abort(_status(exc.code), bounded(exc.message))
-    if isinstance(exc, NotImplementedError):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, bounded(str(exc) or "not implemented"))
-    log.error("internal error", exc_info=exc)
-    await context.abort(
-        grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(exc).__name__}: {exc}")
-    )
+        error = exc
+    elif isinstance(exc, NotImplementedError):
+        error = Unimplemented(str(exc) or "not implemented")
+    else:
+        log.error("internal error", exc_info=exc)
+        error = LLMServeError(f"internal error: {type(exc).__name__}: {exc}")
+    await rich_status.abort(context, rich_status.to_status(error, bounded(error.message)))
 
 
 def decode_request(method: str, raw: bytes, decode: Decoder) -> Any:
@@ -69,7 +67,8 @@ def decode_request(method: str, raw: bytes, decode: Decoder) -> Any:
     except Exception as e:  # google.protobuf.message.DecodeError, UnicodeDecodeError, ...
         raise InvalidArgument(
             f"the request to {method} is not a valid protobuf message ({len(raw)} bytes):"
-            f" {type(e).__name__}: {str(e)[:200]} (string fields must be UTF-8)"
+            f" {type(e).__name__}: {str(e)[:200]} (string fields must be UTF-8)",
+            reason=Reason.MALFORMED_REQUEST,
         ) from e
 
 
@@ -130,9 +129,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def _refuse_if_draining(self, context: grpc.aio.ServicerContext) -> None:
         if self.draining:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "server is draining; retry on another replica"
-            )
+            await rich_status.abort(context, rich_status.draining())
 
     def _span(self, method: str, context: grpc.aio.ServicerContext) -> Any:
         try:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmserve.errors import Unauthenticated
+from llmserve.reasons import Reason
 
 MIN_TOKEN_CHARS = 16
 
@@ -71,5 +72,6 @@ class ServiceToken:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             raise Unauthenticated(
                 "this service takes calls only from other llmserve services: send metadata"
-                " `authorization: Bearer <service token>` (the token of service_token_file)"
+                " `authorization: Bearer <service token>` (the token of service_token_file)",
+                reason=Reason.SERVICE_TOKEN_INVALID,
             )

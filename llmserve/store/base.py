@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound, shown
+from llmserve.reasons import Reason
 from llmserve.store.holds import Hold
 from llmserve.store.manifest import describe_files
 from llmserve.store.options import StoreOptions
@@ -120,11 +121,17 @@ class ArtifactStore(ABC):
     @staticmethod
     def check_id(kind: str, artifact_id: str) -> None:
         if kind not in KINDS:
-            raise InvalidArgument(f"artifact kind must be one of {KINDS}, got {shown(kind)}")
+            raise InvalidArgument(
+                f"artifact kind must be one of {KINDS}, got {shown(kind)}",
+                reason=Reason.INVALID_FIELD,
+                field="kind",
+            )
         if not _ID.match(artifact_id):
             raise InvalidArgument(
                 f"{kind[:-1]}_id must be 1-128 letters, digits, '.', '_' or '-' (not starting "
-                f"with a punctuation mark), got {shown(artifact_id)}"
+                f"with a punctuation mark), got {shown(artifact_id)}",
+                reason=Reason.INVALID_FIELD,
+                field=f"{kind[:-1]}_id",
             )
 
     def find(self, kind: str, artifact_id: str) -> Manifest | None:
@@ -136,7 +143,10 @@ class ArtifactStore(ABC):
         """The manifest of a published artifact; NotFound if there is none."""
         manifest = self.find(kind, artifact_id)
         if manifest is None:
-            raise NotFound(f"{kind[:-1]} {artifact_id} is not in the store {self.uri}")
+            raise NotFound(
+                f"{kind[:-1]} {artifact_id} is not in the store {self.uri}",
+                reason=Reason.ARTIFACT_NOT_FOUND,
+            )
         return manifest
 
     def list(self, kind: str) -> list[Manifest]:
@@ -158,7 +168,8 @@ class ArtifactStore(ABC):
         if holders:
             raise FailedPrecondition(
                 f"{kind[:-1]} {artifact_id} is held by {len(holders)} runtime(s) "
-                f"({', '.join(sorted(holders))}); it can be deleted once none holds it"
+                f"({', '.join(sorted(holders))}); it can be deleted once none holds it",
+                reason=Reason.ARTIFACT_HELD,
             )
         self._remove(kind, artifact_id)
         return int(manifest.get("size_bytes", 0))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmserve.errors import DataLoss, NotFound
+from llmserve.reasons import Reason
 from llmserve.store.manifest import MANIFEST_NAME, FileEntry, verify_file, verify_files
 from llmserve.store.signing import verify
 
@@ -93,7 +94,9 @@ def _download_verified(
     try:
         store._download(kind, artifact_id, name, dest)
     except FileNotFoundError as e:
-        raise DataLoss(f"{what}: file {name} is missing from the store") from e
+        raise DataLoss(
+            f"{what}: file {name} is missing from the store", reason=Reason.ARTIFACT_CORRUPT
+        ) from e
     verify_file(dest, name, entry, what)
 
 
@@ -105,6 +108,6 @@ def fetch_one_file(
     manifest = read_trusted(store, kind, artifact_id, what)
     entry = manifest_files(manifest).get(name)
     if entry is None:
-        raise NotFound(f"{what} has no file {name}")
+        raise NotFound(f"{what} has no file {name}", reason=Reason.ARTIFACT_NOT_FOUND)
     _download_verified(store, kind, artifact_id, name, entry, dest, what)
     return dest

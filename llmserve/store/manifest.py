@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmserve.errors import DataLoss
+from llmserve.reasons import Reason
 
 # Version of the engine file layout (weights names, quantized tensor formats, manifest keys).
 ENGINE_FORMAT_VERSION = 1
@@ -73,16 +74,18 @@ def describe_files(root: Path) -> dict[str, FileEntry]:
 def verify_file(path: Path, name: str, entry: FileEntry, what: str) -> None:
     """DataLoss naming the file unless `path` has the size and SHA-256 of `entry`."""
     if not path.is_file():
-        raise DataLoss(f"{what}: file {name} is missing")
+        raise DataLoss(f"{what}: file {name} is missing", reason=Reason.ARTIFACT_CORRUPT)
     size = path.stat().st_size
     if size != entry.size:
         raise DataLoss(
-            f"{what}: file {name} is corrupt: {size} bytes, the manifest says {entry.size}"
+            f"{what}: file {name} is corrupt: {size} bytes, the manifest says {entry.size}",
+            reason=Reason.ARTIFACT_CORRUPT,
         )
     actual = sha256_file(path)
     if actual != entry.sha256:
         raise DataLoss(
-            f"{what}: file {name} is corrupt: sha256 {actual}, the manifest says {entry.sha256}"
+            f"{what}: file {name} is corrupt: sha256 {actual}, the manifest says {entry.sha256}",
+            reason=Reason.ARTIFACT_CORRUPT,
         )
 
 

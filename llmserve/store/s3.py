@@ -28,6 +28,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from llmserve.errors import InvalidArgument
+from llmserve.reasons import Reason
 from llmserve.store.base import ArtifactStore, BuildLock, Manifest, new_holder_id
 from llmserve.store.manifest import MANIFEST_NAME
 from llmserve.store.options import StoreOptions
@@ -39,10 +40,16 @@ _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 def parse_s3_uri(uri: str, field: str = "store") -> tuple[str, str]:
     """("bucket", "prefix") of s3://bucket/prefix (the prefix without slashes at its ends)."""
     if not uri.startswith("s3://"):
-        raise InvalidArgument(f"{field} must be an s3://bucket/prefix URI, got {uri!r}")
+        raise InvalidArgument(
+            f"{field} must be an s3://bucket/prefix URI, got {uri!r}",
+            reason=Reason.INVALID_FIELD,
+            field=field,
+        )
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
-        raise InvalidArgument(f"{field} has no bucket: {uri!r}")
+        raise InvalidArgument(
+            f"{field} has no bucket: {uri!r}", reason=Reason.INVALID_FIELD, field=field
+        )
     return bucket, prefix.strip("/")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from llmserve.errors import Aborted
+from llmserve.reasons import Reason
 from llmserve.store.base import BuildLock
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ class S3Lease(BuildLock):
         if self._lost.is_set():
             raise Aborted(
                 f"the build lock {self._key} expired and was taken over by another builder; "
-                "the build was not published"
+                "the build was not published",
+                reason=Reason.BUILD_LOCK_LOST,
             )
 
     def release(self) -> None:

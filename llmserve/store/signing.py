@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmserve.errors import DataLoss
+from llmserve.reasons import Reason
 
 SIGNATURE_FIELD = "signature"
 MIN_KEY_BYTES = 32
@@ -47,10 +48,12 @@ def verify(manifest: dict[str, Any], key: str, what: str) -> None:
     if not isinstance(given, str) or not given:
         raise DataLoss(
             f"{what}: the manifest is not signed, and this service requires signed manifests"
-            " (manifest_signing_key_file); rebuild it with a builder that has the key"
+            " (manifest_signing_key_file); rebuild it with a builder that has the key",
+            reason=Reason.MANIFEST_UNSIGNED,
         )
     if not hmac.compare_digest(given, signature(manifest, key)):
         raise DataLoss(
             f"{what}: the manifest's signature is wrong (it was changed after it was signed,"
-            " or signed with another key)"
+            " or signed with another key)",
+            reason=Reason.MANIFEST_SIGNATURE_INVALID,
         )

@@ -26,7 +26,7 @@ from llmserve.v1 import common_pb2 as llmserve_dot_v1_dot_common__pb2
 from llmserve.v1 import engine_pb2 as llmserve_dot_v1_dot_engine__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmserve/v1/runtime.proto\x12\x0bllmserve.v1\x1a\x18llmserve/v1/common.proto\x1a\x18llmserve/v1/engine.proto\"\x9e\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x06prompt\x18\x02 \x01(\x0b\x32\x13.llmserve.v1.Prompt\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.llmserve.v1.SamplingParams\x12\x0f\n\x07\x61\x64\x61pter\x18\x04 \x01(\t\x12\x12\n\nfinal_only\x18\x05 \x01(\x08\"\xb0\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12,\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1a.llmserve.v1.TokenLogprobs\x12\x30\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x19.llmserve.v1.FinishReason\x12\x15\n\x0bstop_string\x18\x06 \x01(\tH\x00\x12\x17\n\rstop_token_id\x18\x07 \x01(\rH\x00\x12!\n\x05usage\x18\x08 \x01(\x0b\x32\x12.llmserve.v1.Usage\x12%\n\x07timings\x18\t \x01(\x0b\x32\x14.llmserve.v1.TimingsB\r\n\x0bstop_detail\"\x12\n\x10GetStatusRequest\"\xa4\x01\n\rKvCacheStatus\x12\x12\n\nblock_size\x18\x01 \x01(\x05\x12\x12\n\nnum_blocks\x18\x02 \x01(\x05\x12\x17\n\x0fnum_free_blocks\x18\x03 \x01(\x05\x12\x19\n\x11num_cached_blocks\x18\x04 \x01(\x05\x12\x1c\n\x14prefix_cache_queries\x18\x05 \x01(\x03\x12\x19\n\x11prefix_cache_hits\x18\x06 \x01(\x03\"\x99\x02\n\x11GetStatusResponse\x12#\n\x06\x65ngine\x18\x01 \x01(\x0b\x32\x13.llmserve.v1.Engine\x12,\n\x08kv_cache\x18\x02 \x01(\x0b\x32\x1a.llmserve.v1.KvCacheStatus\x12\x13\n\x0bnum_running\x18\x03 \x01(\x05\x12\x13\n\x0bnum_waiting\x18\x04 \x01(\x05\x12$\n\x1cgeneration_tokens_per_second\x18\x05 \x01(\x01\x12&\n\x08\x61\x64\x61pters\x18\x06 \x03(\x0b\x32\x14.llmserve.v1.Adapter\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x17\n\x0fnum_preemptions\x18\x08 \x01(\x03\x12\x10\n\x08\x64raining\x18\t \x01(\x08\"R\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x04path\x18\x02 \x01(\tH\x00\x12\x14\n\nadapter_id\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"<\n\x13LoadAdapterResponse\x12%\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x14.llmserve.v1.Adapter\"2\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"\x17\n\x15UnloadAdapterResponse\"\x1c\n\x1aRuntimeListAdaptersRequest\"E\n\x1bRuntimeListAdaptersResponse\x12&\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x14.llmserve.v1.Adapter2\xad\x03\n\x07Runtime\x12I\n\x08Generate\x12\x1c.llmserve.v1.GenerateRequest\x1a\x1d.llmserve.v1.GenerateResponse0\x01\x12J\n\tGetStatus\x12\x1d.llmserve.v1.GetStatusRequest\x1a\x1e.llmserve.v1.GetStatusResponse\x12P\n\x0bLoadAdapter\x12\x1f.llmserve.v1.LoadAdapterRequest\x1a .llmserve.v1.LoadAdapterResponse\x12V\n\rUnloadAdapter\x12!.llmserve.v1.UnloadAdapterRequest\x1a\".llmserve.v1.UnloadAdapterResponse\x12\x61\n\x0cListAdapters\x12\'.llmserve.v1.RuntimeListAdaptersRequest\x1a(.llmserve.v1.RuntimeListAdaptersResponseBk\n\x0f\x64\x65v.llmserve.v1B\x0cRuntimeProtoP\x01Z:github.com/llmserve/llmserve/gen/go/llmserve/v1;llmservev1\xaa\x02\x0bLlmserve.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmserve/v1/runtime.proto\x12\x0bllmserve.v1\x1a\x18llmserve/v1/common.proto\x1a\x18llmserve/v1/engine.proto\"\x9e\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x06prompt\x18\x02 \x01(\x0b\x32\x13.llmserve.v1.Prompt\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.llmserve.v1.SamplingParams\x12\x0f\n\x07\x61\x64\x61pter\x18\x04 \x01(\t\x12\x12\n\nfinal_only\x18\x05 \x01(\x08\"\xb0\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12,\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1a.llmserve.v1.TokenLogprobs\x12\x30\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x19.llmserve.v1.FinishReason\x12\x15\n\x0bstop_string\x18\x06 \x01(\tH\x00\x12\x17\n\rstop_token_id\x18\x07 \x01(\rH\x00\x12!\n\x05usage\x18\x08 \x01(\x0b\x32\x12.llmserve.v1.Usage\x12%\n\x07timings\x18\t \x01(\x0b\x32\x14.llmserve.v1.TimingsB\r\n\x0bstop_detail\"\x12\n\x10GetStatusRequest\"\xa4\x01\n\rKvCacheStatus\x12\x12\n\nblock_size\x18\x01 \x01(\x05\x12\x12\n\nnum_blocks\x18\x02 \x01(\x05\x12\x17\n\x0fnum_free_blocks\x18\x03 \x01(\x05\x12\x19\n\x11num_cached_blocks\x18\x04 \x01(\x05\x12\x1c\n\x14prefix_cache_queries\x18\x05 \x01(\x03\x12\x19\n\x11prefix_cache_hits\x18\x06 \x01(\x03\"\xb7\x02\n\x11GetStatusResponse\x12#\n\x06\x65ngine\x18\x01 \x01(\x0b\x32\x13.llmserve.v1.Engine\x12,\n\x08kv_cache\x18\x02 \x01(\x0b\x32\x1a.llmserve.v1.KvCacheStatus\x12\x13\n\x0bnum_running\x18\x03 \x01(\x05\x12\x13\n\x0bnum_waiting\x18\x04 \x01(\x05\x12$\n\x1cgeneration_tokens_per_second\x18\x05 \x01(\x01\x12&\n\x08\x61\x64\x61pters\x18\x06 \x03(\x0b\x32\x14.llmserve.v1.Adapter\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x17\n\x0fnum_preemptions\x18\x08 \x01(\x03\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x1c\n\x14tensor_parallel_size\x18\n \x01(\x05\"R\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x04path\x18\x02 \x01(\tH\x00\x12\x14\n\nadapter_id\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"<\n\x13LoadAdapterResponse\x12%\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x14.llmserve.v1.Adapter\"2\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"\x17\n\x15UnloadAdapterResponse\"\x1c\n\x1aRuntimeListAdaptersRequest\"E\n\x1bRuntimeListAdaptersResponse\x12&\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x14.llmserve.v1.Adapter2\xad\x03\n\x07Runtime\x12I\n\x08Generate\x12\x1c.llmserve.v1.GenerateRequest\x1a\x1d.llmserve.v1.GenerateResponse0\x01\x12J\n\tGetStatus\x12\x1d.llmserve.v1.GetStatusRequest\x1a\x1e.llmserve.v1.GetStatusResponse\x12P\n\x0bLoadAdapter\x12\x1f.llmserve.v1.LoadAdapterRequest\x1a .llmserve.v1.LoadAdapterResponse\x12V\n\rUnloadAdapter\x12!.llmserve.v1.UnloadAdapterRequest\x1a\".llmserve.v1.UnloadAdapterResponse\x12\x61\n\x0cListAdapters\x12\'.llmserve.v1.RuntimeListAdaptersRequest\x1a(.llmserve.v1.RuntimeListAdaptersResponseBk\n\x0f\x64\x65v.llmserve.v1B\x0cRuntimeProtoP\x01Z:github.com/llmserve/llmserve/gen/go/llmserve/v1;llmservev1\xaa\x02\x0bLlmserve.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,19 +43,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KVCACHESTATUS']._serialized_start=583
   _globals['_KVCACHESTATUS']._serialized_end=747
   _globals['_GETSTATUSRESPONSE']._serialized_start=750
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1031
-  _globals['_LOADADAPTERREQUEST']._serialized_start=1033
-  _globals['_LOADADAPTERREQUEST']._serialized_end=1115
-  _globals['_LOADADAPTERRESPONSE']._serialized_start=1117
-  _globals['_LOADADAPTERRESPONSE']._serialized_end=1177
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1179
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1229
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1231
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1254
-  _globals['_RUNTIMELISTADAPTERSREQUEST']._serialized_start=1256
-  _globals['_RUNTIMELISTADAPTERSREQUEST']._serialized_end=1284
-  _globals['_RUNTIMELISTADAPTERSRESPONSE']._serialized_start=1286
-  _globals['_RUNTIMELISTADAPTERSRESPONSE']._serialized_end=1355
-  _globals['_RUNTIME']._serialized_start=1358
-  _globals['_RUNTIME']._serialized_end=1787
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1061
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1063
+  _globals['_LOADADAPTERREQUEST']._serialized_end=1145
+  _globals['_LOADADAPTERRESPONSE']._serialized_start=1147
+  _globals['_LOADADAPTERRESPONSE']._serialized_end=1207
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1209
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1259
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1261
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1284
+  _globals['_RUNTIMELISTADAPTERSREQUEST']._serialized_start=1286
+  _globals['_RUNTIMELISTADAPTERSREQUEST']._serialized_end=1314
+  _globals['_RUNTIMELISTADAPTERSRESPONSE']._serialized_start=1316
+  _globals['_RUNTIMELISTADAPTERSRESPONSE']._serialized_end=1385
+  _globals['_RUNTIME']._serialized_start=1388
+  _globals['_RUNTIME']._serialized_end=1817
 # @@protoc_insertion_point(module_scope)

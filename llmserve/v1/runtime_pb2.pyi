@@ -65,7 +65,7 @@ class KvCacheStatus(_message.Message):
     def __init__(self, block_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_cached_blocks: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("engine", "kv_cache", "num_running", "num_waiting", "generation_tokens_per_second", "adapters", "device", "num_preemptions", "draining")
+    __slots__ = ("engine", "kv_cache", "num_running", "num_waiting", "generation_tokens_per_second", "adapters", "device", "num_preemptions", "draining", "tensor_parallel_size")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class GetStatusResponse(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NUM_PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_PARALLEL_SIZE_FIELD_NUMBER: _ClassVar[int]
     engine: _engine_pb2.Engine
     kv_cache: KvCacheStatus
     num_running: int
@@ -84,7 +85,8 @@ class GetStatusResponse(_message.Message):
     device: str
     num_preemptions: int
     draining: bool
-    def __init__(self, engine: _Optional[_Union[_engine_pb2.Engine, _Mapping]] = ..., kv_cache: _Optional[_Union[KvCacheStatus, _Mapping]] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., generation_tokens_per_second: _Optional[float] = ..., adapters: _Optional[_Iterable[_Union[_common_pb2.Adapter, _Mapping]]] = ..., device: _Optional[str] = ..., num_preemptions: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    tensor_parallel_size: int
+    def __init__(self, engine: _Optional[_Union[_engine_pb2.Engine, _Mapping]] = ..., kv_cache: _Optional[_Union[KvCacheStatus, _Mapping]] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., generation_tokens_per_second: _Optional[float] = ..., adapters: _Optional[_Iterable[_Union[_common_pb2.Adapter, _Mapping]]] = ..., device: _Optional[str] = ..., num_preemptions: _Optional[int] = ..., draining: _Optional[bool] = ..., tensor_parallel_size: _Optional[int] = ...) -> None: ...
 
 class LoadAdapterRequest(_message.Message):
     __slots__ = ("name", "path", "adapter_id")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmserve.errors import AlreadyExists, Unavailable, shown
+from llmserve.reasons import Reason
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo, EngineStats
 from runtime_service.engine.core_loop import start_core
@@ -115,8 +116,16 @@ class AsyncLLM:
         self._receiver.start()
 
     def _send(self, message: tuple) -> None:
+        """Sends to the core; Unavailable once it has died. `_dead` is set under the same lock,
+        so a message either reaches the core before its death is known (and the death then
+        fails what it was for) or is refused here: nothing is sent into the void."""
         with self._send_lock:
-            self._conn.send(message)
+            if self._dead is not None:
+                raise Unavailable(f"the engine stopped: {self._dead}")
+            try:
+                self._conn.send(message)
+            except (BrokenPipeError, OSError) as e:
+                raise Unavailable(f"the engine stopped: {e}") from e
 
     # Public, on the event loop.
     def add_request(
@@ -154,13 +163,19 @@ class AsyncLLM:
 
     def _check_new(self, request_id: str | None) -> str:
         if self._dead is not None:
-            raise Unavailable(f"the engine stopped after an error: {self._dead}")
+            raise Unavailable(
+                f"the engine stopped after an error: {self._dead}", reason=Reason.ENGINE_STOPPED
+            )
         if self._stopped:
-            raise Unavailable("the engine is shutting down")
+            raise Unavailable("the engine is shutting down", reason=Reason.ENGINE_STOPPED)
         self._loop = self._loop or asyncio.get_running_loop()
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._streams:
-            raise AlreadyExists(f"request_id {shown(request_id)} is already in progress")
+            raise AlreadyExists(
+                f"request_id {shown(request_id)} is already in progress",
+                reason=Reason.REQUEST_IN_PROGRESS,
+                field="request_id",
+            )
         return request_id
 
     def _enqueue(self, er: EngineRequest, adapter: str | None) -> RequestStream:
@@ -169,13 +184,20 @@ class AsyncLLM:
         stream = RequestStream(request_id)
         self._streams[request_id] = stream
         self.processor.begin(er)
-        if load_first:
-            assert adapter is not None
-            self.adapters.load_then(
-                adapter, lambda: self._add_if_wanted(er), lambda e: self._fail(request_id, e)
-            )
-        else:
-            self._send(("add", er))
+        try:
+            if load_first:
+                assert adapter is not None
+                self.adapters.load_then(
+                    adapter, lambda: self._add_if_wanted(er), lambda e: self._fail(request_id, e)
+                )
+            elif self._dead is None:
+                self._send(("add", er))
+            if self._dead is not None:  # died before the add: no step will ever answer it
+                raise Unavailable(f"the engine stopped: {self._dead}")
+        except BaseException:
+            self._streams.pop(request_id, None)
+            self.processor.forget(request_id)
+            raise
         return stream
 
     async def generate(
@@ -201,7 +223,7 @@ class AsyncLLM:
 
     def abort(self, request_id: str) -> None:
         self.processor.forget(request_id)
-        if self._dead is None:
+        with contextlib.suppress(Unavailable):  # a dead core has nothing left to abort
             self._send(("abort", [request_id]))
 
     def call(self, method: str, *args: Any) -> concurrent.futures.Future:
@@ -209,7 +231,11 @@ class AsyncLLM:
         future: concurrent.futures.Future = concurrent.futures.Future()
         call_id = next(self._ids)
         self._calls[call_id] = future
-        self._send(("call", call_id, method, args))
+        try:
+            self._send(("call", call_id, method, args))
+        except Unavailable as e:
+            self._calls.pop(call_id, None)
+            future.set_exception(e)
         return future
 
     # Adapters (lora/frontend.py).
@@ -224,7 +250,10 @@ class AsyncLLM:
 
     def _add_if_wanted(self, er: EngineRequest) -> None:  # its adapter is loaded now
         if er.request_id in self._streams:  # else its consumer has gone
-            self._send(("add", er))
+            try:
+                self._send(("add", er))
+            except Unavailable as e:
+                self._fail(er.request_id, e)
 
     def _fail(self, request_id: str, error: BaseException) -> None:
         self.processor.forget(request_id)
@@ -257,7 +286,7 @@ class AsyncLLM:
         self._prepare.shutdown(wait=False, cancel_futures=True)
         self.adapters.shutdown()
         if self._dead is None:
-            with contextlib.suppress(BrokenPipeError, OSError):
+            with contextlib.suppress(Unavailable):
                 self._send(("shutdown",))
         self._join(timeout)
 
@@ -282,13 +311,18 @@ class AsyncLLM:
                 future = self._calls.pop(call_id)
                 future.set_result(value) if ok else future.set_exception(value)
             elif kind == "dead":
-                if not self._stopped:
+                with self._send_lock:  # from here on every send is refused (see `_send`)
+                    self._dead = message[1]
+                    calls = list(self._calls.values())
+                    self._calls.clear()
+                if not self._stopped:  # before anything is refused: health goes first
                     log.error("engine core died: %s", message[1])
                     for callback in self._on_dead:
                         callback(message[1])
-                self._dead = message[1]
+                # Streams registered before this point are failed by `_fail_all` (it runs on
+                # the loop after them); later ones see `_dead` in `_enqueue`.
                 self._post(self._fail_all, Unavailable(f"the engine stopped: {message[1]}"))
-                for future in self._calls.values():
+                for future in calls:
                     future.set_exception(Unavailable(message[1]))
                 return
 

@@ -73,7 +73,7 @@ class BlockManager:
     def _update_block_hashes(self, req: Request) -> None:
         bs = self.block_size
         hashes = req.block_hashes
-        for i in range(len(hashes), req.num_tokens // bs):
+        for i in range(len(hashes), req.num_known_tokens // bs):
             parent = hashes[i - 1] if i else None
             tokens = req.all_token_ids[i * bs : (i + 1) * bs]
             hashes.append(hash_block(parent, tokens, req.cache_key))
@@ -140,7 +140,8 @@ class BlockManager:
         self._update_block_hashes(req)
         held = self._req_blocks.get(req.request_id, [])
         start = self._num_cached_blocks.get(req.request_id, 0)
-        end = min(req.num_computed_tokens // self.block_size, len(held))
+        computed = min(req.num_computed_tokens, req.num_known_tokens)
+        end = min(computed // self.block_size, len(held), len(req.block_hashes))
         for i in range(start, end):
             block, block_hash = held[i], req.block_hashes[i]
             if block.block_hash is None and block_hash not in self._cached:

@@ -28,8 +28,11 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     # CUDA graphs of the decode step (captured at start-up); off: every step runs eagerly.
     enable_cuda_graphs: bool = True
+    # Schedule and launch step n+1 before step n's tokens reach the host (placeholders stand
+    # for them); None: on for CUDA, off on the CPU (where nothing runs while the host works).
+    async_scheduling: bool | None = None
     load_format: str = "auto"  # auto: read the weights; dummy: random weights (benchmarks)
-    dummy_quantization: str = "none"  # with load_format dummy: none, or fp8 random weights
+    dummy_quantization: str = "none"  # load_format dummy: none, fp8, int8 or int4
     cpu_threads: int = 0  # torch intra-op threads of the core; 0: torch's default (all cores)
     verify_engine: bool = True  # check a built engine's files against its manifest at load
     # LoRA: device slots of stacked adapter weights (allocated up front, before the KV pool is
@@ -39,6 +42,9 @@ class EngineConfig:
     max_loras: int = 4
     max_lora_rank: int = 64
     lora_dir: Path | None = None
+    # Tensor parallelism: the model split over this many processes (one per GPU from
+    # `device` on, or CPU processes over gloo); see docs/tensor_parallel.md.
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
@@ -65,6 +71,10 @@ class EngineConfig:
             (
                 self.max_num_batched_tokens >= 1,
                 f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}",
+            ),
+            (
+                1 <= self.tensor_parallel_size <= 64,
+                f"tensor_parallel_size must be in [1, 64], got {self.tensor_parallel_size}",
             ),
             (self.max_loras >= 1, f"max_loras must be >= 1, got {self.max_loras}"),
             (

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from llmserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from llmserve.reasons import Reason
 from runtime_service.engine.block_manager import BlockManager
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.kv_pool import num_kv_blocks
 from runtime_service.engine.lora import AdapterInfo, LoRAAdapter, LoRAManager
 from runtime_service.engine.lora.adapter import AdapterReader
-from runtime_service.engine.model_runner import ModelRunner
+from runtime_service.engine.model_runner import LaunchedStep, ModelRunner
 from runtime_service.engine.outputs import CoreOutput
 from runtime_service.engine.request import EngineRequest, Request, RequestStatus
 from runtime_service.engine.scheduler import Scheduler
@@ -63,6 +64,7 @@ class CoreInfo:
     num_blocks: int
     block_size: int
     lora: AdapterReader | None = None  # reads adapters for this model; None: LoRA is off
+    tensor_parallel_size: int = 1  # processes the model is split over
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,15 +89,21 @@ class EngineCore:
             torch.set_num_threads(config.cpu_threads)
         self.device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, self.device)
-        self.model, info = load_model(
-            config.model,
-            dtype,
-            self.device,
-            config.max_model_len,
-            config.load_format,
-            verify=config.verify_engine,
-            dummy_quantization=config.dummy_quantization,
-        )
+        self.workers = None  # tensor parallelism: the other ranks (parallel/workers.py)
+        if config.tensor_parallel_size > 1:
+            from runtime_service.parallel.workers import load_parallel_model
+
+            self.model, info, self.workers = load_parallel_model(config, dtype, self.device)
+        else:
+            self.model, info = load_model(
+                config.model,
+                dtype,
+                self.device,
+                config.max_model_len,
+                config.load_format,
+                verify=config.verify_engine,
+                dummy_quantization=config.dummy_quantization,
+            )
         mc = self.model.config
         self.max_model_len = min(
             config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings
@@ -135,10 +143,17 @@ class EngineCore:
             config.max_num_batched_tokens,
             self.max_model_len,
             self.lora,
-            cuda_graphs=config.enable_cuda_graphs,
+            # NOTE: the decode graphs do not capture the workers' half of a step yet.
+            cuda_graphs=config.enable_cuda_graphs and self.workers is None,
         )
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
+        self.async_scheduling = (
+            self.device.type == "cuda"
+            if config.async_scheduling is None
+            else config.async_scheduling
+        )
+        self._pending: LaunchedStep | None = None  # launched, tokens not yet read
         self.info = CoreInfo(
             model_name=info.name,
             model_path=str(info.path),
@@ -154,6 +169,7 @@ class EngineCore:
             num_blocks=num_blocks,
             block_size=config.block_size,
             lora=None if self.lora is None else self.lora.reader,
+            tensor_parallel_size=config.tensor_parallel_size,
         )
         log.info(
             "engine core ready: %s on %s (%s), %d KV blocks of %d tokens, max_model_len %d",
@@ -165,10 +181,20 @@ class EngineCore:
             self.max_model_len,
         )
 
+    def close(self) -> None:
+        """Stops the tensor-parallel workers, if any (a single-device core holds nothing)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
+
     # Requests.
     def add(self, er: EngineRequest) -> None:
         if er.request_id in self.requests:
-            raise AlreadyExists(f"request_id {er.request_id!r} is already in progress")
+            raise AlreadyExists(
+                f"request_id {er.request_id!r} is already in progress",
+                reason=Reason.REQUEST_IN_PROGRESS,
+                field="request_id",
+            )
         req = Request(
             er.request_id,
             er.prompt_token_ids,
@@ -191,13 +217,15 @@ class EngineCore:
 
     @property
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.num_unfinished > 0 or bool(self._aborted)
+        return self.scheduler.num_unfinished > 0 or bool(self._aborted) or self._pending is not None
 
     # Adapters (lora/manager.py), called between steps.
     def _lora(self, adapter: str | None = None) -> LoRAManager:
         if self.lora is None:
             off = "this engine serves no adapters (enable_lora is off)"
-            raise NotFound(f"adapter {adapter!r}: {off}") if adapter else FailedPrecondition(off)
+            if adapter:
+                raise NotFound(f"adapter {adapter!r}: {off}", reason=Reason.ADAPTER_NOT_FOUND)
+            raise FailedPrecondition(off, reason=Reason.LORA_DISABLED)
         return self.lora
 
     def register_adapter(self, adapter: LoRAAdapter, exist_ok: bool = False) -> AdapterInfo:
@@ -238,17 +266,40 @@ class EngineCore:
 
     # The step.
     def step(self) -> list[CoreOutput]:
+        """Schedules and launches a step, and returns the outputs of the tokens that reached
+        the host. Synchronous: this step's. Async: the previous step's, read while this one
+        runs on the device (so the host's work for step n+1 overlaps step n)."""
         outputs = [self._output(r, None, None) for r in self._aborted]
         self._aborted.clear()
+        if self._pending is not None and not self.async_scheduling:
+            outputs += self._resolve(self._pending)
+            self._pending = None
         sched = self.scheduler.schedule()
-        if not sched.requests:
-            return outputs
-        result = self.runner.execute(sched)
-        self.scheduler.update(sched)
+        launched = self.runner.launch(sched) if sched.requests else None
+        if self._pending is not None:
+            outputs += self._resolve(self._pending)
+        self._pending = launched
+        if launched is not None:
+            self.scheduler.update(sched)
+            for row, req in enumerate(launched.requests):
+                if not req.is_finished:
+                    req.append_placeholder(row)
+            if not self.async_scheduling:
+                outputs += self._resolve(launched)
+                self._pending = None
+        return outputs
+
+    def _resolve(self, launched: LaunchedStep) -> list[CoreOutput]:
+        """Writes a launched step's tokens over their placeholders and applies stops."""
+        result = self.runner.fetch(launched)
+        outputs = []
         for req, token, logprobs in zip(
             result.requests, result.token_ids, result.logprobs, strict=True
         ):
-            req.append_output_token(token, logprobs)
+            if req.is_finished:  # aborted, or stopped by its previous token
+                continue
+            req.resolve_placeholder(token, logprobs)
+            self.block_manager.cache_full_blocks(req)
             status = req.check_token_stop()
             if status is not None:
                 self.scheduler.finish([req], status)

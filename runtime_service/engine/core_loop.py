@@ -111,6 +111,8 @@ def core_loop(make_core: Callable[[], EngineCore], conn: Any) -> None:
         log.exception("engine core step failed")
         conn.send(("dead", f"{type(e).__name__}: {e}"))
         return
+    finally:
+        core.close()  # tensor-parallel workers, if any
     conn.send(("dead", "shut down"))  # lets the frontend's receiver thread finish
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from llmserve.errors import FailedPrecondition
+from llmserve.reasons import Reason
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import EngineCore, EngineStats
 from runtime_service.engine.inputs import PromptInput
@@ -95,7 +96,9 @@ class LLMEngine:
         """Reads, validates and adds a PEFT adapter (see lora/adapter.py for the errors)."""
         reader = self.core.info.lora
         if reader is None:
-            raise FailedPrecondition("this engine serves no adapters (enable_lora is off)")
+            raise FailedPrecondition(
+                "this engine serves no adapters (enable_lora is off)", reason=Reason.LORA_DISABLED
+            )
         return self.core.register_adapter(reader.read(name, path))
 
     def unload_adapter(self, name: str, wait: bool = False) -> bool:

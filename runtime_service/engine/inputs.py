@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmserve.errors import InvalidArgument
+from llmserve.reasons import Reason
 
 
 @dataclass(slots=True)
@@ -60,7 +61,9 @@ class InputProcessor:
             raise InvalidArgument(
                 f"{field_name} is {num_bytes} bytes; more than {self.max_text_bytes} bytes"
                 f" (max_model_len {self.max_model_len} x {self.max_token_bytes} bytes, the"
-                " longest token) cannot fit in the context"
+                " longest token) cannot fit in the context",
+                reason=Reason.PROMPT_TOO_LONG,
+                field=field_name.split(" ")[0],
             )
 
     def __call__(self, prompt: PromptInput, max_tokens: int | None = None) -> list[int]:
@@ -70,7 +73,11 @@ class InputProcessor:
             prompt = TokensPrompt(prompt)
         if isinstance(prompt, TextPrompt):
             if not prompt.text:
-                raise InvalidArgument("prompt.text must not be empty")
+                raise InvalidArgument(
+                    "prompt.text must not be empty",
+                    reason=Reason.FIELD_REQUIRED,
+                    field="prompt.text",
+                )
             self.check_bytes(len(prompt.text.encode("utf-8")), "prompt.text")
             ids = self.tokenizer.encode(prompt.text, add_special_tokens=prompt.add_special_tokens)
         elif isinstance(prompt, TokensPrompt):
@@ -80,20 +87,27 @@ class InputProcessor:
                 if not 0 <= t < self.vocab_size:
                     raise InvalidArgument(
                         f"prompt.token_ids[{i}] = {t} is outside the vocabulary [0, "
-                        f"{self.vocab_size})"
+                        f"{self.vocab_size})",
+                        field=f"prompt.token_ids[{i}]",
                     )
         elif isinstance(prompt, ChatPrompt):
             ids = self._chat(prompt, max_tokens)
         else:
-            raise InvalidArgument(f"unsupported prompt type {type(prompt).__name__}")
+            raise InvalidArgument(
+                f"unsupported prompt type {type(prompt).__name__}", field="prompt"
+            )
         if not ids:
-            raise InvalidArgument("prompt must not be empty")
+            raise InvalidArgument(
+                "prompt must not be empty", reason=Reason.FIELD_REQUIRED, field="prompt"
+            )
         self.check_length(len(ids))
         if max_tokens is not None and len(ids) + max_tokens > self.max_model_len:
             raise InvalidArgument(
                 f"prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceed "
                 f"max_model_len ({self.max_model_len}); lower max_tokens to at most "
-                f"{self.max_model_len - len(ids)} or leave it unset to fill the context"
+                f"{self.max_model_len - len(ids)} or leave it unset to fill the context",
+                reason=Reason.PROMPT_TOO_LONG,
+                field="sampling.max_tokens",
             )
         return ids
 
@@ -102,28 +116,40 @@ class InputProcessor:
         if num_tokens > limit:
             raise InvalidArgument(
                 f"{field_name} has {num_tokens} tokens; at most {limit} fit "
-                f"(max_model_len {self.max_model_len} minus at least one output token)"
+                f"(max_model_len {self.max_model_len} minus at least one output token)",
+                reason=Reason.PROMPT_TOO_LONG,
+                field=field_name.split(" ")[0],
             )
 
     def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
         if getattr(self.tokenizer, "chat_template", None) is None:
-            raise InvalidArgument("prompt.chat: this model has no chat template")
+            raise InvalidArgument(
+                "prompt.chat: this model has no chat template", field="prompt.chat"
+            )
         for i, m in enumerate(messages):
             if not m.get("role"):
-                raise InvalidArgument(f"prompt.chat.messages[{i}].role must not be empty")
+                raise InvalidArgument(
+                    f"prompt.chat.messages[{i}].role must not be empty",
+                    reason=Reason.FIELD_REQUIRED,
+                    field=f"prompt.chat.messages[{i}].role",
+                )
         try:
             text = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=add_generation_prompt, tokenize=False
             )
         except Exception as e:
             message = f"prompt.chat: the chat template refused the messages: {e}"
-            raise InvalidArgument(message) from e
+            raise InvalidArgument(message, field="prompt.chat") from e
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _chat(self, prompt: ChatPrompt, max_tokens: int | None) -> list[int]:
         messages = list(prompt.messages)
         if not messages:
-            raise InvalidArgument("prompt.chat.messages must not be empty")
+            raise InvalidArgument(
+                "prompt.chat.messages must not be empty",
+                reason=Reason.FIELD_REQUIRED,
+                field="prompt.chat.messages",
+            )
         if not prompt.truncate_history:
             # Each message renders to at least one token, and its content to at least
             # len(content) / max_token_bytes tokens.
@@ -134,7 +160,9 @@ class InputProcessor:
         if max_tokens is not None and max_tokens >= self.max_model_len:
             raise InvalidArgument(
                 f"max_tokens ({max_tokens}) must be below max_model_len ({self.max_model_len}) "
-                "to leave room for the conversation"
+                "to leave room for the conversation",
+                reason=Reason.PROMPT_TOO_LONG,
+                field="sampling.max_tokens",
             )
         budget = self.max_model_len - (max_tokens or 1)
         return self._newest_that_fit(messages, prompt.add_generation_prompt, budget)
@@ -176,7 +204,9 @@ class InputProcessor:
             raise InvalidArgument(
                 f"prompt.chat: the last message alone renders to {len(render(0))} tokens; with"
                 f" max_tokens {self.max_model_len - budget} at most {budget} fit in"
-                f" max_model_len {self.max_model_len}"
+                f" max_model_len {self.max_model_len}",
+                reason=Reason.PROMPT_TOO_LONG,
+                field="prompt.chat.messages",
             )
         fits, step = 0, 1  # render(fits) fits
         while fits + step < len(starts) and len(render(fits + step)) <= budget:

@@ -16,7 +16,7 @@ import torch
 from runtime_service.engine.cuda_graphs import DecodeGraphs
 from runtime_service.engine.penalties import PenaltyState
 from runtime_service.engine.request import Request, TokenLogprobs
-from runtime_service.engine.sampler import sample
+from runtime_service.engine.sampler import DeviceSample, sample_on_device
 from runtime_service.engine.scheduler import SchedulerOutput
 from runtime_service.engine.step_inputs import StepInputs
 from runtime_service.models.attention import AttentionMetadata
@@ -34,6 +34,16 @@ class RunnerOutput:
     requests: list[Request]
     token_ids: list[int]
     logprobs: list[TokenLogprobs | None]
+
+
+@dataclass(slots=True)
+class LaunchedStep:
+    """A step queued on the device: its sampled tokens arrive on the host when `done` has
+    fired (CUDA) or at once (CPU). `fetch` waits for them."""
+
+    requests: list[Request]  # those that get a token, in sample-row order
+    host: DeviceSample | None
+    done: torch.cuda.Event | None
 
 
 class ModelRunner:
@@ -66,6 +76,7 @@ class ModelRunner:
             device=self.device,
         )
         self.penalties = PenaltyState(model.config.vocab_size, self.device)
+        self._last_tokens: torch.Tensor | None = None  # the latest launch's sampled tokens
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and self.device.type == "cuda":
             self.graphs = DecodeGraphs(self.inputs, self._forward, max_num_seqs)
@@ -77,19 +88,45 @@ class ModelRunner:
         return self.model(ids, positions, self.kv_caches, meta)
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+    def launch(self, sched: SchedulerOutput) -> LaunchedStep:
+        """Queues the step's forward and sampling on the device, and the copy of its tokens
+        to the host, without waiting for any of it. Placeholders among the inputs take the
+        tokens of the previous launch."""
         use_lora = self.lora is not None and self.lora.begin_batch(sched)
         size = None
         if self.graphs is not None and not use_lora:
             decode_only = sched.total_num_scheduled_tokens == len(sched)
             size = self.graphs.size_for(len(sched)) if decode_only else None
-        batch = self.inputs.prepare(sched, size)
+        batch = self.inputs.prepare(sched, size, self._last_tokens)
         if size is None:
             hidden = self._forward(batch.input_ids, batch.positions, batch.meta)
         else:
             hidden = self.graphs.replay(size)  # type: ignore[union-attr]
-        if not batch.sample_requests:
-            return RunnerOutput([], [], [])
+        reqs = batch.sample_requests
+        if not reqs:
+            return LaunchedStep([], None, None)
         logits = self.model.compute_logits(hidden[batch.logits_rows])
-        out = sample(logits, batch.sample_requests, self.penalties)
-        return RunnerOutput(batch.sample_requests, out.token_ids, out.logprobs)
+        sampled = sample_on_device(logits, reqs, self.penalties)
+        self._last_tokens = sampled.tokens
+        done = None
+        if self.device.type == "cuda":
+            done = torch.cuda.Event()
+            host = sampled.copy_to_host()
+            done.record()
+        else:
+            host = sampled
+        return LaunchedStep(reqs, host, done)
+
+    @staticmethod
+    def fetch(step: LaunchedStep) -> RunnerOutput:
+        """Waits for a launched step's tokens and returns them on the host."""
+        if step.host is None:
+            return RunnerOutput([], [], [])
+        if step.done is not None:
+            step.done.synchronize()
+        out = step.host.to_host()
+        return RunnerOutput(step.requests, out.token_ids, out.logprobs)
+
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        """One step, waited for (`launch` then `fetch`)."""
+        return self.fetch(self.launch(sched))

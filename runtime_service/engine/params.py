@@ -15,9 +15,9 @@ MAX_LOGPROBS = 20
 MIN_TEMPERATURE = 1e-5
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(ok: bool, field: str, message: str) -> None:
     if not ok:
-        raise InvalidArgument(message)
+        raise InvalidArgument(message, field=field)
 
 
 @dataclass(slots=True)
@@ -44,51 +44,62 @@ class SamplingParams:
     def __post_init__(self) -> None:
         _check(
             self.temperature >= 0 and math.isfinite(self.temperature),
+            "temperature",
             f"temperature must be a finite number >= 0, got {self.temperature}",
         )
         if self.temperature < MIN_TEMPERATURE:
             self.temperature = 0.0
-        _check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
-        _check(self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        _check(0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}")
+        _check(0 < self.top_p <= 1, "top_p", f"top_p must be in (0, 1], got {self.top_p}")
+        _check(self.top_k >= 0, "top_k", f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        _check(0 <= self.min_p <= 1, "min_p", f"min_p must be in [0, 1], got {self.min_p}")
         _check(
             self.repetition_penalty > 0,
+            "repetition_penalty",
             f"repetition_penalty must be > 0, got {self.repetition_penalty}",
         )
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
-            _check(-2 <= value <= 2, f"{name} must be in [-2, 2], got {value}")
+            _check(-2 <= value <= 2, name, f"{name} must be in [-2, 2], got {value}")
         _check(
             self.seed is None or 0 <= self.seed < 2**64,
+            "seed",
             f"seed must be in [0, 2^64), got {self.seed}",
         )
         _check(
             self.max_tokens is None or self.max_tokens >= 1,
+            "max_tokens",
             f"max_tokens must be >= 1, got {self.max_tokens}",
         )
-        _check(self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}")
+        _check(
+            self.min_tokens >= 0, "min_tokens", f"min_tokens must be >= 0, got {self.min_tokens}"
+        )
         _check(
             self.max_tokens is None or self.min_tokens <= self.max_tokens,
+            "min_tokens",
             f"min_tokens ({self.min_tokens}) must be <= max_tokens ({self.max_tokens})",
         )
         _check(
             len(self.stop) <= MAX_STOP_STRINGS,
+            "stop",
             f"stop may hold at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}",
         )
         for s in self.stop:
             size = len(s.encode())
-            _check(size > 0, "stop strings must not be empty")
+            _check(size > 0, "stop", "stop strings must not be empty")
             _check(
                 size <= MAX_STOP_STRING_BYTES,
+                "stop",
                 f"each stop string must be at most {MAX_STOP_STRING_BYTES} bytes, got {size}",
             )
         _check(
             all(t >= 0 for t in self.stop_token_ids),
+            "stop_token_ids",
             "stop_token_ids must be >= 0",
         )
-        _check(self.detokenize or not self.stop, "stop strings need detokenize")
+        _check(self.detokenize or not self.stop, "stop", "stop strings need detokenize")
         _check(
             self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+            "logprobs",
             f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}",
         )
 

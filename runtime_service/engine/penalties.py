@@ -55,7 +55,10 @@ class PenaltyState:
         self.rows[id(req)] = row
         vocab = self.vocab_size
         prompt = torch.tensor([t for t in req.prompt_token_ids if t < vocab], dtype=torch.long)
-        outputs = torch.tensor([t for t in req.output_token_ids if t < vocab], dtype=torch.long)
+        # Placeholders (< 0) are counted by `add_tokens` in the step that samples them.
+        outputs = torch.tensor(
+            [t for t in req.output_token_ids if 0 <= t < vocab], dtype=torch.long
+        )
         self.prompt_mask[row].zero_()
         self.prompt_mask[row, prompt.to(self.device)] = True
         counts = torch.bincount(outputs, minlength=vocab).to(torch.int32)

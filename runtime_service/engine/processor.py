@@ -56,7 +56,8 @@ class Processor:
         for t in params.stop_token_ids:
             if t >= vocab_size:
                 raise InvalidArgument(
-                    f"stop_token_ids contains {t}, outside the vocabulary [0, {vocab_size})"
+                    f"stop_token_ids contains {t}, outside the vocabulary [0, {vocab_size})",
+                    field="sampling.stop_token_ids",
                 )
         prompt_ids = self.inputs(prompt, params.max_tokens)
         return EngineRequest(request_id, prompt_ids, params, self.eos_token_ids, adapter)

@@ -4,6 +4,11 @@ NOTE: the engine's one rule: each step moves a scheduled request's `num_computed
 toward `num_tokens` (prompt plus output so far). When the two meet, the step samples a new
 token, so `num_tokens` grows by one and the next step computes it. Prefill, chunked prefill,
 decode, prefix-cache hits and recompute after preemption are all this rule.
+
+With async scheduling the sampled token is first a placeholder (PLACEHOLDER, at most one per
+request): the next step is scheduled and launched with it (its input id is taken on the device
+from the step that samples it), and `resolve_placeholder` writes the real id once it reaches
+the host. Only `num_known_tokens` may be hashed into the prefix cache.
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ class EngineRequest:
     arrival: float = field(default_factory=time.monotonic)
 
 
+PLACEHOLDER = -1  # an output token sampled on the device, not yet on the host
+
+
 class Request:
     """A request's prompt, outputs and engine-side state."""
 
@@ -88,6 +96,8 @@ class Request:
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.num_computed_tokens = 0
+        self.num_pending = 0  # trailing placeholder tokens (0 or 1)
+        self.sample_row = -1  # its row in the latest step's sampled tokens
         # Prompt tokens found in the prefix cache when first scheduled (-1: not yet scheduled).
         self.num_cached_tokens = -1
         self.num_preemptions = 0
@@ -114,6 +124,11 @@ class Request:
         return len(self.all_token_ids)
 
     @property
+    def num_known_tokens(self) -> int:
+        """Tokens whose ids the host knows (all but a trailing placeholder)."""
+        return len(self.all_token_ids) - self.num_pending
+
+    @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
 
@@ -131,6 +146,25 @@ class Request:
     def append_output_token(self, token_id: int, logprobs: TokenLogprobs | None) -> None:
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
+        if logprobs is not None:
+            self.logprobs.append(logprobs)
+        if self.times.first_token is None:
+            self.times.first_token = time.monotonic()
+
+    def append_placeholder(self, sample_row: int) -> None:
+        """The token sampled at `sample_row` of the step just launched, until it is known."""
+        assert self.num_pending == 0, "one placeholder at a time"
+        self.output_token_ids.append(PLACEHOLDER)
+        self.all_token_ids.append(PLACEHOLDER)
+        self.num_pending = 1
+        self.sample_row = sample_row
+
+    def resolve_placeholder(self, token_id: int, logprobs: TokenLogprobs | None) -> None:
+        """Writes the real id of the trailing placeholder."""
+        assert self.num_pending == 1
+        self.output_token_ids[-1] = token_id
+        self.all_token_ids[-1] = token_id
+        self.num_pending = 0
         if logprobs is not None:
             self.logprobs.append(logprobs)
         if self.times.first_token is None:

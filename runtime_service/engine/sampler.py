@@ -186,30 +186,73 @@ def draw(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     return (logits - noise.log()).argmax(dim=-1)
 
 
-def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, reqs: list[Request]) -> list:
+@dataclass(slots=True)
+class DeviceSample:
+    """A step's sampled tokens [S] and, for rows that want them, logprob tensors, still on the
+    device: `to_host` turns them into lists (it waits for the device)."""
+
+    tokens: torch.Tensor
+    want: list[int | None]  # per row: its logprobs setting
+    chosen: torch.Tensor | None = None  # [S] logprob of the sampled token
+    top_ids: torch.Tensor | None = None  # [S, max n]
+    top_values: torch.Tensor | None = None
+
+    def copy_to_host(self) -> DeviceSample:
+        """Non-blocking copies into pinned host memory (on CUDA); the caller waits on an
+        event recorded after them before reading."""
+        if not self.tokens.is_cuda:
+            return self
+
+        def host(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            return out.copy_(t, non_blocking=True)
+
+        return DeviceSample(
+            host(self.tokens),  # type: ignore[arg-type]
+            self.want,
+            host(self.chosen),
+            host(self.top_ids),
+            host(self.top_values),
+        )
+
+    def to_host(self) -> SamplerOutput:
+        tokens = self.tokens.tolist()
+        if self.chosen is None:
+            return SamplerOutput(tokens, [None] * len(tokens))
+        chosen = self.chosen.tolist()
+        top_ids = None if self.top_ids is None else self.top_ids.tolist()
+        top_values = None if self.top_values is None else self.top_values.tolist()
+        out: list[TokenLogprobs | None] = []
+        for row, n in enumerate(self.want):
+            if n is None:
+                out.append(None)
+                continue
+            top = []
+            if n and top_ids is not None and top_values is not None:
+                top = list(zip(top_ids[row][:n], top_values[row][:n], strict=True))
+            out.append(TokenLogprobs(tokens[row], chosen[row], top))
+        return SamplerOutput(tokens, out)
+
+
+def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, reqs: list[Request]) -> DeviceSample:
     want = [r.params.logprobs for r in reqs]
     if all(n is None for n in want):
-        return [None] * len(reqs)
+        return DeviceSample(tokens, want)
     logprobs = raw.log_softmax(dim=-1)
-    chosen = logprobs.gather(1, tokens[:, None])[:, 0].tolist()
+    chosen = logprobs.gather(1, tokens[:, None])[:, 0]
     max_n = max(n or 0 for n in want)
-    top_values, top_ids = logprobs.topk(max_n, dim=-1) if max_n else (None, None)
-    out: list[TokenLogprobs | None] = []
-    for row, n in enumerate(want):
-        if n is None:
-            out.append(None)
-            continue
-        top = []
-        if n and top_ids is not None and top_values is not None:
-            top = list(zip(top_ids[row, :n].tolist(), top_values[row, :n].tolist(), strict=True))
-        out.append(TokenLogprobs(int(tokens[row]), chosen[row], top))
-    return out
+    if not max_n:
+        return DeviceSample(tokens, want, chosen)
+    top_values, top_ids = logprobs.topk(max_n, dim=-1)
+    return DeviceSample(tokens, want, chosen, top_ids, top_values)
 
 
-def sample(
+def sample_on_device(
     logits: torch.Tensor, reqs: list[Request], penalties: PenaltyState | None = None
-) -> SamplerOutput:
-    """logits [len(reqs), vocab] float32 -> one token per request.
+) -> DeviceSample:
+    """logits [len(reqs), vocab] float32 -> one token per request, left on the device.
 
     `penalties` keeps the token counts of requests with penalties across steps (one per
     engine); without it they are rebuilt from the requests' tokens for this call.
@@ -233,4 +276,11 @@ def sample(
     if penalized is not None and penalties is not None:
         batch_rows, table_rows = penalized
         penalties.add_tokens(table_rows, tokens[batch_rows])
-    return SamplerOutput(tokens.tolist(), _logprobs(raw, tokens, reqs))
+    return _logprobs(raw, tokens, reqs)
+
+
+def sample(
+    logits: torch.Tensor, reqs: list[Request], penalties: PenaltyState | None = None
+) -> SamplerOutput:
+    """`sample_on_device`, then its tokens and logprobs on the host."""
+    return sample_on_device(logits, reqs, penalties).to_host()

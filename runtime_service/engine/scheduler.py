@@ -82,6 +82,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
+            if req.num_output_tokens >= req.max_tokens:  # its last token is a placeholder
+                i += 1  # it finishes when that token is resolved: nothing left to compute
+                continue
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
             while not self.block_manager.allocate_slots(req, num_new):
                 victim = self.running.pop()
@@ -157,6 +160,8 @@ class Scheduler:
         get a sampled token)."""
         sampled = []
         for req, num_new in zip(out.requests, out.num_scheduled_tokens, strict=True):
+            if req.is_finished:  # stopped by a token resolved after this step was launched
+                continue
             req.num_computed_tokens += num_new
             self.block_manager.cache_full_blocks(req)
             if req.num_computed_tokens == req.num_tokens:

@@ -9,6 +9,9 @@ wrote there.
 Per step, the only Python loop is one pass over the scheduled requests (their token slice and
 block table row); positions, KV slots, query starts and the rows to sample are vectorized.
 
+A request whose last token is a placeholder (async scheduling, request.py) gets its input id
+on the device: one gather from the previous step's sampled tokens, after the copies.
+
 NOTE: a batch may be padded to `padded_size` rows (a captured graph's size): padding rows are
 decodes of token 0 at position 0 with no context (seq_len 0, so attention reads nothing) whose
 K/V go to `pad_slot`, a slot outside every block the block manager hands out.
@@ -78,13 +81,32 @@ class StepInputs:
         self.h_qsl, self.h_seq_lens = h32[: s + 1], h32[s + 1 :]
         self.query_start_loc, self.seq_lens = self._dev32[: s + 1], self._dev32[s + 1 :]
         self.h_tables = self._host_tables.numpy()
+        # Placeholder fixes: [input rows | rows of the previous step's sampled tokens].
+        self._host_fix = torch.zeros(2 * max_num_seqs, dtype=torch.long, pin_memory=pin)
+        self._dev_fix = self._host_fix if same else torch.zeros_like(self._host_fix, device=device)
+        self.h_fix = self._host_fix.numpy()
+        # Recorded after a step's copies from the pinned arrays: the next `prepare` waits for
+        # it before writing them (with async scheduling the previous step's copies may still
+        # be queued behind the step before it).
+        self._copied: torch.cuda.Event | None = None
         self.block_tables = (
             self._host_tables if same else torch.zeros_like(self._host_tables, device=device)
         )
 
-    def prepare(self, sched: SchedulerOutput, padded_size: int | None = None) -> StepBatch:
-        """Fills the buffers for `sched` (padded to `padded_size` decode rows if given)."""
+    def prepare(
+        self,
+        sched: SchedulerOutput,
+        padded_size: int | None = None,
+        prev_tokens: torch.Tensor | None = None,
+    ) -> StepBatch:
+        """Fills the buffers for `sched` (padded to `padded_size` decode rows if given);
+        placeholders take their ids from `prev_tokens`, the previous step's sampled tokens."""
+        if self._copied is not None:
+            self._copied.synchronize()
         num_reqs = len(sched.requests)
+        num_fixes = 0
+        fix = self.h_fix
+        s = self.max_num_seqs
         counts = np.fromiter(sched.num_scheduled_tokens, dtype=np.int64, count=num_reqs)
         starts = np.empty(num_reqs, dtype=np.int64)
         width = max(len(b) for b in sched.block_ids)
@@ -100,6 +122,10 @@ class StepInputs:
                 ids[t] = req.all_token_ids[start]
             else:
                 ids[t : t + n] = req.all_token_ids[start : start + n]
+            if req.num_pending and start + n == req.num_tokens:
+                fix[num_fixes] = t + n - 1
+                fix[s + num_fixes] = req.sample_row
+                num_fixes += 1
             tables[i, : len(blocks)] = blocks
             t += n
         num_tokens = t
@@ -133,6 +159,12 @@ class StepInputs:
             qsl[num_reqs + 1 : rows + 1] = np.arange(num_reqs + 1, rows + 1)
         num_rows = max(rows, num_tokens)
         self._copy(num_rows, rows, width)
+        if num_fixes:
+            assert prev_tokens is not None, "a placeholder without the step that samples it"
+            self._fix_placeholders(num_fixes, prev_tokens)
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
         meta = AttentionMetadata(
             slot_mapping=self.slot_mapping[:num_rows],
             block_tables=self.block_tables[:rows],
@@ -150,6 +182,16 @@ class StepInputs:
             num_rows=num_rows,
             decode_only=decode_only,
         )
+
+    def _fix_placeholders(self, num_fixes: int, prev_tokens: torch.Tensor) -> None:
+        s = self.max_num_seqs
+        if self.device.type == "cuda":
+            self._dev_fix[:num_fixes].copy_(self._host_fix[:num_fixes], non_blocking=True)
+            self._dev_fix[s : s + num_fixes].copy_(
+                self._host_fix[s : s + num_fixes], non_blocking=True
+            )
+        dst, src = self._dev_fix[:num_fixes], self._dev_fix[s : s + num_fixes]
+        self.input_ids.index_copy_(0, dst, prev_tokens.index_select(0, src))
 
     def _copy(self, num_tokens: int, num_seqs: int, width: int) -> None:
         n, s = self.max_num_tokens, self.max_num_seqs

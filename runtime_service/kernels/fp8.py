@@ -15,6 +15,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from runtime_service.kernels.lowbit_gemv import MAX_ROWS, lowbit_gemv
+
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 _TINY = 1e-12
 
@@ -66,7 +68,10 @@ def fp8_linear(
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     q, x_scales = quantize_per_token(x2)
-    if fp8_compute_supported(x.device) and x.dtype != torch.float32:
+    fp8_compute = fp8_compute_supported(x.device) and x.dtype != torch.float32
+    if fp8_compute and x2.shape[0] <= MAX_ROWS:  # a few tokens: bound by reading the weight
+        y = lowbit_gemv(q, weight, scales, bias=bias, x_scales=x_scales, out_dtype=x.dtype)
+    elif fp8_compute:
         y = torch._scaled_mm(
             q,
             weight.t(),

@@ -19,7 +19,8 @@ search; where it can fold the scale into the preceding RMSNorm it does, and writ
 
 On CPU the weight-only quantized weights are dequantized on the fly, in the activation dtype.
 fp8 engines also quantize each token's activations to fp8 (kernels/fp8.py) and, on GPUs of
-compute capability >= 8.9, multiply in fp8 on the tensor cores.
+compute capability >= 8.9, multiply in fp8 on the tensor cores. On CUDA, a product of at most
+16 tokens (a small decode batch) reads the packed weight once in kernels/lowbit_gemv.py.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime_service.kernels.fp8 import FP8_MAX, fp8_linear
+from runtime_service.kernels.lowbit_gemv import MAX_ROWS, lowbit_gemv
 
 QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 INT4_GROUP_SIZE = 128
@@ -54,6 +56,8 @@ class Linear(nn.Module):
             self.in_features = half_in * 2
         else:
             self.out_features, self.in_features = self.weight.shape
+        # kernels/lowbit_gemv.py tiles int4 by its groups: at least 16 channels each.
+        self._gemv_ok = quantization != "int4" or self.in_features // self.scales.shape[1] >= 16
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight as a dense [out, in] tensor of `dtype`."""
@@ -70,6 +74,11 @@ class Linear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         if self.quantization == "fp8":
             return fp8_linear(x, self.weight, self.scales, self.bias)
+        small = x.numel() <= MAX_ROWS * self.in_features  # a decode of a few tokens
+        if x.is_cuda and x.dtype != torch.float32 and small and self._gemv_ok:
+            x2 = x.reshape(-1, self.in_features)
+            y = lowbit_gemv(x2, self.weight, self.scales, self.zeros, self.bias)
+            return y.reshape(*x.shape[:-1], -1)
         if self.quantization == "int8":
             # Per-output-channel scales commute with the product: scale after it.
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
@@ -113,3 +122,24 @@ def quantize_fp8_rowwise(w: torch.Tensor) -> dict[str, torch.Tensor]:
     scales = w.abs().amax(dim=1).clamp(min=1e-8) / FP8_MAX
     q = (w / scales[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return {"weight": q, "scales": scales}
+
+
+def quantize_int8_rowwise(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Symmetric int8 weight [out, in] with one float32 scale per output channel."""
+    w = w.float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return {"weight": q, "scales": scales}
+
+
+def quantize_int4_grouped(w: torch.Tensor, group: int = INT4_GROUP_SIZE) -> dict[str, torch.Tensor]:
+    """Asymmetric int4 in groups of `group` input channels (min/max ranges, no search): the
+    int4 layout above. The builder's quantizer adds an activation-aware clip search."""
+    out, num_in = w.shape
+    groups = w.float().reshape(out, num_in // group, group)
+    w_max = groups.amax(dim=2).clamp(min=0)
+    w_min = groups.amin(dim=2).clamp(max=0)
+    scales = ((w_max - w_min) / 15.0).clamp(min=1e-8)
+    zeros = torch.round(-w_min / scales).clamp(0, 15)
+    q = torch.round(groups / scales[:, :, None] + zeros[:, :, None]).clamp(0, 15)
+    return {"weight": pack_int4(q.reshape(out, num_in)), "scales": scales, "zeros": zeros}

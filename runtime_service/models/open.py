@@ -15,7 +15,11 @@ import torch
 
 from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime_service.models.config import ModelConfig
-from runtime_service.models.linear import quantize_fp8_rowwise
+from runtime_service.models.linear import (
+    quantize_fp8_rowwise,
+    quantize_int4_grouped,
+    quantize_int8_rowwise,
+)
 from runtime_service.models.llama import LlamaModel
 from runtime_service.models.loader import (
     load_engine,
@@ -51,8 +55,8 @@ def dummy_weights(
     config: ModelConfig, dtype: torch.dtype, device: torch.device, quantization: str = "none"
 ) -> dict[str, torch.Tensor]:
     """Random weights of the checkpoint's shapes, made on the device (benchmarks: no
-    checkpoint on disk needed for an 8B-shaped model); quantization "fp8" stores the linear
-    layers as an fp8 engine does."""
+    checkpoint on disk needed for an 8B-shaped model); quantization "fp8", "int8" or "int4"
+    stores the linear layers as such an engine does (plain min/max int4, no clip search)."""
     c = config
     g = torch.Generator(device=device).manual_seed(0)
 
@@ -78,12 +82,19 @@ def dummy_weights(
         weights[p + "o.weight"] = rand(c.hidden_size, c.q_size)
         weights[p + "gate_up.weight"] = rand(2 * c.intermediate_size, c.hidden_size)
         weights[p + "down.weight"] = rand(c.hidden_size, c.intermediate_size)
-        if quantization == "fp8":
+        quantize = {
+            "fp8": quantize_fp8_rowwise,
+            "int8": quantize_int8_rowwise,
+            "int4": quantize_int4_grouped,
+        }.get(quantization)
+        if quantize is not None:
             for name in ("qkv", "o", "gate_up", "down"):
-                fp8 = quantize_fp8_rowwise(weights.pop(p + name + ".weight"))
-                weights.update({f"{p}{name}.{k}": t for k, t in fp8.items()})
+                packed = quantize(weights.pop(p + name + ".weight"))
+                weights.update({f"{p}{name}.{k}": t for k, t in packed.items()})
         elif quantization != "none":
-            raise InvalidArgument(f"dummy weights come in none or fp8, not {quantization}")
+            raise InvalidArgument(
+                f"dummy weights come in none, fp8, int8 or int4, not {quantization}"
+            )
     return weights
 
 

@@ -31,6 +31,7 @@ from llmserve.v1 import builder_pb2, common_pb2
 from runtime_service.engine.lora.adapter import AdapterReader
 from runtime_service.models.loader import read_hf_config
 from tests.builder_service.test_service import build, store_of, stub_for
+from tests.error_details import decode
 from tests.runtime_service.lora_reference import ALL_MODULES, make_adapter
 
 TinyDir = Callable[[str], Path]
@@ -161,33 +162,40 @@ def test_identical_registrations_at_once_publish_once(
     assert published(daemon, results[0].adapter_id) == 1
 
 
-REFUSALS: list[tuple[dict[str, str], Code, str]] = [
-    ({"name": ""}, Code.INVALID_ARGUMENT, "adapter name must not be empty"),
-    ({"name": "x" * 65}, Code.INVALID_ARGUMENT, "at most 64 letters, digits"),
-    ({"name": "../up"}, Code.INVALID_ARGUMENT, "adapter name '../up' is invalid"),
-    ({"source": ""}, Code.INVALID_ARGUMENT, "source is required"),
-    ({"engine_id": ""}, Code.INVALID_ARGUMENT, "engine_id is required"),
-    ({"engine_id": "0" * 32}, Code.NOT_FOUND, f"engine {'0' * 32} is not in the store"),
-    ({"engine_id": "../x"}, Code.INVALID_ARGUMENT, "engine_id must be"),
-    ({"source": "/no/such/adapter"}, Code.NOT_FOUND, "source '/no/such/adapter' does not exist"),
-    ({"source": "https://example.com/a"}, Code.INVALID_ARGUMENT, "source must be a directory"),
-    ({"source": "no_weights"}, Code.NOT_FOUND, "has no adapter_model.safetensors"),
-    (
-        {"source": "rank80"},
-        Code.INVALID_ARGUMENT,
-        "r = 80 is above this engine's max_lora_rank (64)",
-    ),
-    ({"source": "dora"}, Code.INVALID_ARGUMENT, "use_dora = true is a PEFT feature"),
-    (
-        {"source": "mistral"},
-        Code.FAILED_PRECONDITION,
-        "k_proj has 32 output features, the adapter 16 (made for another base model?)",
-    ),
-    ({"source": "deep"}, Code.FAILED_PRECONDITION, "layer 7, but the model has 2 layers"),
-]
+# (request fields, code, message, google.rpc reason, field violation)
+REFUSALS: list[tuple[dict[str, str], Code, str, str, str | None]] = [
+    ({"name": ""}, Code.INVALID_ARGUMENT, "adapter name must not be empty", "INVALID_FIELD",
+     "name"),
+    ({"name": "x" * 65}, Code.INVALID_ARGUMENT, "at most 64 letters, digits", "INVALID_FIELD",
+     "name"),
+    ({"name": "../up"}, Code.INVALID_ARGUMENT, "adapter name '../up' is invalid",
+     "INVALID_FIELD", "name"),
+    ({"source": ""}, Code.INVALID_ARGUMENT, "source is required", "FIELD_REQUIRED", "source"),
+    ({"engine_id": ""}, Code.INVALID_ARGUMENT, "engine_id is required", "FIELD_REQUIRED",
+     "engine_id"),
+    ({"engine_id": "0" * 32}, Code.NOT_FOUND, f"engine {'0' * 32} is not in the store",
+     "ARTIFACT_NOT_FOUND", None),
+    ({"engine_id": "../x"}, Code.INVALID_ARGUMENT, "engine_id must be", "INVALID_FIELD",
+     "engine_id"),
+    ({"source": "/no/such/adapter"}, Code.NOT_FOUND, "source '/no/such/adapter' does not exist",
+     "SOURCE_NOT_FOUND", None),
+    ({"source": "https://example.com/a"}, Code.INVALID_ARGUMENT, "source must be a directory",
+     "INVALID_FIELD", "source"),
+    ({"source": "no_weights"}, Code.NOT_FOUND, "has no adapter_model.safetensors",
+     "SOURCE_NOT_FOUND", None),
+    ({"source": "rank80"}, Code.INVALID_ARGUMENT,
+     "r = 80 is above this engine's max_lora_rank (64)", "INVALID_ADAPTER", None),
+    ({"source": "dora"}, Code.INVALID_ARGUMENT, "use_dora = true is a PEFT feature",
+     "INVALID_ADAPTER", None),
+    ({"source": "mistral"}, Code.FAILED_PRECONDITION,
+     "k_proj has 32 output features, the adapter 16 (made for another base model?)",
+     "ADAPTER_INCOMPATIBLE", None),
+    ({"source": "deep"}, Code.FAILED_PRECONDITION, "layer 7, but the model has 2 layers",
+     "ADAPTER_INCOMPATIBLE", None),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("fields", "code", "message"), REFUSALS)
+@pytest.mark.parametrize(("fields", "code", "message", "reason", "field"), REFUSALS)
 def test_refusals(
     daemon: DaemonProcess,
     engine: Any,
@@ -195,6 +203,8 @@ def test_refusals(
     fields: dict[str, str],
     code: Code,
     message: str,
+    reason: str,
+    field: str | None,
 ) -> None:
     request = {"name": "refused", "source": "qv", "engine_id": engine.engine_id, **fields}
     source = request["source"]
@@ -204,6 +214,9 @@ def test_refusals(
         register(daemon, **request)
     assert err.value.code() == code
     assert message in err.value.details()
+    decoded = decode(err.value)
+    assert (decoded.reason, decoded.domain) == (reason, "llmserve.dev")
+    assert decoded.fields == ([field] if field else [])
     assert list_ids(daemon) == before
 
 

@@ -76,6 +76,18 @@ def test_lora_settings_reach_the_runtime_and_builder() -> None:
     assert parsed.enable_lora and parsed.max_loras == 16
 
 
+def test_tensor_parallel_size_requests_its_gpus_and_reaches_the_runtime() -> None:
+    default = containers(render(BASE_VALUES))["runtime"]
+    assert "LLMSERVE_TENSOR_PARALLEL_SIZE" not in {e["name"] for e in default["env"]}
+    values = {**BASE_VALUES, "runtime": {"tensorParallelSize": 4}}
+    runtime = containers(render(values))["runtime"]
+    assert runtime["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert runtime["resources"]["limits"]["memory"] == "64Gi"  # the other limits stay
+    env = {e["name"]: e["value"] for e in runtime["env"] if "value" in e}
+    assert env["LLMSERVE_TENSOR_PARALLEL_SIZE"] == "4"
+    assert parse_config(RuntimeConfig, [], env=env).tensor_parallel_size == 4
+
+
 def test_http_api_is_off_by_default_and_reaches_the_gateway_when_enabled() -> None:
     def gateway(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
         docs = render(values)
@@ -133,6 +145,10 @@ def test_s3_store_and_external_redis() -> None:
         ),
         ({**BASE_VALUES, "store": {"type": "nfs"}}, "value must be one of 'local', 's3'"),
         ({"runtime": {"replicas": "two"}}, "at '/runtime/replicas': got string, want integer"),
+        (
+            {**BASE_VALUES, "runtime": {"tensorParallelSize": 0}},
+            "at '/runtime/tensorParallelSize': minimum: got 0, want 1",
+        ),
         (
             {**BASE_VALUES, "redis": {"enabled": False}},
             "redis.url (or redis.urlSecret) is required",

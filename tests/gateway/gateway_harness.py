@@ -47,7 +47,7 @@ def runtime_args(model: Path, *extra: str) -> list[str]:
     """Flags of one runtime serving SmolLM2 from `model`, its Hugging Face directory.
     Later: ["--store", ..., "--engine", <SmolLM2 engine id>, ...]."""
     return [
-        "--model", str(model),
+        "--model-path", str(model),
         "--served-model-name", MODEL,
         "--max-model-len", str(MAX_MODEL_LEN),
         "--num-kv-blocks", "256",

@@ -1,7 +1,8 @@
 """The example clients of examples/clients/ against a running stack (redis-server, runtimes
 serving SmolLM2, the gateway): the Node one (grpc-js, protos loaded at run time) gets the same
-greedy tokens as the Python stubs, and its chat turn is stored in its session. `llmserve
-check` (the chart's `helm test`) passes against the same gateway."""
+greedy tokens as the Python stubs, and its chat turn is stored in its session; it decodes the
+google.rpc details of a refusal (ErrorInfo, BadRequest, RetryInfo) from the status trailer.
+`llmserve check` (the chart's `helm test`) passes against the same gateway."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -86,18 +88,50 @@ def test_node_client_works_end_to_end(stack: tuple[DaemonProcess, dict[str, str]
     ]
 
 
-def test_node_client_reports_a_bad_key(stack: tuple[DaemonProcess, dict[str, str]]) -> None:
-    gateway, _ = stack
+def node_refusal(address: str, key: str, *args: str) -> dict[str, Any]:
+    """The error details the Node client prints for the call that failed."""
     result = subprocess.run(
-        ["node", "client.js", "--gateway", gateway.address],
+        ["node", "client.js", "--gateway", address, "--max-tokens", "2", *args],
         cwd=NODE_CLIENT,
-        env={"PATH": "/usr/bin:/bin", "LLMSERVE_API_KEY": "not-a-key-of-this-gateway"},
+        env={"PATH": "/usr/bin:/bin", "LLMSERVE_API_KEY": key},
         capture_output=True,
         text=True,
         timeout=CALL_TIMEOUT_S,
     )
-    assert result.returncode == 1
-    assert result.stderr.startswith("llmserve client failed: UNAUTHENTICATED")
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 2, result.stderr
+    first, details = result.stderr.splitlines()
+    decoded = json.loads(details)
+    assert first == f"llmserve client failed: {decoded['code']}: {decoded['message']}"
+    assert decoded["domain"] == "llmserve.dev" and decoded["metadata"] == {"code": decoded["code"]}
+    return decoded
+
+
+def test_node_client_reads_error_details(stack: tuple[DaemonProcess, dict[str, str]]) -> None:
+    gateway, keys = stack
+    got = node_refusal(gateway.address, "not-a-key-of-this-gateway")
+    assert (got["code"], got["reason"]) == ("UNAUTHENTICATED", "API_KEY_UNKNOWN")
+    assert "field_violations" not in got and "retry_delay_s" not in got
+    got = node_refusal(gateway.address, keys[OWNERS[0]], "--session", "0" * 32)
+    assert (got["code"], got["reason"]) == ("NOT_FOUND", "SESSION_NOT_FOUND")
+    # Refused by the runtime, passed on by the gateway.
+    got = node_refusal(gateway.address, keys[OWNERS[0]], "--max-tokens", "0")
+    assert (got["code"], got["reason"]) == ("INVALID_ARGUMENT", "INVALID_FIELD")
+    assert [v["field"] for v in got["field_violations"]] == ["sampling.max_tokens"]
+    assert "max_tokens must be >= 1" in got["field_violations"][0]["description"]
+
+
+def test_node_client_reads_retry_info(redis_server: RedisServer, tmp_path: Path) -> None:
+    """One request per 100 s for each key: the client's ListModels takes it, and Generate is
+    refused before it is routed (so no runtime is needed)."""
+    limits = ("--rate-limit-rps", "0.01", "--rate-limit-burst", "1")
+    gateway, keys = start_gateway(tmp_path, redis_server, [], *limits)
+    try:
+        got = node_refusal(gateway.address, keys[OWNERS[1]], "--model", MODEL)
+    finally:
+        gateway.terminate()
+    assert (got["code"], got["reason"]) == ("RESOURCE_EXHAUSTED", "RATE_LIMITED")
+    assert 0 < got["retry_delay_s"] <= 100
 
 
 def test_llmserve_check_passes_and_fails_as_helm_test_needs(

@@ -1,4 +1,4 @@
-"""The per-key rate limit through a gateway process: refused with retry-after-ms, recovered."""
+"""The per-key rate limit through a gateway process: refused with RetryInfo, recovered."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from llmserve.processes import RedisServer
+from tests.error_details import decode
 from tests.gateway.gateway_harness import Client, start_gateway
 
 
@@ -25,11 +26,11 @@ def test_rate_limit_refuses_then_recovers(tmp_path: Path, redis_server: RedisSer
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "rate limit exceeded" in err.value.details()
         assert "rate_limit_rps" in err.value.details()
-        trailers = dict(err.value.trailing_metadata())
-        wait_ms = int(trailers["retry-after-ms"])
-        assert 0 < wait_ms <= 200
+        decoded = decode(err.value)
+        assert (decoded.reason, decoded.domain) == ("RATE_LIMITED", "llmserve.dev")
+        assert decoded.retry_delay_s is not None and 0 < decoded.retry_delay_s <= 0.2
         carol.list()  # another key has its own bucket
-        time.sleep(wait_ms / 1000 + 0.05)
+        time.sleep(decoded.retry_delay_s + 0.05)
         bob.list()  # recovered
     finally:
         gateway.terminate()

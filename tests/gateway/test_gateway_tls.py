@@ -78,7 +78,7 @@ def test_mtls_listener_and_chat_client(
         ],
         log_path=tmp_path / "gateway.log",
     ).start()  # fmt: skip
-    tls = [f"--tls-{part}" for part in ("ca", "cert", "key")]
+    tls = [f"--gateway-tls-{part}" for part in ("ca", "cert", "key")]
     files = [str(tmp_path / f) for f in ("ca.crt", "client.crt", "client.key")]
     try:
         credentials = grpc.ssl_channel_credentials(
@@ -121,7 +121,7 @@ def test_mtls_listener_and_chat_client(
         assert [m.content for m in session.messages] == ["What is the capital of France?", reply]
         # Without a client certificate the handshake fails.
         no_cert = subprocess.run(
-            [*command, "--tls-ca", files[0]], input="hi\n", capture_output=True, text=True,
+            [*command, "--gateway-tls-ca", files[0]], input="hi\n", capture_output=True, text=True,
             timeout=60, env=env,
         )  # fmt: skip
         assert no_cert.returncode == 1 and "UNAVAILABLE" in no_cert.stderr

@@ -204,9 +204,11 @@ def test_unknown_model_or_adapter_is_404(gateway: HttpGateway) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         _chat(gateway.client(), FRANCE, model="gpt-4o", max_tokens=4)
     assert "'gpt-4o' is not served" in err.value.message and MODEL in err.value.message
+    assert err.value.code == "model_not_found"  # the reason of protos/ERRORS.md
     with pytest.raises(openai.NotFoundError) as err:
         _chat(gateway.client(), FRANCE, model=f"{MODEL}:nope", max_tokens=4)
     assert "adapter 'nope' is not loaded" in err.value.message
+    assert err.value.code == "adapter_not_found"
 
 
 @pytest.mark.parametrize(
@@ -409,6 +411,7 @@ def test_draining_gateway_refuses_new_http_calls_with_503(
         with pytest.raises(openai.InternalServerError) as err:
             gw.client().models.list()
         assert err.value.status_code == 503 and "draining" in err.value.message
+        assert err.value.code == "draining" and err.value.response.headers["retry-after"] == "1"
         stream.close()  # type: ignore[attr-defined]
         assert gw.process.proc.wait(60) == 0
     finally:

@@ -126,7 +126,7 @@ def test_model_names_select_a_model_or_an_adapter() -> None:
     [
         (Unauthenticated("unknown API key"), 401, {}),
         (NotFound("no such model"), 404, {}),
-        (ResourceExhausted("slow down", metadata=(("retry-after-ms", "1500"),)), 429,
+        (ResourceExhausted("slow down", retry_after_s=1.5), 429,
          {"retry-after-ms": "1500", "retry-after": "2"}),
         (Unavailable("server is draining"), 503, {}),
         (RuntimeError("boom"), 500, {}),

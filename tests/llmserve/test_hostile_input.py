@@ -16,6 +16,7 @@ from llmserve.paths import check_path
 from llmserve.server import Daemon
 from llmserve.server.interceptor import MAX_DETAILS_CHARS
 from llmserve.v1 import runtime_pb2, runtime_pb2_grpc
+from tests.error_details import decode
 from tests.llmserve.test_server import ScriptedRuntime, run_with_daemon
 
 STATUS = "/llmserve.v1.Runtime/GetStatus"
@@ -44,6 +45,7 @@ def test_undecodable_request_is_invalid_argument(raw: bytes, method: str) -> Non
             await call
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
         assert f"the request to {method} is not a valid protobuf message" in err.value.details()
+        assert decode(err.value).reason == "MALFORMED_REQUEST"
         stub = runtime_pb2_grpc.RuntimeStub(channel)
         assert (await stub.GetStatus(runtime_pb2.GetStatusRequest())).num_running == 1
 
@@ -106,6 +108,7 @@ def test_service_token_guards_every_call_but_health(tmp_path: Path) -> None:
                 await stub.GetStatus(runtime_pb2.GetStatusRequest(), metadata=metadata)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "service token" in err.value.details()
+            assert decode(err.value).reason == "SERVICE_TOKEN_INVALID"
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Generate(runtime_pb2.GenerateRequest(), metadata=metadata).read()
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

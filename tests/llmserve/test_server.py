@@ -13,8 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from llmserve import errors
+from llmserve.reasons import Reason
 from llmserve.server import Daemon, ServerConfig, Service
 from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
+from tests.error_details import decode
 
 NUM_CHUNKS = 5
 CHUNK_INTERVAL_S = 0.1
@@ -62,28 +64,44 @@ def run_with_daemon(
 
 
 @pytest.mark.parametrize(
-    ("exc", "code", "message"),
+    ("exc", "code", "message", "reason", "fields"),
     [
         (
-            errors.InvalidArgument("sampling.top_p must be in (0, 1], got 2"),
+            errors.InvalidArgument(
+                "sampling.top_p must be in (0, 1], got 2", field="sampling.top_p"
+            ),
             grpc.StatusCode.INVALID_ARGUMENT,
             "sampling.top_p must be in (0, 1], got 2",
+            "INVALID_FIELD",
+            ["sampling.top_p"],
         ),
         (
-            errors.NotFound("adapter 'x' is not loaded"),
+            errors.NotFound("adapter 'x' is not loaded", reason=Reason.ADAPTER_NOT_FOUND),
             grpc.StatusCode.NOT_FOUND,
             "adapter 'x' is not loaded",
+            "ADAPTER_NOT_FOUND",
+            [],
         ),
         (
             errors.FailedPrecondition("engine is for sm_90, device is sm_80"),
             grpc.StatusCode.FAILED_PRECONDITION,
             "engine is for sm_90, device is sm_80",
+            "FAILED_PRECONDITION",
+            [],
         ),
-        (RuntimeError("boom"), grpc.StatusCode.INTERNAL, "internal error: RuntimeError: boom"),
-        (NotImplementedError("later"), grpc.StatusCode.UNIMPLEMENTED, "later"),
+        (
+            RuntimeError("boom"),
+            grpc.StatusCode.INTERNAL,
+            "internal error: RuntimeError: boom",
+            "INTERNAL",
+            [],
+        ),
+        (NotImplementedError("later"), grpc.StatusCode.UNIMPLEMENTED, "later", "UNIMPLEMENTED", []),
     ],
 )
-def test_exceptions_map_to_status(exc: BaseException, code: grpc.StatusCode, message: str) -> None:
+def test_exceptions_map_to_status_with_details(
+    exc: BaseException, code: grpc.StatusCode, message: str, reason: str, fields: list[str]
+) -> None:
     async def body(daemon: Daemon, channel: grpc.aio.Channel, servicer: ScriptedRuntime) -> None:
         servicer.fail_with = exc
         stub = runtime_pb2_grpc.RuntimeStub(channel)
@@ -91,6 +109,9 @@ def test_exceptions_map_to_status(exc: BaseException, code: grpc.StatusCode, mes
             await stub.GetStatus(runtime_pb2.GetStatusRequest())
         assert err.value.code() == code
         assert err.value.details() == message
+        decoded = decode(err.value)
+        assert (decoded.reason, decoded.domain, decoded.fields) == (reason, "llmserve.dev", fields)
+        assert decoded.retry_delay_s is None
         # The server keeps serving after the error.
         servicer.fail_with = None
         assert (await stub.GetStatus(runtime_pb2.GetStatusRequest())).num_running == 1
@@ -98,16 +119,17 @@ def test_exceptions_map_to_status(exc: BaseException, code: grpc.StatusCode, mes
     run_with_daemon(body)
 
 
-def test_error_metadata_reaches_the_client() -> None:
+def test_retry_hint_reaches_the_client_as_retry_info() -> None:
     async def body(daemon: Daemon, channel: grpc.aio.Channel, servicer: ScriptedRuntime) -> None:
         servicer.fail_with = errors.ResourceExhausted(
-            "rate limit of 10 requests/s exceeded", metadata=(("retry-after-ms", "250"),)
+            "rate limit of 10 requests/s exceeded", reason=Reason.RATE_LIMITED, retry_after_s=0.25
         )
         call = runtime_pb2_grpc.RuntimeStub(channel).GetStatus(runtime_pb2.GetStatusRequest())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert ("retry-after-ms", "250") in tuple(err.value.trailing_metadata())
+        decoded = decode(err.value)
+        assert decoded.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (decoded.reason, decoded.retry_delay_s) == ("RATE_LIMITED", 0.25)
 
     run_with_daemon(body)
 
@@ -133,6 +155,8 @@ def test_drain_lets_streams_finish_and_refuses_new_calls() -> None:
             await stub.GetStatus(runtime_pb2.GetStatusRequest())
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "draining" in err.value.details()
+        decoded = decode(err.value)
+        assert decoded.reason == "DRAINING" and decoded.retry_delay_s == 1.0
         assert [await s for s in streams] == [list(range(NUM_CHUNKS))] * 4
         await drain
         assert servicer.completed_streams == 4

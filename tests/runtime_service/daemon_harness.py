@@ -15,7 +15,7 @@ from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
 
 def start_runtime(model: Path, tmp: Path, *extra: str) -> DaemonProcess:
     args = [
-        "--model",
+        "--model-path",
         str(model),
         "--log-format",
         "text",

@@ -153,3 +153,42 @@ def test_a_core_that_cannot_load_raises_in_the_frontend(tmp_path: Path) -> None:
 
     with pytest.raises(NotFound, match="does not exist"):
         AsyncLLM(config(tmp_path / "missing"))
+
+
+def test_calls_after_the_core_died_fail_at_once(tiny_model_dir: Callable[[str], Path]) -> None:
+    """Issue 12, item 4: once the core process is gone, a stream already running, a new request
+    and a call to the core each fail with Unavailable at once (none waits for an answer that
+    cannot come), and the death callback has run before any of them is refused."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+
+    from llmserve.errors import Unavailable
+
+    llm = AsyncLLM(config(tiny_model_dir("llama")))
+    died = threading.Event()
+    llm.on_dead(lambda reason: died.set())
+    try:
+
+        async def main() -> None:
+            long = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+            stream = llm.add_request([1, 2, 3], long)
+            first = await stream.get()  # the core is stepping this request
+            assert first.token_ids
+            (core,) = [p for p in multiprocessing.active_children() if "engine-core" in p.name]
+            assert core.pid is not None
+            os.kill(core.pid, signal.SIGKILL)
+            with pytest.raises(Unavailable):
+                async for _ in llm.iterate(stream):
+                    pass
+            assert died.is_set()
+            with pytest.raises(Unavailable):
+                await llm.submit([1, 2, 3], PARAMS)
+            with pytest.raises(Unavailable):
+                llm.call("stats").result(timeout=30)
+            assert llm.num_streams == 0
+
+        asyncio.run(main())
+    finally:
+        llm.shutdown()

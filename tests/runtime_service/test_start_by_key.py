@@ -179,7 +179,7 @@ def test_a_runtime_without_builder_or_wait_names_what_is_missing(tmp_path: Path)
     [
         (["--model-name", "x", "--builder", "b:1"], "--builder needs --model-source"),
         (["--model-name", "x", "--quantization", "q3"], "quantization must be one of"),
-        (["--model-name", "x", "--model", "/m"], "not --model with the others"),
+        (["--model-name", "x", "--model-path", "/m"], "not --model-path with the others"),
     ],
 )
 def test_bad_start_settings_are_refused(

@@ -3,11 +3,15 @@
 // at run time (@grpc/proto-loader): no generated code.
 //
 //   npm ci && LLMSERVE_API_KEY=... node client.js [--gateway HOST:PORT] [--prompt TEXT]
-//        [--model NAME] [--max-tokens N] [--ca ca.crt]
+//        [--model NAME] [--max-tokens N] [--ca ca.crt] [--session ID]
 //
 // It checks the gateway's health, lists the models, streams a greedy Generate, then creates a
-// chat session and streams one Chat turn in it. It prints one JSON object with what it got
-// (stdout) and exits 0, or prints the failing call's status and exits 1.
+// chat session (or takes --session) and streams one Chat turn in it. It prints one JSON object
+// with what it got (stdout) and exits 0, or prints the failing call's status and exits 1: a
+// line "llmserve client failed: CODE: message", then one JSON object with the status's
+// google.rpc details (protos/ERRORS.md): the ErrorInfo reason and domain, the BadRequest field
+// violations and the RetryInfo delay, decoded from the `grpc-status-details-bin` trailer with
+// protobufjs and protos/google/rpc/*.proto.
 "use strict";
 
 const fs = require("node:fs");
@@ -15,6 +19,7 @@ const path = require("node:path");
 const { parseArgs } = require("node:util");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
+const protobuf = require("protobufjs");
 
 const PROTOS = process.env.LLMSERVE_PROTOS || path.resolve(__dirname, "../../../protos");
 
@@ -24,6 +29,39 @@ function load() {
     { includeDirs: [PROTOS], keepCase: true, longs: String, enums: String, defaults: true, oneofs: true },
   );
   return grpc.loadPackageDefinition(definition);
+}
+
+// google.rpc.Status and its error details, read with protobufjs from protos/google/rpc/.
+function rpcTypes() {
+  const root = new protobuf.Root();
+  root.resolvePath = (_origin, target) => path.join(PROTOS, target);
+  root.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], { keepCase: true });
+  return root;
+}
+
+// The details of a failed call: {code, message, reason, domain, metadata, field_violations,
+// retry_delay_s}; only code and message when the status has no details.
+function errorDetails(err) {
+  const out = { code: grpc.status[err.code], message: err.details };
+  const raw = err.metadata ? err.metadata.get("grpc-status-details-bin") : [];
+  if (!raw.length) return out;
+  const root = rpcTypes();
+  const status = root.lookupType("google.rpc.Status").decode(raw[0]);
+  for (const any of status.details) {
+    const name = any.type_url.slice(any.type_url.lastIndexOf("/") + 1);
+    const detail = root.lookupType(name).toObject(root.lookupType(name).decode(any.value), {
+      longs: Number,
+      defaults: true,
+    });
+    if (name === "google.rpc.ErrorInfo") {
+      Object.assign(out, { reason: detail.reason, domain: detail.domain, metadata: detail.metadata });
+    } else if (name === "google.rpc.BadRequest") {
+      out.field_violations = detail.field_violations.map((v) => ({ field: v.field, description: v.description }));
+    } else if (name === "google.rpc.RetryInfo") {
+      out.retry_delay_s = detail.retry_delay.seconds + detail.retry_delay.nanos / 1e9;
+    }
+  }
+  return out;
 }
 
 // Resolves with the unary call's response.
@@ -62,6 +100,7 @@ async function main() {
       model: { type: "string", default: "" },
       "max-tokens": { type: "string", default: "16" },
       ca: { type: "string", default: "" },
+      session: { type: "string", default: "" },
     },
   });
   const key = process.env.LLMSERVE_API_KEY || "";
@@ -88,10 +127,9 @@ async function main() {
   out.generate = await streamed(
     gateway, "Generate", { model, prompt: { text: values.prompt }, sampling }, metadata,
   );
-  const session = (await unary(gateway, "CreateSession", { model }, metadata)).session;
-  out.session_id = session.session_id;
+  out.session_id = values.session || (await unary(gateway, "CreateSession", { model }, metadata)).session.session_id;
   out.chat = await streamed(
-    gateway, "Chat", { session_id: session.session_id, message: values.prompt, sampling }, metadata,
+    gateway, "Chat", { session_id: out.session_id, message: values.prompt, sampling }, metadata,
   );
   gateway.close();
   health.close();
@@ -101,5 +139,6 @@ async function main() {
 main().catch((err) => {
   const status = err.code !== undefined ? `${grpc.status[err.code]}: ${err.details}` : err.message;
   process.stderr.write(`llmserve client failed: ${status}\n`);
+  if (err.code !== undefined) process.stderr.write(`${JSON.stringify(errorDetails(err))}\n`);
   process.exit(1);
 });

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from llmserve.errors import FailedPrecondition, InvalidArgument, NotFound
+from llmserve.reasons import Reason
 from runtime_service.engine.lora.peft_config import (
     UNSUPPORTED_MODULES,
     AdapterSpec,
@@ -93,24 +94,30 @@ def _place(
     if m is None:
         if any(f".{module}." in name for module in UNSUPPORTED_MODULES):
             raise InvalidArgument(
-                f"adapter tensor {name}: LoRA on embeddings or the LM head is not supported"
+                f"adapter tensor {name}: LoRA on embeddings or the LM head is not supported",
+                reason=Reason.INVALID_ADAPTER,
             )
         if "lora_magnitude_vector" in name:
-            raise InvalidArgument(f"adapter tensor {name}: DoRA is not supported")
+            raise InvalidArgument(
+                f"adapter tensor {name}: DoRA is not supported", reason=Reason.INVALID_ADAPTER
+            )
         raise FailedPrecondition(
             f"adapter tensor {name} does not belong to a q/k/v/o/gate/up/down projection of "
-            "this model's decoder layers (an adapter for another architecture?)"
+            "this model's decoder layers (an adapter for another architecture?)",
+            reason=Reason.ADAPTER_INCOMPATIBLE,
         )
     layer, parent, module, which = int(m[1]), m[2], m[3], m[4]
     target = _MODULE_PARTS.get(f"{parent}.{module}")
     if target is None:
         raise FailedPrecondition(
             f"adapter tensor {name}: this model has no module {parent}.{module} "
-            f"(supported: {', '.join(LORA_TARGETS)})"
+            f"(supported: {', '.join(LORA_TARGETS)})",
+            reason=Reason.ADAPTER_INCOMPATIBLE,
         )
     if layer >= config.num_layers:
         raise FailedPrecondition(
-            f"adapter tensor {name}: layer {layer}, but the model has {config.num_layers} layers"
+            f"adapter tensor {name}: layer {layer}, but the model has {config.num_layers} layers",
+            reason=Reason.ADAPTER_INCOMPATIBLE,
         )
     fused, part = target
     if fused in prescaled:
@@ -118,15 +125,20 @@ def _place(
             f"adapter tensor {name}: this engine's int4 {fused} layers take inputs divided by "
             "activation scales folded into the norm before them, which the engine does not "
             f"keep; LoRA on {module} needs them (use an engine of another quantization, or "
-            "LoRA on o_proj/down_proj only)"
+            "LoRA on o_proj/down_proj only)",
+            reason=Reason.ADAPTER_INCOMPATIBLE,
         )
     if tensor.dim() != 2:
-        raise InvalidArgument(f"adapter tensor {name} has {tensor.dim()} dims, expected 2")
+        raise InvalidArgument(
+            f"adapter tensor {name} has {tensor.dim()} dims, expected 2",
+            reason=Reason.INVALID_ADAPTER,
+        )
     rank = tensor.shape[0] if which == "A" else tensor.shape[1]
     if rank != spec.rank:
         raise InvalidArgument(
             f"adapter tensor {name} has rank {rank}, but adapter_config.json says r = "
-            f"{spec.rank} (per-module ranks are not supported)"
+            f"{spec.rank} (per-module ranks are not supported)",
+            reason=Reason.INVALID_ADAPTER,
         )
     features = (
         fused_input_size(config, fused) if which == "A" else fused_output_sizes(config, fused)[part]
@@ -136,7 +148,8 @@ def _place(
         side = "input" if which == "A" else "output"
         raise FailedPrecondition(
             f"adapter tensor {name} has shape {list(tensor.shape)}: this model's {module} has "
-            f"{features} {side} features, the adapter {got} (made for another base model?)"
+            f"{features} {side} features, the adapter {got} (made for another base model?)",
+            reason=Reason.ADAPTER_INCOMPATIBLE,
         )
     return layer, fused, part, which
 
@@ -159,11 +172,16 @@ def read_adapter(
     files = {}
     for file in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / file).is_file():
-            raise NotFound(f"adapter {name!r}: {path / file} does not exist")
+            raise NotFound(
+                f"adapter {name!r}: {path / file} does not exist", reason=Reason.ADAPTER_NOT_FOUND
+            )
         try:
             files[file] = (path / file).read_bytes()
         except OSError as e:
-            raise InvalidArgument(f"adapter {name!r}: {path / file} cannot be read: {e}") from e
+            raise InvalidArgument(
+                f"adapter {name!r}: {path / file} cannot be read: {e}",
+                reason=Reason.INVALID_ADAPTER,
+            ) from e
     digest = hashlib.sha256()
     for file, data in files.items():
         digest.update(f"{file}\0{len(data)}\0".encode())
@@ -172,28 +190,35 @@ def read_adapter(
         raw = json.loads(files[CONFIG_FILE])
         tensors = load_safetensors(files[WEIGHTS_FILE])
     except (ValueError, OSError) as e:  # bad JSON or a corrupt safetensors file
-        raise InvalidArgument(f"adapter {name!r} in {path} cannot be read: {e}") from e
+        raise InvalidArgument(
+            f"adapter {name!r} in {path} cannot be read: {e}", reason=Reason.INVALID_ADAPTER
+        ) from e
     if not isinstance(raw, dict):
-        raise InvalidArgument(f"adapter {name!r}: {CONFIG_FILE} is not a JSON object")
+        raise InvalidArgument(
+            f"adapter {name!r}: {CONFIG_FILE} is not a JSON object", reason=Reason.INVALID_ADAPTER
+        )
     try:
         spec = parse_adapter_config(raw, max_rank)
     except InvalidArgument as e:
-        raise InvalidArgument(f"adapter {name!r}: {e}") from e
+        raise InvalidArgument(f"adapter {name!r}: {e}", reason=Reason.INVALID_ADAPTER) from e
     if not tensors:
-        raise InvalidArgument(f"adapter {name!r}: {WEIGHTS_FILE} holds no tensors")
+        raise InvalidArgument(
+            f"adapter {name!r}: {WEIGHTS_FILE} holds no tensors", reason=Reason.INVALID_ADAPTER
+        )
 
     found: dict[tuple[int, str, int, str], torch.Tensor] = {}
     for tensor_name, tensor in sorted(tensors.items()):
         try:
             found[_place(tensor_name, tensor, config, spec, prescaled)] = tensor
         except (InvalidArgument, FailedPrecondition) as e:
-            raise type(e)(f"adapter {name!r}: {e}") from e
+            raise e.with_message(f"adapter {name!r}: {e}") from e
     for layer, fused, part, which in found:
         other = "B" if which == "A" else "A"
         if (layer, fused, part, other) not in found:
             module = FUSED_LINEARS[fused][part]
             raise InvalidArgument(
-                f"adapter {name!r}: layers.{layer}.{module} has lora_{which} but no lora_{other}"
+                f"adapter {name!r}: layers.{layer}.{module} has lora_{which} but no lora_{other}",
+                reason=Reason.INVALID_ADAPTER,
             )
 
     layers: dict[tuple[int, str], FusedLoRA] = {}
@@ -258,7 +283,9 @@ class AdapterReader:
             path = self.find(name)
             if path is None:
                 where = f", nor in lora_dir {self.lora_dir}" if self.lora_dir else ""
-                raise NotFound(f"adapter {name!r} is not loaded{where}")
+                raise NotFound(
+                    f"adapter {name!r} is not loaded{where}", reason=Reason.ADAPTER_NOT_FOUND
+                )
         return read_adapter(
             name,
             Path(path),

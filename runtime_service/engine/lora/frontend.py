@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmserve.errors import FailedPrecondition, LLMServeError, NotFound, shown
+from llmserve.reasons import Reason
 from runtime_service.engine.lora.adapter import AdapterReader
 from runtime_service.engine.lora.manager import AdapterInfo
 
@@ -38,7 +39,9 @@ class AdapterFrontend:
 
     def _require(self) -> AdapterReader:
         if self.reader is None:
-            raise FailedPrecondition("this engine serves no adapters (enable_lora is off)")
+            raise FailedPrecondition(
+                "this engine serves no adapters (enable_lora is off)", reason=Reason.LORA_DISABLED
+            )
         return self.reader
 
     def check(self, name: str) -> bool:
@@ -46,15 +49,20 @@ class AdapterFrontend:
         is in lora_dir)."""
         if self.reader is None:
             raise NotFound(
-                f"adapter {shown(name)}: this engine serves no adapters (enable_lora is off)"
+                f"adapter {shown(name)}: this engine serves no adapters (enable_lora is off)",
+                reason=Reason.ADAPTER_NOT_FOUND,
             )
         if name in self._unloading:
-            raise FailedPrecondition(f"adapter {shown(name)} is being unloaded")
+            raise FailedPrecondition(
+                f"adapter {shown(name)} is being unloaded", reason=Reason.ADAPTER_UNLOADING
+            )
         if name in self.loaded:
             return False
         if self.reader.find(name) is None:
             where = f", nor in lora_dir {self.reader.lora_dir}" if self.reader.lora_dir else ""
-            raise NotFound(f"adapter {shown(name)} is not loaded{where}")
+            raise NotFound(
+                f"adapter {shown(name)} is not loaded{where}", reason=Reason.ADAPTER_NOT_FOUND
+            )
         return True
 
     async def load(self, name: str, path: str | Path) -> AdapterInfo:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from llmserve.errors import AlreadyExists, FailedPrecondition, NotFound, shown
+from llmserve.reasons import Reason
 from runtime_service.engine.lora.adapter import AdapterReader, LoRAAdapter
 from runtime_service.engine.lora.slots import AdapterSlots
 from runtime_service.engine.request import Request
@@ -87,11 +88,18 @@ class LoRAManager:
         lora_dir: Path | None = None,
     ) -> None:
         self.device = model.device
+        # A tensor-parallel rank's model has its share's shapes; adapters have the whole one's.
+        whole = getattr(model, "full_config", model.config)
         self.reader = AdapterReader(
-            model.config, max_lora_rank, model.dtype, lora_dir, prescaled_layers(model)
+            whole, max_lora_rank, model.dtype, lora_dir, prescaled_layers(model)
         )
         self.slots = AdapterSlots(max_loras)
-        self.device_slots = attach_lora(model, max_loras, max_lora_rank)
+        attach = getattr(model, "attach_lora", None)  # tensor parallel: slots that shard
+        self.device_slots = (
+            attach(max_loras, max_lora_rank)
+            if attach is not None
+            else attach_lora(model, max_loras, max_lora_rank)
+        )
         self.adapters: dict[str, LoRAAdapter] = {}
         self._requests: dict[str, set[str]] = {}  # adapter -> unfinished request ids
         self._unloading: dict[str, int] = {}  # adapter -> unload(wait=True) calls waiting
@@ -111,13 +119,15 @@ class LoRAManager:
         existing = self.adapters.get(adapter.name)
         if adapter.name in self._unloading:
             raise FailedPrecondition(
-                f"adapter {adapter.name!r} is being unloaded; load it again once it is gone"
+                f"adapter {adapter.name!r} is being unloaded; load it again once it is gone",
+                reason=Reason.ADAPTER_UNLOADING,
             )
         if existing is not None:
             if existing.digest != adapter.digest and not exist_ok:
                 raise AlreadyExists(
                     f"adapter {adapter.name!r} is loaded with other weights ({existing.digest}); "
-                    "unload it first"
+                    "unload it first",
+                    reason=Reason.ADAPTER_CONFLICT,
                 )
             return self.info(adapter.name)
         pin = self.device.type == "cuda"
@@ -132,7 +142,7 @@ class LoRAManager:
         takes no new requests and goes when its last one finishes (is_loaded tells when).
         Without wait, an adapter still in use raises FailedPrecondition."""
         if name not in self.adapters:
-            raise NotFound(f"adapter {shown(name)} is not loaded")
+            raise NotFound(f"adapter {shown(name)} is not loaded", reason=Reason.ADAPTER_NOT_FOUND)
         users = self._requests[name]
         if not users:
             self._remove(name)
@@ -140,7 +150,8 @@ class LoRAManager:
         if not wait:
             raise FailedPrecondition(
                 f"adapter {shown(name)} is in use by {len(users)} request(s); unload it when they "
-                "finish, or unload with wait"
+                "finish, or unload with wait",
+                reason=Reason.ADAPTER_IN_USE,
             )
         self._unloading[name] = self._unloading.get(name, 0) + 1
         return False
@@ -165,7 +176,7 @@ class LoRAManager:
     def info(self, name: str) -> AdapterInfo:
         adapter = self.adapters.get(name)
         if adapter is None:
-            raise NotFound(f"adapter {shown(name)} is not loaded")
+            raise NotFound(f"adapter {shown(name)} is not loaded", reason=Reason.ADAPTER_NOT_FOUND)
         slot = self.slots.slot_of(name)
         return AdapterInfo(
             name=name,
@@ -194,7 +205,9 @@ class LoRAManager:
         name = req.adapter
         assert name is not None
         if name in self._unloading:
-            raise FailedPrecondition(f"adapter {shown(name)} is being unloaded")
+            raise FailedPrecondition(
+                f"adapter {shown(name)} is being unloaded", reason=Reason.ADAPTER_UNLOADING
+            )
         if name not in self.adapters:
             self.register(self.read(name), exist_ok=True)
         req.adapter_digest = self.adapters[name].digest

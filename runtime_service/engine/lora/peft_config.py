@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmserve.errors import InvalidArgument
+from llmserve.reasons import Reason
 from runtime_service.models.weights import LORA_TARGETS
 
 MAX_NAME_LENGTH = 64  # as protos/llmserve/v1/runtime.proto LoadAdapterRequest.name says
@@ -35,11 +36,15 @@ def check_adapter_name(name: str) -> None:
     """Adapter names are single path components (lora_dir/<name>): letters, digits, '.', '_'
     and '-', starting with a letter or digit."""
     if not name:
-        raise InvalidArgument("adapter name must not be empty")
+        raise InvalidArgument(
+            "adapter name must not be empty", reason=Reason.INVALID_FIELD, field="name"
+        )
     if len(name) > MAX_NAME_LENGTH or not _NAME.match(name) or ".." in name:
         raise InvalidArgument(
             f"adapter name {name[:MAX_NAME_LENGTH]!r} is invalid: at most {MAX_NAME_LENGTH} "
-            "letters, digits, '.', '_' and '-', starting with a letter or digit"
+            "letters, digits, '.', '_' and '-', starting with a letter or digit",
+            reason=Reason.INVALID_FIELD,
+            field="name",
         )
 
 
@@ -59,26 +64,38 @@ class AdapterSpec:
 def parse_adapter_config(raw: dict[str, Any], max_rank: int) -> AdapterSpec:
     """Checks adapter_config.json: a plain LoRA of rank <= max_rank, no unsupported feature."""
     if raw.get("peft_type", "LORA") != "LORA":
-        raise InvalidArgument(f"adapter_config.json: peft_type {raw['peft_type']!r} is not LORA")
+        raise InvalidArgument(
+            f"adapter_config.json: peft_type {raw['peft_type']!r} is not LORA",
+            reason=Reason.INVALID_ADAPTER,
+        )
     rank = raw.get("r")
     if not isinstance(rank, int) or rank < 1:
-        raise InvalidArgument(f"adapter_config.json: r must be a positive integer, got {rank!r}")
+        raise InvalidArgument(
+            f"adapter_config.json: r must be a positive integer, got {rank!r}",
+            reason=Reason.INVALID_ADAPTER,
+        )
     if rank > max_rank:
         raise InvalidArgument(
-            f"adapter_config.json: r = {rank} is above this engine's max_lora_rank ({max_rank})"
+            f"adapter_config.json: r = {rank} is above this engine's max_lora_rank ({max_rank})",
+            reason=Reason.INVALID_ADAPTER,
         )
     alpha = raw.get("lora_alpha", 8)
     if not isinstance(alpha, int | float) or isinstance(alpha, bool):
-        raise InvalidArgument(f"adapter_config.json: lora_alpha must be a number, got {alpha!r}")
+        raise InvalidArgument(
+            f"adapter_config.json: lora_alpha must be a number, got {alpha!r}",
+            reason=Reason.INVALID_ADAPTER,
+        )
     if raw.get("bias", "none") != "none":
         raise InvalidArgument(
-            f"adapter_config.json: bias = {raw['bias']!r} is not supported (only 'none')"
+            f"adapter_config.json: bias = {raw['bias']!r} is not supported (only 'none')",
+            reason=Reason.INVALID_ADAPTER,
         )
     for key, value in raw.items():
         if key not in _IGNORED_KEYS and value not in (None, False, {}, []):
             raise InvalidArgument(
                 f"adapter_config.json: {key} = {json.dumps(value)[:80]} is a PEFT feature this "
-                "engine does not support"
+                "engine does not support",
+                reason=Reason.INVALID_ADAPTER,
             )
     targets = raw.get("target_modules")
     names = [targets] if isinstance(targets, str) else list(targets or [])
@@ -86,6 +103,7 @@ def parse_adapter_config(raw: dict[str, Any], max_rank: int) -> AdapterSpec:
         if module in UNSUPPORTED_MODULES:
             raise InvalidArgument(
                 f"adapter_config.json: target module {module!r} is not supported (supported: "
-                f"{', '.join(LORA_TARGETS)})"
+                f"{', '.join(LORA_TARGETS)})",
+                reason=Reason.INVALID_ADAPTER,
             )
     return AdapterSpec(rank, float(alpha), bool(raw.get("use_rslora", False)))

@@ -1,0 +1,86 @@
+"""The stable `reason` of every error the daemons raise (google.rpc.ErrorInfo.reason).
+
+A client tells one failure from another by `reason` (and `domain`, always DOMAIN), never by
+parsing the message. Names are UPPER_SNAKE_CASE and never change meaning once released; each is
+documented, with its gRPC code and what to do about it, in protos/ERRORS.md (a test checks that
+every member is there and in docs/operations.md).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+DOMAIN = "llmserve.dev"
+
+
+class Reason(StrEnum):
+    """One failure a client can tell apart; grouped by the gRPC code that carries it."""
+
+    # INVALID_ARGUMENT (with a BadRequest.FieldViolation naming the field where there is one)
+    INVALID_FIELD = "INVALID_FIELD"  # a field is malformed or out of range
+    FIELD_REQUIRED = "FIELD_REQUIRED"  # a required field is empty
+    FIELD_TOO_LONG = "FIELD_TOO_LONG"  # a string or list is over its size limit
+    PROMPT_TOO_LONG = "PROMPT_TOO_LONG"  # the prompt (with max_tokens) exceeds max_model_len
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"  # the bytes are not a valid protobuf message
+    INVALID_ADAPTER = "INVALID_ADAPTER"  # adapter files that cannot be used on any model
+    # NOT_FOUND
+    NOT_FOUND = "NOT_FOUND"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    ADAPTER_NOT_FOUND = "ADAPTER_NOT_FOUND"
+    ENGINE_NOT_FOUND = "ENGINE_NOT_FOUND"
+    ARTIFACT_NOT_FOUND = "ARTIFACT_NOT_FOUND"
+    SOURCE_NOT_FOUND = "SOURCE_NOT_FOUND"
+    # ALREADY_EXISTS
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS"
+    ADAPTER_CONFLICT = "ADAPTER_CONFLICT"
+    # FAILED_PRECONDITION
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    SESSION_FULL = "SESSION_FULL"
+    LORA_DISABLED = "LORA_DISABLED"
+    ADAPTER_UNLOADING = "ADAPTER_UNLOADING"
+    ADAPTER_IN_USE = "ADAPTER_IN_USE"
+    ADAPTER_INCOMPATIBLE = "ADAPTER_INCOMPATIBLE"
+    TARGET_MISMATCH = "TARGET_MISMATCH"
+    ENGINE_MISMATCH = "ENGINE_MISMATCH"
+    ARTIFACT_HELD = "ARTIFACT_HELD"
+    SOURCE_UNSUPPORTED = "SOURCE_UNSUPPORTED"
+    BUILD_FAILED = "BUILD_FAILED"
+    VALIDATION_FAILED = "VALIDATION_FAILED"
+    # ABORTED
+    ABORTED = "ABORTED"
+    SESSION_BUSY = "SESSION_BUSY"
+    SESSION_CHANGED = "SESSION_CHANGED"
+    BUILD_LOCK_LOST = "BUILD_LOCK_LOST"
+    # RESOURCE_EXHAUSTED (RetryInfo where waiting helps)
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    RATE_LIMITED = "RATE_LIMITED"
+    AUTH_FAILURES_LIMITED = "AUTH_FAILURES_LIMITED"
+    QUEUE_FULL = "QUEUE_FULL"
+    # UNAVAILABLE (RetryInfo on a drain)
+    UNAVAILABLE = "UNAVAILABLE"
+    DRAINING = "DRAINING"
+    ENGINE_LOADING = "ENGINE_LOADING"
+    ENGINE_STOPPED = "ENGINE_STOPPED"
+    NO_RUNTIME = "NO_RUNTIME"
+    RUNTIME_FAILED = "RUNTIME_FAILED"
+    REPLY_ABORTED = "REPLY_ABORTED"
+    SESSION_STORE_UNAVAILABLE = "SESSION_STORE_UNAVAILABLE"
+    # UNAUTHENTICATED
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    API_KEY_MISSING = "API_KEY_MISSING"
+    API_KEY_MALFORMED = "API_KEY_MALFORMED"
+    API_KEY_UNKNOWN = "API_KEY_UNKNOWN"
+    SERVICE_TOKEN_INVALID = "SERVICE_TOKEN_INVALID"
+    # PERMISSION_DENIED
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    PATH_NOT_ALLOWED = "PATH_NOT_ALLOWED"
+    # DATA_LOSS
+    DATA_LOSS = "DATA_LOSS"
+    MANIFEST_UNSIGNED = "MANIFEST_UNSIGNED"
+    MANIFEST_SIGNATURE_INVALID = "MANIFEST_SIGNATURE_INVALID"
+    ARTIFACT_CORRUPT = "ARTIFACT_CORRUPT"
+    # UNIMPLEMENTED, INTERNAL
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"

@@ -1,0 +1,1 @@
+"""Tensor parallelism: one model split over the devices of a node (see docs/tensor_parallel.md)."""

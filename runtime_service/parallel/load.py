@@ -1,0 +1,127 @@
+"""Loading one rank's share of a model: each tensor read on the host, cut, and its part moved.
+
+Engines are degree-agnostic: the builder writes one engine per (model, target, quantization,
+options), and each rank cuts its share at load (shard.py), so one artifact serves any
+tensor-parallel degree and the store key needs no degree. Tensors stream one at a time from
+the safetensors files (or the checkpoint's fusion), so a rank holds its share plus one whole
+tensor, never the whole model; only the share reaches the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmserve.device import device_info
+from llmserve.errors import FailedPrecondition, NotFound
+from llmserve.store.manifest import ENGINE_FORMAT_VERSION, verify_files
+from llmserve.targets import require_engine_target
+from runtime_service.engine.config import EngineConfig
+from runtime_service.models.config import ModelConfig
+from runtime_service.models.loader import (
+    ENGINE_WEIGHTS_GLOB,
+    cast_weights,
+    parse_dtype,
+    read_engine_manifest,
+    read_hf_config,
+)
+from runtime_service.models.open import ModelInfo, dummy_weights
+from runtime_service.models.weights import SafetensorsCheckpoint, fuse_hf_weights
+from runtime_service.parallel.group import ParallelGroup
+from runtime_service.parallel.model import ParallelLlamaModel
+from runtime_service.parallel.plan import make_plan
+from runtime_service.parallel.shard import shard_tensor
+
+CPU = torch.device("cpu")
+
+
+Tensors = Callable[[], Iterator[tuple[str, torch.Tensor]]]
+
+
+@dataclass
+class HostWeights:
+    """A model's fused weights as a stream of host tensors, and what serving it needs."""
+
+    config: ModelConfig
+    tensors: Tensors  # () -> (engine name, host tensor) pairs, one at a time
+    quantization: str
+    max_positions: int | None
+    info: ModelInfo
+
+
+def open_host_weights(
+    config: EngineConfig, dtype: torch.dtype, device: torch.device, verify: bool = True
+) -> HostWeights:
+    """What models/open.py's load_model reads, as a stream of host tensors (verify: check an
+    engine's files against its manifest; workers leave that to rank 0)."""
+    path = Path(config.model)
+    if not path.is_dir():
+        raise NotFound(f"model directory {path} does not exist")
+    if (path / "manifest.json").exists():
+        manifest = read_engine_manifest(path)
+        if manifest.format_version > ENGINE_FORMAT_VERSION:
+            raise FailedPrecondition(
+                f"engine {manifest.engine_id} has format version {manifest.format_version};"
+                f" this runtime reads versions up to {ENGINE_FORMAT_VERSION}"
+            )
+        target = "cpu" if device.type == "cpu" else device_info(device.index or 0).target
+        require_engine_target(manifest.engine_id, manifest.target, target)
+        if verify and config.verify_engine:
+            verify_files(path, manifest.files, f"engine {manifest.engine_id} at {path}")
+        engine_dtype = parse_dtype(manifest.dtype)
+
+        def engine_tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            from safetensors import safe_open
+
+            for file in sorted(path.glob(ENGINE_WEIGHTS_GLOB)):
+                with safe_open(str(file), framework="pt") as handle:
+                    for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                        yield from cast_weights(
+                            {name: handle.get_tensor(name)}, engine_dtype, CPU
+                        ).items()
+
+        info = ModelInfo(
+            name=manifest.model_name,
+            path=path,
+            quantization=manifest.quantization,
+            tokenizer_path=path,
+            engine_id=manifest.engine_id,
+        )
+        max_positions = config.max_model_len or manifest.max_model_len
+        return HostWeights(
+            read_hf_config(path), engine_tensors, manifest.quantization, max_positions, info
+        )
+    if not (path / "config.json").exists():
+        raise FailedPrecondition(f"{path} has no config.json (not a Hugging Face checkpoint)")
+    model_config = read_hf_config(path)
+    if config.load_format == "dummy":
+        quant = config.dummy_quantization
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            yield from dummy_weights(model_config, dtype, CPU, quant).items()
+    else:
+        quant = "none"
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            checkpoint = SafetensorsCheckpoint(path)
+            for name, t in fuse_hf_weights(model_config, checkpoint.get):
+                yield name, t.to(dtype)
+
+    info = ModelInfo(name=path.name, path=path, quantization=quant, tokenizer_path=path)
+    return HostWeights(model_config, tensors, quant, config.max_model_len, info)
+
+
+def load_shard(host: HostWeights, group: ParallelGroup) -> ParallelLlamaModel:
+    """This rank's model on its device (the group need not be joined yet)."""
+    plan = make_plan(host.config, group.rank, group.world_size)
+    shard = {}
+    for name, t in host.tensors():
+        part = shard_tensor(host.config, name, t, host.quantization, plan)
+        if part is not None:
+            shard[name] = part.to(group.device)
+    return ParallelLlamaModel(
+        host.config, plan, shard, host.quantization, group, host.max_positions
+    )
