@@ -21,13 +21,13 @@ from gateway.discovery import Discovery, DnsDiscovery, StaticDiscovery
 from gateway.openai.server import serve_http
 from gateway.ratelimit import FailedAuthLimiter, RateLimiter
 from gateway.redis_store import RedisStore
+from gateway.relay import add_gateway_to_server
 from gateway.runtime_pool import RuntimePool
 from gateway.service import GatewayServicer
 from gateway.sessions import SessionStore
 from llmserve.config import parse_config
 from llmserve.errors import Unavailable
 from llmserve.server import Daemon, Service, run_daemon
-from llmserve.v1 import gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,7 @@ def setup(daemon: Daemon, config: GatewayConfig) -> None:
     limiter = RateLimiter(redis, config.rate_limit_rps, config.rate_limit_burst)
     failures = FailedAuthLimiter(redis, config.auth_failure_rps, config.auth_failure_burst)
     servicer = GatewayServicer(config, keys, limiter, sessions, pool, failures)
-    daemon.add_service(
-        Service("llmserve.v1.Gateway", servicer, gateway_pb2_grpc.add_GatewayServicer_to_server)
-    )
+    daemon.add_service(Service("llmserve.v1.Gateway", servicer, add_gateway_to_server))
     tasks: list[asyncio.Task[None]] = []
 
     async def warmup() -> None:

@@ -1,6 +1,7 @@
 """Protobuf at the gateway's edge: session records ↔ llmserve.v1 messages, and the runtime
 requests the gateway builds. Nothing else in gateway/ but service.py, runtime_client.py,
-runtime_pool.py and openai/convert.py (the HTTP API's edge) touches protobuf."""
+runtime_pool.py, relay.py (Generate's chunks as bytes) and openai/convert.py (the HTTP API's
+edge) touches protobuf."""
 
 from __future__ import annotations
 

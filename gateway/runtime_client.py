@@ -12,15 +12,16 @@ metadata, with the caller's remaining deadline.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from opentelemetry import trace
 
 from gateway import metrics
+from gateway.idle import IdleWatchdog
 from gateway.runtime_pool import RuntimePool
 from llmserve import errors
 from llmserve.reasons import Reason
@@ -53,14 +54,6 @@ class _Silent(Exception):
         return str(self)
 
 
-async def _next(call: grpc.aio.UnaryStreamCall, idle_timeout_s: float) -> object:
-    """The call's next response (or grpc.aio.EOF); _Silent after idle_timeout_s without one."""
-    try:
-        return await asyncio.wait_for(call.read(), idle_timeout_s)
-    except TimeoutError:
-        raise _Silent(idle_timeout_s) from None
-
-
 def error_from_runtime(e: grpc.aio.AioRpcError) -> errors.LLMServeError:
     """The runtime's refusal, passed on with its code (INVALID_ARGUMENT, NOT_FOUND, ...) and
     its google.rpc details (reason, field, retry hint)."""
@@ -88,8 +81,10 @@ async def generate(
     deadline: float | None = None,
     max_attempts: int = 3,
     idle_timeout_s: float = 60.0,
-) -> AsyncIterator[tuple[runtime_pb2.GenerateResponse, str]]:
-    """Streams (chunk, runtime address) from the runtime chosen for `model`.
+    raw: bool = False,
+) -> AsyncIterator[tuple[Any, str]]:
+    """Streams (chunk, runtime address) from the runtime chosen for `model`: chunks are
+    GenerateResponse messages, or their bytes with `raw`.
 
     `deadline` is a time.monotonic() instant after which the call is pointless (the caller's
     own deadline). Raises Unavailable or ResourceExhausted when no runtime could take it.
@@ -118,13 +113,18 @@ async def generate(
             attributes={"rpc.system": "grpc", "net.peer.name": state.address, "attempt": attempt},
         )
         metadata = (*metadata_from_context(trace.set_span_in_context(span)), *pool.auth())
-        call = runtime.stub.Generate(request, timeout=timeout, metadata=metadata)
+        method = runtime.generate_raw if raw else runtime.stub.Generate
+        call = method(request, timeout=timeout, metadata=metadata)
         state.num_in_flight += 1
         state.num_sent_since_status += 1
         try:
-            while (response := await _next(call, idle_timeout_s)) is not grpc.aio.EOF:
-                started = True
-                yield response, state.address
+            try:
+                async with IdleWatchdog(idle_timeout_s) as watchdog:
+                    while (response := await watchdog.read(call)) is not grpc.aio.EOF:
+                        started = True
+                        yield response, state.address
+            except TimeoutError:
+                raise _Silent(idle_timeout_s) from None
             return
         except (grpc.aio.AioRpcError, _Silent) as e:
             reason = f"{e.code().name}: {e.details()}"

@@ -39,6 +39,8 @@ class Runtime:
     channel: grpc.aio.Channel
     stub: runtime_pb2_grpc.RuntimeStub
     health: health_pb2_grpc.HealthStub
+    # Runtime.Generate answering bytes, for chunks relayed without parsing (relay.py).
+    generate_raw: grpc.aio.UnaryStreamMultiCallable
 
     @property
     def address(self) -> str:
@@ -120,6 +122,11 @@ class RuntimePool:
                 channel,
                 runtime_pb2_grpc.RuntimeStub(channel),
                 health_pb2_grpc.HealthStub(channel),
+                channel.unary_stream(
+                    "/llmserve.v1.Runtime/Generate",
+                    request_serializer=runtime_pb2.GenerateRequest.SerializeToString,
+                    response_deserializer=None,
+                ),
             )
             log.info("runtime %s added", address)
         for address in self._runtimes.keys() - addresses:

@@ -23,6 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
@@ -32,6 +33,7 @@ from gateway.auth import ApiKeys, Caller, auth_failure_reason
 from gateway.config import GatewayConfig
 from gateway.ratelimit import FailedAuthLimiter, RateLimiter, peer_address
 from gateway.records import Message, Reply, Session, now_ms
+from gateway.relay import ChunkRelay
 from gateway.runtime_pool import RuntimePool
 from gateway.sessions import SessionStore, Turn
 from gateway.validation import check_model, check_request_id, check_text, check_ttl_ms
@@ -152,17 +154,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
         caller = await self._caller(context)
         # aclosing: a cancelled call closes the inner stream now (its runtime call with it).
-        stream = self.generate(caller, request, _deadline(context))
+        stream = self._generate(caller, request, _deadline(context), relay=True)
         with metrics.ACTIVE_STREAMS.labels("Generate").track_inprogress():
             async with contextlib.aclosing(stream) as stream:
                 async for chunk in stream:
                     yield chunk
 
-    async def generate(
-        self, caller: Caller, request: Any, deadline: float | None
+    def generate(self, caller: Caller, request: Any, deadline: float | None) -> AsyncIterator[Any]:
+        """Generate's stream for an authorized caller (shared with the HTTP API), as protobuf
+        messages; `deadline` is a time.monotonic() instant or None."""
+        return self._generate(caller, request, deadline)
+
+    async def _generate(
+        self, caller: Caller, request: Any, deadline: float | None, relay: bool = False
     ) -> AsyncIterator[Any]:
-        """Generate's stream for an authorized caller (shared with the HTTP API); `deadline`
-        is a time.monotonic() instant or None."""
+        """`generate`; with `relay`, chunks that need no change but their request id are
+        relayed as bytes (relay.py: the gRPC method's serializer passes them on)."""
         check_model(self.pool.models(), request.model, request.adapter)
         request_id = check_request_id("request_id", request.request_id) or uuid.uuid4().hex
         annotate(request_id=request_id, model=request.model, adapter=request.adapter)
@@ -179,6 +186,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             adapter=request.adapter,
             final_only=request.final_only,
         )
+        convert = ChunkRelay(request_id) if relay else partial(pb.generate_chunk, request_id)
         async for chunk, _ in runtime_client.generate(
             self.pool,
             runtime_request,
@@ -187,9 +195,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             deadline=deadline,
             max_attempts=self.config.max_route_attempts,
             idle_timeout_s=self.config.runtime_idle_timeout_s,
+            raw=relay,
         ):
-            metrics.annotate_usage(chunk)
-            yield pb.generate_chunk(request_id, chunk)
+            out = convert(chunk)
+            if not isinstance(out, bytes):  # relayed bytes never carry usage (relay.py)
+                metrics.annotate_usage(out)
+            yield out
 
     async def Chat(self, request: Any, context: Any) -> AsyncIterator[Any]:
         caller = await self._caller(context)

@@ -8,6 +8,7 @@ with the reason in the log and exit status 1.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from collections.abc import Sequence
@@ -57,6 +58,10 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
         if loaded.hold is not None:
             holds.append(loaded.hold)
         await _warm_up(loaded.llm)
+        # Start-up's objects (torch, transformers, the tokenizer: ~200k) live as long as the
+        # process: out of the collector's sight, full collections stop re-scanning them while
+        # each step's outputs churn the young generations.
+        gc.freeze()
         loop = asyncio.get_running_loop()
 
         def died(reason: str) -> None:  # on the engine's receiver thread

@@ -8,6 +8,7 @@ from pathlib import Path
 from llmserve.config import require, setting
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 @dataclass(kw_only=True)
@@ -19,6 +20,11 @@ class ServerConfig:
     max_message_bytes: int = setting(16 * 1024 * 1024, "largest gRPC message sent or received")
     grace_period_s: float = setting(
         30.0, "on SIGTERM, how long in-flight calls may run before the process exits"
+    )
+    event_loop: str = setting(
+        "uvloop",
+        "uvloop or asyncio (the standard library's): uvloop relays ~15 percent more streamed chunks"
+        " per CPU-second (bench/gateway_relay.py)",
     )
     log_level: str = setting("info", "one of debug, info, warning, error")
     log_format: str = setting("json", "json (one object per line) or text")
@@ -58,6 +64,10 @@ class ServerConfig:
             f"max_message_bytes must be in [1024, 2147483647], got {self.max_message_bytes}",
         )
         require(self.grace_period_s >= 0, f"grace_period_s must be >= 0, got {self.grace_period_s}")
+        require(
+            self.event_loop in EVENT_LOOPS,
+            f"event_loop must be one of {EVENT_LOOPS}, got {self.event_loop!r}",
+        )
         require(self.log_level in LOG_LEVELS, f"log_level must be one of {LOG_LEVELS}")
         require(self.log_format in ("json", "text"), "log_format must be json or text")
         require(

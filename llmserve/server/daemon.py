@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from llmserve.logs import setup_logging
@@ -209,7 +210,9 @@ def run_daemon(
             await result
         return await daemon.serve()
 
+    loop_factory = uvloop.new_event_loop if config.event_loop == "uvloop" else None
     try:
-        return asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main())
     finally:
         shutdown_tracing()

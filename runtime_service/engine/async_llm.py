@@ -33,7 +33,7 @@ from runtime_service.engine.core_loop import start_core
 from runtime_service.engine.inputs import PromptInput
 from runtime_service.engine.lora import AdapterInfo
 from runtime_service.engine.lora.frontend import AdapterFrontend
-from runtime_service.engine.outputs import RequestOutput
+from runtime_service.engine.outputs import RequestOutput, unpack_outputs
 from runtime_service.engine.params import SamplingParams
 from runtime_service.engine.processor import Processor
 from runtime_service.engine.request import EngineRequest
@@ -299,9 +299,9 @@ class AsyncLLM:
                 message = ("dead", "the engine core process exited")
             kind = message[0]
             if kind == "step":
-                _, outputs, scheduled, self._stats = message
+                _, packed, scheduled, self._stats = message
                 self.processor.mark_scheduled(scheduled)
-                results, stopped = self.processor.process(outputs)
+                results, stopped = self.processor.process(unpack_outputs(packed))
                 if stopped:
                     self._send(("abort", stopped))
                 self._count(results)

@@ -3,7 +3,7 @@
 To the core:   ("add", EngineRequest) | ("abort", [ids]) | ("call", id, method, args)
                | ("shutdown",)
 From the core: ("ready", CoreInfo, EngineStats) | ("failed", exception)
-               | ("step", [CoreOutput], [(newly scheduled id, when)], EngineStats)
+               | ("step", [PackedCoreOutput], [(newly scheduled id, when)], EngineStats)
                | ("reply", id, ok, value) | ("dead", message)
 
 The core blocks on its inbox while idle and drains it between steps, so a burst of requests
@@ -13,6 +13,7 @@ frontend's gRPC and detokenization work cannot slow its steps.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import queue
@@ -24,7 +25,7 @@ from typing import Any
 from llmserve.errors import LLMServeError
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import EngineCore
-from runtime_service.engine.outputs import CoreOutput
+from runtime_service.engine.outputs import CoreOutput, pack_outputs
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def _handle(core: EngineCore, message: tuple, conn: Any) -> bool:
         except LLMServeError as e:  # the frontend prevents these; never let one kill the core
             log.error("%s", e)
             aborted = CoreOutput(message[1].request_id, [], [], 0, 0, 0, True, "abort")
-            conn.send(("step", [aborted], [], core.stats()))
+            conn.send(("step", pack_outputs([aborted]), [], core.stats()))
     elif kind == "abort":
         core.abort(message[1])
     elif kind == "call":
@@ -91,6 +92,7 @@ def core_loop(make_core: Callable[[], EngineCore], conn: Any) -> None:
         log.exception("engine core failed to start")
         conn.send(("failed", e))
         return
+    gc.freeze()  # the model's and start-up's objects: never collected, never re-scanned
     conn.send(("ready", core.info, core.stats()))
     try:
         running = True
@@ -101,7 +103,8 @@ def core_loop(make_core: Callable[[], EngineCore], conn: Any) -> None:
                 running = _handle(core, conn.recv(), conn)
             if running and core.has_unfinished_requests:
                 outputs = core.step()
-                conn.send(("step", outputs, core.take_newly_scheduled(), core.stats()))
+                step = ("step", pack_outputs(outputs), core.take_newly_scheduled(), core.stats())
+                conn.send(step)
     except (EOFError, BrokenPipeError):
         return  # the frontend is gone
     except Exception as e:

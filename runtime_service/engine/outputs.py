@@ -45,6 +45,35 @@ class CoreOutput:
     stop_token_id: int | None = None
 
 
+# NOTE: the order of CoreOutput's fields; pack_outputs and unpack_outputs follow it.
+PackedCoreOutput = tuple[
+    str, list[int], list[TokenLogprobs], int, int, int, bool, str | None, int | None
+]
+
+
+def pack_outputs(outputs: list[CoreOutput]) -> list[PackedCoreOutput]:
+    """A step's outputs as plain tuples for the pipe to the frontend: pickle handles tuples of
+    builtins in C, ~8x faster than slotted dataclasses (bench/frontend_stages.py)."""
+    return [
+        (
+            o.request_id,
+            o.token_ids,
+            o.logprobs,
+            o.num_prompt_tokens,
+            o.num_output_tokens,
+            o.num_cached_tokens,
+            o.finished,
+            o.finish_reason,
+            o.stop_token_id,
+        )
+        for o in outputs
+    ]
+
+
+def unpack_outputs(rows: list[PackedCoreOutput]) -> list[CoreOutput]:
+    return [CoreOutput(*row) for row in rows]
+
+
 @dataclass(slots=True)
 class RequestOutput:
     """What one request gained in one step (or several, once merged)."""

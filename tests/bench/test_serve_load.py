@@ -14,7 +14,9 @@ from tests.runtime_service.daemon_harness import start_runtime
 def test_serve_load_runs(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
     runtime = start_runtime(tiny_model_dir("qwen3"), tmp_path)
     try:
-        for mode in (["--concurrency", "4"], ["--rate", "50"]):
+        processes = ["--concurrency", "4", "--processes", "2"]
+        modes = (["--concurrency", "4"], ["--rate", "50"], processes)
+        for mode in modes:
             report = tmp_path / "report.md"
             out = subprocess.run(
                 [
