@@ -24,6 +24,7 @@ from runtime_service.engine.model_runner import ModelRunner
 from runtime_service.engine.outputs import CoreOutput
 from runtime_service.engine.request import EngineRequest, Request, RequestStatus
 from runtime_service.engine.scheduler import Scheduler
+from runtime_service.engine.structured.manager import StructuredOutput
 from runtime_service.models.loader import parse_dtype
 from runtime_service.models.open import load_model
 
@@ -137,6 +138,15 @@ class EngineCore:
             self.lora,
             cuda_graphs=config.enable_cuda_graphs,
         )
+        # Constraints: compiled off the step loop; the runner's sampler masks with it.
+        self.structured = StructuredOutput(
+            info.tokenizer_path,
+            mc.vocab_size,
+            tuple(mc.eos_token_ids),
+            config.max_num_seqs,
+            self.device,
+        )
+        self.runner.structured = self.structured
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
         self.info = CoreInfo(
@@ -181,17 +191,26 @@ class EngineCore:
         if req.adapter is not None:
             self._lora(req.adapter).bind(req)
         self.requests[er.request_id] = req
-        self.scheduler.add(req)
+        if req.params.constraint is not None:  # waits for its grammar, then is scheduled
+            self.structured.add(req)
+        else:
+            self.scheduler.add(req)
 
     def abort(self, request_ids: Iterable[str]) -> None:
         """Ends requests at once; their blocks are free when this returns."""
         reqs = [self.requests[r] for r in request_ids if r in self.requests]
+        for req in reqs:
+            self.structured.drop(req.request_id)
         self.scheduler.finish(reqs, RequestStatus.FINISHED_ABORTED)
         self._aborted.extend(reqs)
 
     @property
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.num_unfinished > 0 or bool(self._aborted)
+        return (
+            self.scheduler.num_unfinished > 0
+            or bool(self._aborted)
+            or self.structured.num_pending > 0
+        )
 
     # Adapters (lora/manager.py), called between steps.
     def _lora(self, adapter: str | None = None) -> LoRAManager:
@@ -226,7 +245,7 @@ class EngineCore:
         bm, sched = self.block_manager, self.scheduler
         return EngineStats(
             num_running=len(sched.running),
-            num_waiting=len(sched.waiting),
+            num_waiting=len(sched.waiting) + self.structured.num_pending,
             block_size=bm.block_size,
             num_blocks=bm.num_blocks,
             num_free_blocks=bm.num_free_blocks,
@@ -240,8 +259,11 @@ class EngineCore:
     def step(self) -> list[CoreOutput]:
         outputs = [self._output(r, None, None) for r in self._aborted]
         self._aborted.clear()
+        outputs += self._admit_constrained()
         sched = self.scheduler.schedule()
         if not sched.requests:
+            if self.structured.num_pending and not outputs:
+                self.structured.wait()  # idle but for compiling grammars: no busy loop
             return outputs
         result = self.runner.execute(sched)
         self.scheduler.update(sched)
@@ -250,10 +272,22 @@ class EngineCore:
         ):
             req.append_output_token(token, logprobs)
             status = req.check_token_stop()
+            if req.params.constraint is not None and self.structured.accept(req, token):
+                status = RequestStatus.FINISHED_STOPPED  # the grammar is complete
             if status is not None:
                 self.scheduler.finish([req], status)
             outputs.append(self._output(req, token, logprobs))
         return outputs
+
+    def _admit_constrained(self) -> list[CoreOutput]:
+        """Requests whose grammar is compiled join the scheduler's queue; those whose grammar
+        failed to compile (the frontend checked it, so an engine fault) are aborted."""
+        ready, failed = self.structured.take_ready()
+        for req in ready:
+            self.scheduler.add(req)
+        if failed:
+            self.scheduler.finish(failed, RequestStatus.FINISHED_ABORTED)
+        return [self._output(r, None, None) for r in failed]
 
     def _output(self, req: Request, token: int | None, logprobs) -> CoreOutput:
         out = CoreOutput(
@@ -266,6 +300,7 @@ class EngineCore:
         )
         if req.is_finished:
             self.requests.pop(req.request_id, None)
+            self.structured.drop(req.request_id)
             out.finished = True
             out.finish_reason = req.status.value
             out.stop_token_id = req.stop_reason if isinstance(req.stop_reason, int) else None

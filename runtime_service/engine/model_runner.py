@@ -25,6 +25,7 @@ from runtime_service.models.loader import allocate_kv_caches
 
 if TYPE_CHECKING:
     from runtime_service.engine.lora.manager import LoRAManager
+    from runtime_service.engine.structured.manager import StructuredOutput
 
 
 @dataclass(slots=True)
@@ -66,6 +67,8 @@ class ModelRunner:
             device=self.device,
         )
         self.penalties = PenaltyState(model.config.vocab_size, self.device)
+        # Constraints' token masks (structured/manager.py), set by the engine core.
+        self.structured: StructuredOutput | None = None
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and self.device.type == "cuda":
             self.graphs = DecodeGraphs(self.inputs, self._forward, max_num_seqs)
@@ -91,5 +94,6 @@ class ModelRunner:
         if not batch.sample_requests:
             return RunnerOutput([], [], [])
         logits = self.model.compute_logits(hidden[batch.logits_rows])
-        out = sample(logits, batch.sample_requests, self.penalties)
+        mask = self.structured.mask if self.structured is not None else None
+        out = sample(logits, batch.sample_requests, self.penalties, mask)
         return RunnerOutput(batch.sample_requests, out.token_ids, out.logprobs)
