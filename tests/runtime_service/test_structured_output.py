@@ -18,11 +18,13 @@ import pytest
 import xgrammar as xgr
 
 from llmserve.errors import InvalidArgument
+from runtime_service.engine.engine import LLMEngine
 from runtime_service.engine.inputs import ChatPrompt
 from runtime_service.engine.llm import LLM
 from runtime_service.engine.outputs import Completion
 from runtime_service.engine.params import SamplingParams
 from runtime_service.engine.structured import Constraint
+from tests.runtime_service.lora_reference import lora_engine, make_adapters, peft_greedy
 from tests.runtime_service.reference import assert_pool_idle, run_to_completion
 from tests.runtime_service.structured_cases import (
     CHOICES,
@@ -33,6 +35,7 @@ from tests.runtime_service.structured_cases import (
     TOPICS,
     schema_prompt,
 )
+from tests.runtime_service.test_engine_parity import mixed_prompts
 
 pytestmark = pytest.mark.slow
 MAX_TOKENS = 64
@@ -59,10 +62,12 @@ def greedy(constraint: Constraint | None, max_tokens: int = MAX_TOKENS, **kw) ->
     return SamplingParams(temperature=0, max_tokens=max_tokens, constraint=constraint, **kw)
 
 
-def accepted_prefix(llm: LLM, constraint: Constraint, tokens: list[int]) -> tuple[int, bool]:
+def accepted_prefix(
+    engine: LLMEngine, constraint: Constraint, tokens: list[int]
+) -> tuple[int, bool]:
     """How many leading tokens the constraint's grammar accepts, and whether all of them
     complete it (xgrammar's matcher decides)."""
-    compiled = llm.engine.core.structured.cache.submit(constraint).result()
+    compiled = engine.core.structured.cache.submit(constraint).result()
     matcher = xgr.GrammarMatcher(compiled)
     for i, token in enumerate(tokens):
         if not matcher.accept_token(token):
@@ -75,7 +80,7 @@ def check_follows_free(
 ) -> bool:
     """The constrained greedy answer follows the free one while the grammar allows it; True
     when the free answer satisfied the constraint whole (and so equals the constrained one)."""
-    k, complete = accepted_prefix(llm, constraint, free.token_ids)
+    k, complete = accepted_prefix(llm.engine, constraint, free.token_ids)
     if complete:
         assert constrained.token_ids == free.token_ids, (free.text, constrained.text)
         return True
@@ -222,6 +227,36 @@ def test_a_compiling_grammar_does_not_hold_up_other_requests(llm: LLM) -> None:
         release.set()
         cache._compile = compile_original  # type: ignore[method-assign]
     assert re.fullmatch("[a-z]{3}-slow", rest["slow"].text)
+    assert_pool_idle(engine)
+
+
+def test_constraints_with_lora_adapters(tiny_model_dir, tmp_path: Path) -> None:
+    """Constrained requests on two adapters and the base model in one batch: each follows
+    transformers + PEFT's greedy answer while its grammar accepts it, and matches."""
+    path = tiny_model_dir("qwen2")
+    adapters = make_adapters(path, tmp_path, 2)
+    engine = lora_engine(path, num_kv_blocks=64, max_num_seqs=8, max_model_len=128)
+    for adapter in adapters:
+        engine.load_adapter(adapter.name, adapter)
+    prompts = mixed_prompts(path, 8, seed=7, max_len=40)
+    loose = Constraint("regex", "[^<>]{0,40}")  # most of the tiny vocabulary fits
+    choice = Constraint("choice", ("alpha", "beta gamma"))
+    cases = [(i, adapters[i % 2] if i < 6 else None, loose if i < 6 else choice) for i in range(8)]
+    for i, adapter, c in cases:
+        engine.add_request(f"r{i}", prompts[i], greedy(c, 16), adapter=adapter and adapter.name)
+    outputs = run_to_completion(engine)
+    followed = 0
+    for i, adapter, c in cases:
+        out = outputs[f"r{i}"]
+        if c.kind == "choice":
+            assert out.text in c.value and out.finish_reason == "stop"
+            continue
+        assert re.fullmatch(c.value, out.text), out.text
+        free = peft_greedy(path, adapter, prompts[i], 16)
+        k, _ = accepted_prefix(engine, c, free)  # 0 when PEFT's first token is a lone byte
+        assert out.token_ids[:k] == free[:k], (k, out.token_ids, free)
+        followed += k
+    assert followed > 0, "no PEFT answer fit the regex at all: the test checks nothing"
     assert_pool_idle(engine)
 
 
