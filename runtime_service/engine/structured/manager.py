@@ -183,6 +183,9 @@ class StructuredOutput:
             else:
                 self._device_mask = host
             self._host_mask = host
-            self._batch = xgr.BatchGrammarMatcher(max_threads=2)
+            # Host threads that fill the rows: half the cores (xgrammar's "auto") beside a
+            # GPU; two on a CPU engine, whose cores run the model too.
+            threads = "auto" if self.device.type == "cuda" else 2
+            self._batch = xgr.BatchGrammarMatcher(max_threads=threads)
         assert self._device_mask is not None
         return self._host_mask, self._device_mask
