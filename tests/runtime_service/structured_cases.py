@@ -1,6 +1,9 @@
 """Constraints and prompts of the structured-output tests: ten JSON Schemas (nested objects,
 arrays, enums, required fields, bounded numbers, patterned strings) and regex, grammar and
-choice cases, each with prompts that invite SmolLM2 to answer in that form."""
+choice cases, each with prompts that invite SmolLM2 to answer in that form.
+
+Free-text strings are ASCII letters of bounded length (a pattern): with only maxLength,
+SmolLM2 fills strings with emoji of several tokens each and runs past max_tokens."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ SCHEMAS: list[dict] = [
     {  # a flat object with required fields
         "type": "object",
         "properties": {
-            "name": {"type": "string", "maxLength": 16},
+            "name": {"type": "string", "pattern": "^[A-Za-z ]{1,16}$"},
             "age": {"type": "integer", "minimum": 0, "maximum": 120},
         },
         "required": ["name", "age"],
@@ -26,8 +29,8 @@ SCHEMAS: list[dict] = [
             "city": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "maxLength": 16},
-                    "country": {"type": "string", "maxLength": 16},
+                    "name": {"type": "string", "pattern": "^[A-Za-z ]{1,16}$"},
+                    "country": {"type": "string", "pattern": "^[A-Za-z ]{1,16}$"},
                 },
                 "required": ["name", "country"],
                 "additionalProperties": False,
@@ -41,7 +44,7 @@ SCHEMAS: list[dict] = [
         "properties": {
             "fruits": {
                 "type": "array",
-                "items": {"type": "string", "maxLength": 12},
+                "items": {"type": "string", "pattern": "^[A-Za-z ]{1,12}$"},
                 "minItems": 1,
                 "maxItems": 3,
             }
@@ -81,7 +84,7 @@ SCHEMAS: list[dict] = [
                 "items": {
                     "type": "object",
                     "properties": {
-                        "name": {"type": "string", "maxLength": 10},
+                        "name": {"type": "string", "pattern": "^[A-Za-z ]{1,10}$"},
                         "role": {"enum": ["admin", "user"]},
                     },
                     "required": ["name", "role"],
@@ -97,7 +100,7 @@ SCHEMAS: list[dict] = [
     {  # an optional field
         "type": "object",
         "properties": {
-            "title": {"type": "string", "minLength": 1, "maxLength": 20},
+            "title": {"type": "string", "pattern": "^[A-Za-z ]{1,20}$"},
             "year": {"type": "integer", "minimum": 1900, "maximum": 2100},
         },
         "required": ["title"],
@@ -152,12 +155,13 @@ REGEXES: list[tuple[str, list[str]]] = [
     (r"\+?[0-9]{1,3}", ["How many legs does a spider have?", "What is 7 times 6?"]),
 ]
 
-# An EBNF grammar: a small arithmetic expression.
+# An EBNF grammar: an arithmetic expression of at most three terms (finite, so a model that
+# would go on forever still completes within max_tokens).
 GRAMMAR = r"""
-root ::= expr
-expr ::= term (("+" | "-") term)*
-term ::= num (("*" | "/") num)*
-num ::= [0-9]+ | "(" expr ")"
+root ::= term (op term)? (op term)?
+op ::= "+" | "-" | "*"
+term ::= num | "(" num op num ")"
+num ::= [0-9] [0-9]?
 """
 GRAMMAR_PROMPTS = ["Write an arithmetic expression equal to 10.", "Write a sum of three numbers."]
 
