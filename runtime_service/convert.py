@@ -9,6 +9,7 @@ from runtime_service.engine.inputs import ChatPrompt, PromptInput, TextPrompt, T
 from runtime_service.engine.outputs import RequestOutput
 from runtime_service.engine.params import SamplingParams
 from runtime_service.engine.request import TokenLogprobs
+from runtime_service.engine.structured import Constraint
 
 FINISH_REASONS = {
     "stop": common_pb2.FINISH_REASON_STOP,
@@ -64,10 +65,23 @@ def sampling_from_pb(s: common_pb2.SamplingParams) -> SamplingParams:
             stop=list(s.stop),
             stop_token_ids=list(s.stop_token_ids),
             ignore_eos=s.ignore_eos,
+            constraint=constraint_from_pb(s),
         )
     except InvalidArgument as e:
         field = f"sampling.{e.field}" if e.field else "sampling"
         raise InvalidArgument(f"sampling.{e.message}", reason=e.reason, field=field) from None
+
+
+def constraint_from_pb(s: common_pb2.SamplingParams) -> Constraint | None:
+    """The oneof `constraint` as plain data (parsed later, off the serving thread)."""
+    kind = s.WhichOneof("constraint")
+    if kind is None or (kind == "json_object" and not s.json_object):
+        return None
+    if kind == "json_object":
+        return Constraint("json_object")
+    if kind == "choice":
+        return Constraint("choice", tuple(s.choice.values))
+    return Constraint(kind, getattr(s, kind))
 
 
 def check_request_id(request_id: str) -> None:

@@ -56,6 +56,7 @@ def sampling_pb(
         stop=req.stop_strings,
         stop_token_ids=req.stop_token_ids or [],
         ignore_eos=req.ignore_eos,
+        **req.constraint_fields(),
     )
     optional = {
         "temperature": req.temperature,

@@ -4,7 +4,8 @@ ranges (a bad value is a 400 naming the parameter).
 Unknown fields are ignored, as vLLM and TGI do, so that tools sending newer or vendor fields
 (`store`, `metadata`, `service_tier`, ...) still work. Fields that would change the output in
 ways llmserve does not do are refused when set: `n` > 1, `best_of` > 1, `echo`, `suffix`,
-`logit_bias`, `tools`/`functions`, and a `response_format` other than text.
+`logit_bias`, `tools`/`functions`, and a `response_format` other than text, json_object and
+json_schema (structured output: constraints.py, with vLLM's `guided_*` extras).
 
 Beyond OpenAI's fields, the sampling settings of llmserve.v1.SamplingParams that OpenAI lacks
 are accepted under vLLM's names (the openai client sends them with `extra_body`): `top_k`,
@@ -68,6 +69,12 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
     skip_special_tokens: bool | None = None
+    # Structured output (constraints.py): OpenAI's response_format and vLLM's guided_* extras.
+    response_format: dict[str, Any] | None = None
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_grammar: str | None = None
+    guided_choice: list[str] | None = None
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> SamplingFields:
@@ -81,7 +88,15 @@ class SamplingFields(BaseModel):
             refuse("logit_bias", "logit_bias is not supported by llmserve")
         if self.stream_options is not None and not self.stream:
             refuse("stream_options", "stream_options is only allowed when stream is true")
+        self.constraint_fields()  # refuses a malformed or second constraint now
         return self
+
+    def constraint_fields(self) -> dict[str, Any]:
+        """The oneof `constraint` of llmserve.v1.SamplingParams, as keyword arguments."""
+        from gateway.openai.constraints import GUIDED_FIELDS, constraint_fields
+
+        guided = {name: getattr(self, name) for name in GUIDED_FIELDS}
+        return constraint_fields(self.response_format, guided)
 
     @property
     def stop_strings(self) -> list[str]:
@@ -130,7 +145,6 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
-    response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
@@ -141,12 +155,6 @@ class ChatCompletionRequest(SamplingFields):
             refuse("tool_choice", "tool_choice is not supported by llmserve (no tool calling)")
         if self.function_call not in (None, "none"):
             refuse("function_call", "function_call is not supported by llmserve")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            refuse(
-                "response_format",
-                f"response_format type {self.response_format.get('type')!r} is not supported"
-                " by llmserve; only 'text'",
-            )
         if self.top_logprobs and not self.logprobs:
             refuse("top_logprobs", "top_logprobs requires logprobs to be true")
         return self

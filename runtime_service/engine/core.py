@@ -25,6 +25,7 @@ from runtime_service.engine.model_runner import LaunchedStep, ModelRunner
 from runtime_service.engine.outputs import CoreOutput
 from runtime_service.engine.request import EngineRequest, Request, RequestStatus
 from runtime_service.engine.scheduler import Scheduler
+from runtime_service.engine.structured.manager import StructuredOutput
 from runtime_service.models.loader import parse_dtype
 from runtime_service.models.open import load_model
 
@@ -153,6 +154,15 @@ class EngineCore:
             # NOTE: the decode graphs do not capture the workers' half of a step yet.
             cuda_graphs=config.enable_cuda_graphs and self.workers is None,
         )
+        # Constraints: compiled off the step loop; the runner's sampler masks with it.
+        self.structured = StructuredOutput(
+            info.tokenizer_path,
+            mc.vocab_size,
+            tuple(mc.eos_token_ids),
+            config.max_num_seqs,
+            self.device,
+        )
+        self.runner.structured = self.structured
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
         self.async_scheduling = (
@@ -214,17 +224,27 @@ class EngineCore:
         if req.adapter is not None:
             self._lora(req.adapter).bind(req)
         self.requests[er.request_id] = req
-        self.scheduler.add(req)
+        if req.params.constraint is not None:  # waits for its grammar, then is scheduled
+            self.structured.add(req)
+        else:
+            self.scheduler.add(req)
 
     def abort(self, request_ids: Iterable[str]) -> None:
         """Ends requests at once; their blocks are free when this returns."""
         reqs = [self.requests[r] for r in request_ids if r in self.requests]
+        for req in reqs:
+            self.structured.drop(req.request_id)
         self.scheduler.finish(reqs, RequestStatus.FINISHED_ABORTED)
         self._aborted.extend(reqs)
 
     @property
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.num_unfinished > 0 or bool(self._aborted) or self._pending is not None
+        return (
+            self.scheduler.num_unfinished > 0
+            or bool(self._aborted)
+            or self._pending is not None
+            or self.structured.num_pending > 0
+        )
 
     # Adapters (lora/manager.py), called between steps.
     def _lora(self, adapter: str | None = None) -> LoRAManager:
@@ -262,7 +282,7 @@ class EngineCore:
         bm, sched = self.block_manager, self.scheduler
         return EngineStats(
             num_running=len(sched.running),
-            num_waiting=len(sched.waiting),
+            num_waiting=len(sched.waiting) + self.structured.num_pending,
             block_size=bm.block_size,
             num_blocks=bm.num_blocks,
             num_free_blocks=bm.num_free_blocks,
@@ -294,7 +314,11 @@ class EngineCore:
         runs on the device (so the host's work for step n+1 overlaps step n)."""
         outputs = [self._output(r, None, None) for r in self._aborted]
         self._aborted.clear()
-        if self._pending is not None and not self.async_scheduling:
+        outputs += self._admit_constrained()
+        # A constrained request's next mask needs its last token on the host: while any runs,
+        # steps are synchronous.
+        sync = not self.async_scheduling or self.structured.num_active > 0
+        if self._pending is not None and sync:
             outputs += self._resolve(self._pending)
             self._pending = None
         sched = self.scheduler.schedule()
@@ -307,9 +331,11 @@ class EngineCore:
             for row, req in enumerate(launched.requests):
                 if not req.is_finished:
                     req.append_placeholder(row)
-            if not self.async_scheduling:
+            if sync:
                 outputs += self._resolve(launched)
                 self._pending = None
+        elif self.structured.num_pending and not outputs:
+            self.structured.wait()  # idle but for compiling grammars: no busy loop
         return outputs
 
     def _resolve(self, launched: LaunchedStep) -> list[CoreOutput]:
@@ -324,10 +350,22 @@ class EngineCore:
             req.resolve_placeholder(token, logprobs)
             self.block_manager.cache_full_blocks(req)
             status = req.check_token_stop()
+            if req.params.constraint is not None and self.structured.accept(req, token):
+                status = RequestStatus.FINISHED_STOPPED  # the grammar is complete
             if status is not None:
                 self.scheduler.finish([req], status)
             outputs.append(self._output(req, token, logprobs))
         return outputs
+
+    def _admit_constrained(self) -> list[CoreOutput]:
+        """Requests whose grammar is compiled join the scheduler's queue; those whose grammar
+        failed to compile (the frontend checked it, so an engine fault) are aborted."""
+        ready, failed = self.structured.take_ready()
+        for req in ready:
+            self.scheduler.add(req)
+        if failed:
+            self.scheduler.finish(failed, RequestStatus.FINISHED_ABORTED)
+        return [self._output(r, None, None) for r in failed]
 
     def _output(self, req: Request, token: int | None, logprobs) -> CoreOutput:
         out = CoreOutput(
@@ -340,6 +378,7 @@ class EngineCore:
         )
         if req.is_finished:
             self.requests.pop(req.request_id, None)
+            self.structured.drop(req.request_id)
             out.finished = True
             out.finish_reason = req.status.value
             out.stop_token_id = req.stop_reason if isinstance(req.stop_reason, int) else None

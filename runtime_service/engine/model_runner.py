@@ -25,6 +25,7 @@ from runtime_service.models.loader import allocate_kv_caches
 
 if TYPE_CHECKING:
     from runtime_service.engine.lora.manager import LoRAManager
+    from runtime_service.engine.structured.manager import StructuredOutput
 
 
 @dataclass(slots=True)
@@ -77,6 +78,8 @@ class ModelRunner:
         )
         self.penalties = PenaltyState(model.config.vocab_size, self.device)
         self._last_tokens: torch.Tensor | None = None  # the latest launch's sampled tokens
+        # Constraints' token masks (structured/manager.py), set by the engine core.
+        self.structured: StructuredOutput | None = None
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and self.device.type == "cuda":
             self.graphs = DecodeGraphs(self.inputs, self._forward, max_num_seqs)
@@ -106,7 +109,8 @@ class ModelRunner:
         if not reqs:
             return LaunchedStep([], None, None)
         logits = self.model.compute_logits(hidden[batch.logits_rows])
-        sampled = sample_on_device(logits, reqs, self.penalties)
+        mask = self.structured.mask if self.structured is not None else None
+        sampled = sample_on_device(logits, reqs, self.penalties, mask)
         self._last_tokens = sampled.tokens
         done = None
         if self.device.type == "cuda":

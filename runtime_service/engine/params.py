@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from llmserve.errors import InvalidArgument
+from runtime_service.engine.structured.constraint import Constraint
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_BYTES = 256
@@ -40,6 +41,8 @@ class SamplingParams:
     logprobs: int | None = None  # top-n alternatives; None: no logprobs at all
     skip_special_tokens: bool = True
     detokenize: bool = True  # False: token ids only, no text (and no stop strings)
+    # What the output must match (structured/constraint.py); None: free text.
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         _check(
@@ -102,6 +105,12 @@ class SamplingParams:
             "logprobs",
             f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}",
         )
+        if self.constraint is not None:
+            _check(
+                self.min_tokens == 0,
+                f"min_tokens ({self.min_tokens}) cannot be combined with "
+                f"{self.constraint.kind}: the constraint decides where the output ends",
+            )
 
     @property
     def greedy(self) -> bool:

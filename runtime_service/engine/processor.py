@@ -59,6 +59,11 @@ class Processor:
                     f"stop_token_ids contains {t}, outside the vocabulary [0, {vocab_size})",
                     field="sampling.stop_token_ids",
                 )
+        if params.constraint is not None:
+            try:  # parses the schema/regex/grammar: bad ones are refused before any compute
+                params.constraint.check()
+            except InvalidArgument as e:
+                raise InvalidArgument(f"sampling.{e.message}") from None
         prompt_ids = self.inputs(prompt, params.max_tokens)
         return EngineRequest(request_id, prompt_ids, params, self.eos_token_ids, adapter)
 

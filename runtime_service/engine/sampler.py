@@ -14,6 +14,7 @@ its tokens do not depend on what else shares the batch; unseeded rows share one 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -261,18 +262,28 @@ def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, reqs: list[Request]) -> D
 
 
 def sample_on_device(
-    logits: torch.Tensor, reqs: list[Request], penalties: PenaltyState | None = None
+    logits: torch.Tensor,
+    reqs: list[Request],
+    penalties: PenaltyState | None = None,
+    constrain: Callable[[torch.Tensor, list[Request]], None] | None = None,
 ) -> DeviceSample:
     """logits [len(reqs), vocab] float32 -> one token per request, left on the device.
 
     `penalties` keeps the token counts of requests with penalties across steps (one per
     engine); without it they are rebuilt from the requests' tokens for this call.
+    `constrain` masks, in place, the tokens constrained rows may not take (structured output),
+    before penalties and truncation; logprobs stay those of the raw distribution.
     """
     raw = logits
     needs_copy = any(
-        r.params.has_penalties or r.params.min_tokens > r.num_output_tokens for r in reqs
+        r.params.has_penalties
+        or r.params.min_tokens > r.num_output_tokens
+        or (r.params.constraint is not None and r.params.logprobs is not None)
+        for r in reqs
     )
     logits = logits.clone() if needs_copy else logits
+    if constrain is not None:
+        constrain(logits, reqs)
     penalized = apply_penalties(logits, reqs, penalties)
     mask_early_stops(logits, reqs)
     random_rows = _rows(reqs, lambda r: not r.params.greedy)
@@ -291,7 +302,10 @@ def sample_on_device(
 
 
 def sample(
-    logits: torch.Tensor, reqs: list[Request], penalties: PenaltyState | None = None
+    logits: torch.Tensor,
+    reqs: list[Request],
+    penalties: PenaltyState | None = None,
+    constrain: Callable[[torch.Tensor, list[Request]], None] | None = None,
 ) -> SamplerOutput:
     """`sample_on_device`, then its tokens and logprobs on the host."""
-    return sample_on_device(logits, reqs, penalties).to_host()
+    return sample_on_device(logits, reqs, penalties, constrain).to_host()

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import httpx2  # the openai client's HTTP library
+import jsonschema
 import openai
 import pytest
 
@@ -256,6 +257,35 @@ def test_bad_parameter_is_400_naming_it(
     assert err.value.status_code == 400
     assert err.value.body["param"] == param  # type: ignore[index]
     assert says in err.value.message
+
+
+def test_structured_output_through_the_http_api(gateway: HttpGateway) -> None:
+    """response_format json_schema reaches the runtime's engine through the gateway: the
+    reply validates; a schema the runtime cannot parse is a 400 naming the field."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "country": {"enum": ["France", "Italy", "Spain"]},
+        },
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    }
+    reply = _chat(
+        gateway.client(),
+        FRANCE,
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )
+    choice = reply.choices[0]  # type: ignore[attr-defined]
+    assert choice.finish_reason == "stop"
+    jsonschema.validate(json.loads(choice.message.content), schema)
+    reply = _chat(gateway.client(), FRANCE, max_tokens=8, extra_body={"guided_choice": ["a", "b"]})
+    assert reply.choices[0].message.content in ("a", "b")  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError) as err:
+        _chat(gateway.client(), FRANCE, max_tokens=8, extra_body={"guided_regex": "a(b"})
+    assert err.value.status_code == 400
+    assert "sampling.regex: invalid regex" in err.value.message
 
 
 def test_unknown_path_and_oversized_body_get_openai_errors(gateway: HttpGateway) -> None:

@@ -34,7 +34,19 @@ def refusal(cls: type, body: dict[str, Any]) -> tuple[int, str | None, str]:
         ({"seed": -1}, "seed", "seed: Input should be greater than or equal to 0"),
         ({"top_logprobs": 21, "logprobs": True}, "top_logprobs", "less than or equal to 20"),
         ({"tools": [{"type": "function"}]}, "tools", "tool calling"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "'json_object'"),
+        ({"response_format": {"type": "xml"}}, "response_format", "'xml' is not supported"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format",
+            "needs json_schema.schema",
+        ),
+        (
+            {"response_format": {"type": "json_object"}, "guided_regex": "a+"},
+            "guided_regex",
+            "at most one output constraint may be set, got response_format, guided_regex",
+        ),
+        ({"guided_choice": []}, "guided_choice", "non-empty list of strings"),
+        ({"guided_json": 5}, "guided_json", "must be a JSON Schema"),
         ({"logit_bias": {"1": 5}}, "logit_bias", "not supported"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages", "messages.0.role"),
@@ -108,6 +120,28 @@ def test_sampling_fields_reach_llmserves_sampling_params() -> None:
     plain = convert.chat_generate_request(ChatCompletionRequest.model_validate(CHAT), "m", "", "r")
     assert not plain.sampling.HasField("temperature") and not plain.sampling.HasField("logprobs")
     assert plain.final_only
+
+
+def test_output_constraints_reach_the_oneof() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+
+    def sampling(extra: dict[str, Any], cls: type = ChatCompletionRequest) -> Any:
+        body = {**CHAT, **extra} if cls is ChatCompletionRequest else {"model": "m", **extra}
+        request = cls.model_validate(body)  # type: ignore[attr-defined]
+        if cls is ChatCompletionRequest:
+            return convert.chat_generate_request(request, "m", "", "r").sampling
+        return convert.completion_generate_request(request, "m", "", "r").sampling
+
+    s = sampling({"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}})
+    assert s.WhichOneof("constraint") == "json_schema" and json.loads(s.json_schema) == schema
+    s = sampling({"response_format": {"type": "json_object"}})
+    assert s.WhichOneof("constraint") == "json_object" and s.json_object
+    assert sampling({"response_format": {"type": "text"}}).WhichOneof("constraint") is None
+    assert sampling({"guided_json": json.dumps(schema)}).json_schema == json.dumps(schema)
+    assert sampling({"guided_regex": "[0-9]+"}).regex == "[0-9]+"
+    assert sampling({"guided_grammar": 'root ::= "a"'}).grammar == 'root ::= "a"'
+    s = sampling({"prompt": "x", "guided_choice": ["yes", "no"]}, CompletionRequest)
+    assert list(s.choice.values) == ["yes", "no"]
 
 
 def test_model_names_select_a_model_or_an_adapter() -> None:

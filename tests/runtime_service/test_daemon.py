@@ -171,6 +171,29 @@ BAD_INPUTS = [
         "sampling.temperature must be a finite number >= 0, got -1.0",
     ),
     (
+        runtime_pb2.GenerateRequest(
+            prompt=common_pb2.Prompt(text="hi"),
+            sampling=common_pb2.SamplingParams(json_schema='{"type": "objet"}'),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        'sampling.json_schema: invalid JSON Schema: Unsupported type "objet"',
+    ),
+    (
+        runtime_pb2.GenerateRequest(
+            prompt=common_pb2.Prompt(text="hi"), sampling=common_pb2.SamplingParams(regex="a(b")
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sampling.regex: invalid regex: Regex parsing error at position 4: The parenthesis",
+    ),
+    (
+        runtime_pb2.GenerateRequest(
+            prompt=common_pb2.Prompt(text="hi"),
+            sampling=common_pb2.SamplingParams(choice=common_pb2.Choices()),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sampling.choice must hold at least one string",
+    ),
+    (
         runtime_pb2.GenerateRequest(prompt=common_pb2.Prompt(text="hi"), request_id="x" * 257),
         grpc.StatusCode.INVALID_ARGUMENT,
         "request_id must be at most 256 characters, got 257",
@@ -226,6 +249,22 @@ def test_final_only_and_logprobs(runtime: DaemonProcess, model: Path) -> None:
     assert final.timings.total_ns >= final.timings.decode_ns > 0
     assert len(final.logprobs) == 12 and all(len(lp.top) == 3 for lp in final.logprobs)
     assert all(lp.sampled.token_id == lp.top[0].token_id for lp in final.logprobs)
+
+
+def test_constrained_generation_through_the_daemon(runtime: DaemonProcess) -> None:
+    """The constraint crosses into the engine core's process, is compiled there and masks
+    the tiny model's random choices: the output is one of the choices, then EOS."""
+    choices = ["alpha beta", "gamma", "delta 42"]
+    for i in range(4):
+        request = generate_request(prompt(i), 40)
+        request.sampling.choice.values.extend(choices)
+        request.sampling.temperature = 1.0
+        request.sampling.seed = i
+        with grpc.insecure_channel(runtime.address) as channel:
+            chunks = list(runtime_pb2_grpc.RuntimeStub(channel).Generate(request, timeout=60))
+        assert "".join(c.text for c in chunks) in choices
+        assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_STOP
+    wait_all_blocks_free(runtime.address)
 
 
 def test_metrics_move(runtime: DaemonProcess) -> None:

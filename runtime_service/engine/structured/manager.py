@@ -1,0 +1,196 @@
+"""StructuredOutput: the engine core's side of constraints.
+
+- `add(req)` starts compiling the request's constraint (compiler.py) and holds the request;
+  `take_ready()` hands it to the scheduler once its grammar is compiled, with a fresh
+  GrammarMatcher. Requests without a constraint never wait here, so a slow schema stalls only
+  the requests that use it.
+- `mask(logits, reqs)` is the sampler's hook: one bitmask fill for the batch's constrained
+  rows (xgrammar's batch filler, on the host, while the device may still be busy), one copy to
+  the device and one `apply_token_bitmask_inplace` on the logits.
+- `accept(req, token)` advances the request's matcher; the core finishes the request when its
+  matcher has terminated (an accepting state and a stop token) or cannot go on.
+
+NOTE: a matcher has accepted exactly the request's output tokens. Preemption recomputes the KV
+of tokens the request already has and keeps them, so the matcher stays valid; `_sync` rolls it
+back or replays tokens should the two ever differ (a rebuild as the last resort).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runtime_service.engine.request import Request
+from runtime_service.engine.structured.compiler import GrammarCache
+
+log = logging.getLogger(__name__)
+# How long an idle core waits on a compiling grammar before it looks at its inbox again.
+IDLE_WAIT_S = 0.05
+
+
+@dataclass(slots=True)
+class _State:
+    compiled: Any
+    matcher: Any
+    num_accepted: int = 0
+
+
+class StructuredOutput:
+    def __init__(
+        self,
+        tokenizer_path: Path | str,
+        vocab_size: int,
+        stop_token_ids: tuple[int, ...],
+        max_num_seqs: int,
+        device: torch.device,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.device = device
+        self.cache = GrammarCache(tokenizer_path, vocab_size, stop_token_ids)
+        self._pending: dict[str, tuple[Request, concurrent.futures.Future]] = {}
+        self._states: dict[str, _State] = {}
+        self._max_rows = max_num_seqs
+        self._host_mask: torch.Tensor | None = None
+        self._device_mask: torch.Tensor | None = None
+        self._batch: Any = None
+
+    # Admission.
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def num_active(self) -> int:
+        """Constrained requests admitted to the scheduler and not yet finished."""
+        return len(self._states)
+
+    def add(self, req: Request) -> None:
+        assert req.params.constraint is not None
+        self._pending[req.request_id] = (req, self.cache.submit(req.params.constraint))
+
+    def take_ready(self) -> tuple[list[Request], list[Request]]:
+        """(requests whose grammar is compiled, now with a matcher; requests whose grammar
+        failed to compile), in arrival order."""
+        ready, failed = [], []
+        for rid, (req, future) in list(self._pending.items()):
+            if not future.done():
+                continue
+            del self._pending[rid]
+            error = future.exception()
+            if error is not None:
+                log.error("request %s: constraint failed to compile: %s", rid, error)
+                failed.append(req)
+                continue
+            self._states[rid] = _State(future.result(), self._new_matcher(future.result()))
+            ready.append(req)
+        return ready, failed
+
+    def wait(self, timeout: float = IDLE_WAIT_S) -> None:
+        """Blocks until a pending grammar is compiled or the timeout passes."""
+        futures = [f for _, f in self._pending.values()]
+        if futures:
+            concurrent.futures.wait(
+                futures, timeout, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+
+    def drop(self, request_id: str) -> None:
+        """Forgets a finished or aborted request."""
+        self._pending.pop(request_id, None)
+        self._states.pop(request_id, None)
+
+    def is_pending(self, request_id: str) -> bool:
+        return request_id in self._pending
+
+    # The step.
+    def mask(self, logits: torch.Tensor, reqs: list[Request]) -> None:
+        """Sets the logits of tokens each constrained row's grammar forbids to -inf, in place;
+        rows of other requests are left as they are."""
+        rows, matchers = [], []
+        for row, req in enumerate(reqs):
+            state = self._states.get(req.request_id)
+            if state is not None:
+                self._sync(req, state)
+                rows.append(row)
+                matchers.append(state.matcher)
+        if not rows:
+            return
+        import xgrammar as xgr
+
+        host, device_mask = self._buffers(len(reqs))
+        # NOTE: the host buffer is reused next step; the copy below has finished by then
+        # because the sampler reads its tokens back to the host every step.
+        if len(matchers) == 1:
+            matchers[0].fill_next_token_bitmask(host, rows[0])
+        else:
+            self._batch.batch_fill_next_token_bitmask(matchers, host, rows)
+        n = max(rows) + 1
+        if device_mask is not host:
+            device_mask[:n].copy_(host[:n], non_blocking=True)
+        xgr.apply_token_bitmask_inplace(
+            logits, device_mask[:n], vocab_size=min(logits.shape[1], self.vocab_size), indices=rows
+        )
+
+    def accept(self, req: Request, token: int) -> bool:
+        """Advances the request's matcher by its new token; True when the request must end:
+        its grammar has terminated, or the token does not fit (never, unless every token of
+        the vocabulary was masked: a constraint the tokenizer cannot satisfy)."""
+        state = self._states.get(req.request_id)
+        if state is None:
+            return False
+        if not state.matcher.accept_token(token):
+            log.warning(
+                "request %s: token %d does not fit its constraint; ending it",
+                req.request_id,
+                token,
+            )
+            return True
+        state.num_accepted += 1
+        return bool(state.matcher.is_terminated())
+
+    def shutdown(self) -> None:
+        self.cache.shutdown()
+
+    # Internals.
+    def _new_matcher(self, compiled: Any) -> Any:
+        import xgrammar as xgr
+
+        return xgr.GrammarMatcher(compiled)
+
+    def _sync(self, req: Request, state: _State) -> None:
+        behind = req.num_output_tokens - state.num_accepted
+        if behind == 0:
+            return
+        if behind < 0:
+            state.matcher.rollback(-behind)
+        else:
+            for token in req.output_token_ids[state.num_accepted :]:
+                if not state.matcher.accept_token(token):  # cannot happen: rebuild and replay
+                    state.matcher = self._new_matcher(state.compiled)
+                    for t in req.output_token_ids:
+                        state.matcher.accept_token(t)
+                    break
+        state.num_accepted = req.num_output_tokens
+
+    def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._host_mask is None or self._host_mask.shape[0] < rows:
+            import xgrammar as xgr
+
+            size = max(rows, self._max_rows)
+            host = xgr.allocate_token_bitmask(size, self.vocab_size)
+            if self.device.type == "cuda":
+                host = host.pin_memory()
+                self._device_mask = torch.empty_like(host, device=self.device)
+            else:
+                self._device_mask = host
+            self._host_mask = host
+            # Host threads that fill the rows: half the cores (xgrammar's "auto") beside a
+            # GPU; two on a CPU engine, whose cores run the model too.
+            threads = "auto" if self.device.type == "cuda" else 2
+            self._batch = xgr.BatchGrammarMatcher(max_threads=threads)
+        assert self._device_mask is not None
+        return self._host_mask, self._device_mask
