@@ -108,6 +108,7 @@ class SamplingParams:
         if self.constraint is not None:
             _check(
                 self.min_tokens == 0,
+                "min_tokens",
                 f"min_tokens ({self.min_tokens}) cannot be combined with "
                 f"{self.constraint.kind}: the constraint decides where the output ends",
             )

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from llmserve.errors import InvalidArgument
+from llmserve.reasons import Reason
 from runtime_service.engine.core import CoreInfo
 from runtime_service.engine.detokenizer import Detokenizer
 from runtime_service.engine.inputs import InputProcessor, PromptInput
@@ -63,7 +64,11 @@ class Processor:
             try:  # parses the schema/regex/grammar: bad ones are refused before any compute
                 params.constraint.check()
             except InvalidArgument as e:
-                raise InvalidArgument(f"sampling.{e.message}") from None
+                raise InvalidArgument(
+                    f"sampling.{e.message}",
+                    reason=Reason.INVALID_FIELD,
+                    field=f"sampling.{params.constraint.kind}",
+                ) from None
         prompt_ids = self.inputs(prompt, params.max_tokens)
         return EngineRequest(request_id, prompt_ids, params, self.eos_token_ids, adapter)
 
