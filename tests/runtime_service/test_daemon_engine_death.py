@@ -4,6 +4,7 @@ used to stay SERVING with every Generate failing)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -69,6 +70,40 @@ def test_engine_death_turns_health_not_serving_then_exits_1(
         runtime.kill()
 
 
+async def status_after_not_serving(address: str) -> grpc.StatusCode:
+    """Waits for health NOT_SERVING, then returns one Generate's status. On grpc.aio with
+    outer asyncio guards: a sync stub in a process that had run many other gRPC tests was seen
+    to ignore its own deadline once the server had gone, and the test must fail, never hang."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=EXIT_WITHIN_S
+        )
+
+        async def not_serving() -> None:
+            try:
+                async for reply in watch:
+                    if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                        return
+            except grpc.aio.AioRpcError as e:  # the daemon has already exited: noticed too
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+
+        await asyncio.wait_for(not_serving(), EXIT_WITHIN_S)
+        watch.cancel()
+    # Whether this call reaches the draining daemon or finds it gone, it is UNAVAILABLE.
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = runtime_pb2_grpc.RuntimeStub(channel).Generate(generate_request("hi", 2), timeout=30)
+
+        async def read_all() -> None:
+            async for _ in call:
+                pass
+
+        try:
+            await asyncio.wait_for(read_all(), EXIT_WITHIN_S)
+        except grpc.aio.AioRpcError as e:
+            return e.code()
+        return grpc.StatusCode.OK
+
+
 def test_generate_after_engine_death_is_unavailable(
     tiny_model_dir: Callable[[str], Path], tmp_path: Path
 ) -> None:
@@ -77,21 +112,7 @@ def test_generate_after_engine_death_is_unavailable(
     assert runtime.proc is not None
     try:
         os.kill(engine_core(runtime.proc.pid), signal.SIGKILL)
-        with grpc.insecure_channel(runtime.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            # Every call has a deadline (a failure guard): the test can fail, never hang.
-            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=EXIT_WITHIN_S)
-            for reply in watch:
-                if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
-                    watch.cancel()
-                    break
-        # Whether this call reaches the draining daemon or finds it gone, it is UNAVAILABLE.
-        with grpc.insecure_channel(runtime.address) as channel:
-            stub = runtime_pb2_grpc.RuntimeStub(channel)
-            try:
-                list(stub.Generate(generate_request("hi", 2), timeout=30))
-                raise AssertionError("Generate succeeded after the engine died")
-            except grpc.RpcError as e:
-                assert e.code() == grpc.StatusCode.UNAVAILABLE, e.details()
+        status = asyncio.run(status_after_not_serving(runtime.address))
+        assert status == grpc.StatusCode.UNAVAILABLE
     finally:
         runtime.kill()
