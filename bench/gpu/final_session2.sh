@@ -7,8 +7,9 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 pip install -q --no-deps --target /tmp/pylib .device-wheels/*.whl > "$OUT/pip.txt" 2>&1
 export PYTHONPATH=/tmp/pylib:$PWD
 timeout 90 python3 -m pytest tests/runtime_service/test_top_p_kernel.py tests/runtime_service/test_sampler.py \
-  tests/runtime_service/test_async_scheduling.py tests/runtime_service/test_structured_output.py \
-  -q -p no:cacheprovider -k "not smollm2 and not trained and not two_hundred" > "$OUT/pytest.txt" 2>&1
+  tests/runtime_service/test_async_scheduling.py tests/runtime_service/test_lowbit_gemv.py \
+  tests/runtime_service/test_structured_output.py -k "not smollm2 and (not structured or bad_constraints or shape_errors)" \
+  -q -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
 tail -4 "$OUT/pytest.txt"
 timeout 140 python3 bench/engine_speed.py --rows single,throughput,sampler --peers hf-static \
   --peer-rows single,throughput --static-batch 256 > "$OUT/engine.txt" 2>&1
