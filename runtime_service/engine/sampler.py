@@ -96,7 +96,8 @@ def truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     logits = logits / temperature
     use_top_k = any(r.params.top_k > 0 for r in reqs)
     use_top_p = any(r.params.top_p < 1.0 for r in reqs)
-    if use_top_p and logits.is_cuda:  # top-k first, then the nucleus by threshold search
+    every_row_top_k = all(r.params.top_k > 0 for r in reqs)  # then a small topk finds all
+    if use_top_p and logits.is_cuda and not every_row_top_k:  # the nucleus by threshold search
         if use_top_k:
             logits = _top_k(logits, reqs, top_k)
         from runtime_service.kernels.top_p_triton import top_p_mask_

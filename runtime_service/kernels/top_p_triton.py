@@ -86,7 +86,9 @@ def _top_p_kernel(
             tl.store(base + cols, tl.where(keep, x, float("-inf")), mask=cols < V)
 
 
-def top_p_mask_(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+def top_p_mask_(
+    logits: torch.Tensor, top_p: torch.Tensor, block: int = 1024, warps: int = 8
+) -> torch.Tensor:
     """Sets, in place, the logits outside each row's nucleus to -inf. logits [R, V] float32
     (contiguous rows), top_p [R] float32 in (0, 1]."""
     rows, vocab = logits.shape
@@ -96,9 +98,9 @@ def top_p_mask_(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
             top_p.to(torch.float32).contiguous(),
             vocab,
             logits.stride(0),
-            BLOCK=1024,
+            BLOCK=block,
             WAYS_=WAYS,
             PASSES_=PASSES,
-            num_warps=8,
+            num_warps=warps,
         )
     return logits
