@@ -87,7 +87,7 @@ def _top_p_kernel(
 
 
 def top_p_mask_(
-    logits: torch.Tensor, top_p: torch.Tensor, block: int = 1024, warps: int = 8
+    logits: torch.Tensor, top_p: torch.Tensor, block: int = 1024, warps: int = 4
 ) -> torch.Tensor:
     """Sets, in place, the logits outside each row's nucleus to -inf. logits [R, V] float32
     (contiguous rows), top_p [R] float32 in (0, 1]."""
