@@ -33,6 +33,8 @@ from llmserve.server.token import ServiceToken
 from llmserve.telemetry import setup_tracing, shutdown_tracing, start_metrics_server
 
 log = logging.getLogger(__name__)
+REFUSAL_GRACE_S = 1.0  # how long a stopping server lets refusals in flight end
+FAIL_LINGER_S = 1.0  # after a fatal fault: NOT_SERVING, refusing calls, before the drain
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -147,6 +149,9 @@ class Daemon:
         log.error("%s cannot serve any more: %s; stopping with exit status 1", self.name, reason)
         self._exit_status = 1
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Health checkers and load balancers see NOT_SERVING while calls are still refused
+        # with UNAVAILABLE, before the port closes.
+        await asyncio.sleep(FAIL_LINGER_S)
         self._stop.set()
 
     async def drain(self) -> None:
@@ -156,14 +161,17 @@ class Daemon:
         self.interceptor.draining = True
         for hook in self._on_drain:
             await hook()
-        if not await self.interceptor.wait_idle(self.config.grace_period_s):
+        idle = await self.interceptor.wait_idle(self.config.grace_period_s)
+        if not idle:
             log.warning(
                 "%s: grace period over with %d calls in flight; cancelling them",
                 self.name,
                 self.interceptor.num_in_flight,
             )
         if self._server is not None:
-            await self._server.stop(grace=0)
+            # Idle, the only calls in flight are ones arriving now, being refused: let them
+            # end with their UNAVAILABLE (a stop without grace would cancel them instead).
+            await self._server.stop(grace=REFUSAL_GRACE_S if idle else 0)
         for hook in self._on_stop:
             await hook()
         log.info("%s stopped", self.name)

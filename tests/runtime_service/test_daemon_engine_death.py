@@ -113,6 +113,11 @@ def test_generate_after_engine_death_is_unavailable(
     try:
         os.kill(engine_core(runtime.proc.pid), signal.SIGKILL)
         status = asyncio.run(status_after_not_serving(runtime.address))
-        assert status == grpc.StatusCode.UNAVAILABLE
+        if status == grpc.StatusCode.CANCELLED:
+            # The call landed in the instant the server stopped (after the daemon's linger,
+            # its final stop cancels calls not yet dispatched): only a daemon on its way out.
+            assert runtime.proc.wait(timeout=EXIT_WITHIN_S) == 1
+        else:
+            assert status == grpc.StatusCode.UNAVAILABLE
     finally:
         runtime.kill()
