@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmserve.processes import DaemonProcess
 from llmserve.v1 import common_pb2, runtime_pb2, runtime_pb2_grpc
@@ -76,3 +79,42 @@ def wait_all_blocks_free(address: str, timeout: float = 20.0) -> runtime_pb2.Get
 
 def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def child_process(pid: int, marker: bytes) -> int:
+    """The pid of `pid`'s only child whose command line holds `marker`."""
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
+            if marker in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+    (only,) = found
+    return only
+
+
+class HealthWatch:
+    """Records a daemon's health statuses for llmserve.v1.Runtime, on a thread, until the
+    daemon exits (or the deadline, a failure guard, passes)."""
+
+    def __init__(self, address: str, timeout: float = 120.0) -> None:
+        self.statuses: list[int] = []
+        self.watching = threading.Event()  # set at the first status
+        self._address, self._timeout = address, timeout
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        with grpc.insecure_channel(self._address) as channel:
+            stream = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="llmserve.v1.Runtime"),
+                timeout=self._timeout,
+            )
+            try:
+                for reply in stream:
+                    self.statuses.append(reply.status)
+                    self.watching.set()
+            except grpc.RpcError:
+                pass  # the daemon exited
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmserve.v1 import runtime_pb2_grpc
-from tests.runtime_service.daemon_harness import generate_request, start_runtime
+from tests.runtime_service.daemon_harness import (
+    HealthWatch,
+    child_process,
+    generate_request,
+    start_runtime,
+)
 
 EXIT_WITHIN_S = 60.0  # a failure guard: the exit follows the death by a drain (grace 1 s)
 
@@ -23,14 +27,7 @@ EXIT_WITHIN_S = 60.0  # a failure guard: the exit follows the death by a drain (
 def engine_core(pid: int) -> int:
     """The pid of the runtime's engine core: its child started by multiprocessing's spawn
     (the other child is multiprocessing's resource tracker)."""
-    found: list[int] = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in cmdline:
-                found.append(int(child))
-    (core,) = found
-    return core
+    return child_process(pid, b"spawn_main")
 
 
 def test_engine_death_turns_health_not_serving_then_exits_1(
@@ -38,32 +35,16 @@ def test_engine_death_turns_health_not_serving_then_exits_1(
 ) -> None:
     runtime = start_runtime(tiny_model_dir("qwen2"), tmp_path, "--grace-period-s", "1")
     assert runtime.proc is not None
-    statuses: list[int] = []
-    watching = threading.Event()
-
-    def watch() -> None:
-        with grpc.insecure_channel(runtime.address) as channel:
-            stream = health_pb2_grpc.HealthStub(channel).Watch(
-                health_pb2.HealthCheckRequest(service="llmserve.v1.Runtime")
-            )
-            try:
-                for reply in stream:
-                    statuses.append(reply.status)
-                    watching.set()
-            except grpc.RpcError:
-                pass  # the daemon exited
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    health = HealthWatch(runtime.address)
     try:
-        assert watching.wait(30)
+        assert health.watching.wait(30)
         os.kill(engine_core(runtime.proc.pid), signal.SIGKILL)
         status = runtime.proc.wait(timeout=EXIT_WITHIN_S)
-        watcher.join(10)
+        health.join(10)
         assert status == 1, runtime.log_path.read_text() if runtime.log_path else ""
         serving = health_pb2.HealthCheckResponse.SERVING
-        assert statuses[0] == serving
-        assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses[1:]
+        assert health.statuses[0] == serving
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in health.statuses[1:]
         log = runtime.log_path.read_text() if runtime.log_path else ""
         assert "cannot serve any more: the engine process stopped" in log
     finally:

@@ -6,27 +6,27 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from llmserve.v1 import runtime_pb2_grpc
-from tests.runtime_service.daemon_harness import generate_request, start_runtime, status, tokens
+from tests.runtime_service.daemon_harness import (
+    HealthWatch,
+    child_process,
+    generate_request,
+    start_runtime,
+    status,
+    tokens,
+)
 from tests.runtime_service.test_daemon_engine_death import EXIT_WITHIN_S, engine_core
 
 
 def worker_of(core: int) -> int:
     """The pid of the engine core's tensor-parallel worker (rank 1)."""
-    found = []
-    for task in os.listdir(f"/proc/{core}/task"):
-        for child in Path(f"/proc/{core}/task/{task}/children").read_text().split():
-            if b"runtime_service.parallel.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(int(child))
-    (worker,) = found
-    return worker
+    return child_process(core, b"runtime_service.parallel.worker")
 
 
 def test_worker_death_turns_health_not_serving_then_exits_1(
@@ -36,36 +36,20 @@ def test_worker_death_turns_health_not_serving_then_exits_1(
         tiny_model_dir("qwen2"), tmp_path, "--tensor-parallel-size", "2", "--grace-period-s", "1"
     )
     assert runtime.proc is not None
-    statuses: list[int] = []
-    watching = threading.Event()
-
-    def watch() -> None:
-        with grpc.insecure_channel(runtime.address) as channel:
-            stream = health_pb2_grpc.HealthStub(channel).Watch(
-                health_pb2.HealthCheckRequest(service="llmserve.v1.Runtime"), timeout=120
-            )
-            try:
-                for reply in stream:
-                    statuses.append(reply.status)
-                    watching.set()
-            except grpc.RpcError:
-                pass  # the daemon exited
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    health = HealthWatch(runtime.address)
     try:
         assert status(runtime.address).tensor_parallel_size == 2
         with grpc.insecure_channel(runtime.address) as channel:
             stub = runtime_pb2_grpc.RuntimeStub(channel)
             assert len(tokens(list(stub.Generate(generate_request([5, 6, 7], 4))))) == 4
-        assert watching.wait(30)
+        assert health.watching.wait(30)
         os.kill(worker_of(engine_core(runtime.proc.pid)), signal.SIGKILL)
         code = runtime.proc.wait(timeout=EXIT_WITHIN_S)
-        watcher.join(10)
+        health.join(10)
         log = runtime.log_path.read_text() if runtime.log_path else ""
         assert code == 1, log
-        assert statuses[0] == health_pb2.HealthCheckResponse.SERVING
-        assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses[1:]
+        assert health.statuses[0] == health_pb2.HealthCheckResponse.SERVING
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in health.statuses[1:]
         assert "tensor-parallel worker rank 1 exited with status -9" in log
         assert "cannot serve any more: the engine process stopped" in log
     finally:
