@@ -18,11 +18,12 @@ from llmserve.reasons import Reason
 from runtime_service.models.linear import (
     INT4_GROUP_SIZE,
     dequantize_int4,
-    pack_int4,
+    int4_params,
     quantize_fp8_rowwise,
+    quantize_int4_grouped,
+    quantize_int8_rowwise,
 )
 
-_TINY = 1e-8
 
 
 def int4_group_size(in_features: int) -> int:
@@ -42,44 +43,17 @@ def int4_group_size(in_features: int) -> int:
 
 
 def quantize_int8(w: torch.Tensor) -> dict[str, torch.Tensor]:
-    w = w.float()
-    scales = w.abs().amax(dim=1).clamp(min=_TINY) / 127.0
-    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
-    return {"weight": q, "scales": scales}
+    return quantize_int8_rowwise(w)
 
 
 def quantize_fp8(w: torch.Tensor) -> dict[str, torch.Tensor]:
     return quantize_fp8_rowwise(w)
 
 
-def int4_params(
-    w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(q [out, in] uint8 in 0..15, scales [out, G], zeros [out, G]) of w [out, in].
-
-    `clip` [out, G] in (0, 1], if given, shrinks each group's range before quantizing
-    (values outside are clamped).
-    """
-    out, num_in = w.shape
-    groups = w.float().reshape(out, num_in // group_size, group_size)
-    w_max = groups.amax(dim=2)
-    w_min = groups.amin(dim=2)
-    if clip is not None:
-        w_max, w_min = w_max * clip, w_min * clip
-    w_max = torch.maximum(w_max, torch.zeros_like(w_max))
-    w_min = torch.minimum(w_min, torch.zeros_like(w_min))
-    scales = ((w_max - w_min) / 15.0).clamp(min=_TINY)
-    zeros = torch.round(-w_min / scales).clamp(0, 15)
-    q = torch.round(groups / scales[:, :, None] + zeros[:, :, None])
-    q = q.clamp(0, 15).to(torch.uint8).reshape(out, num_in)
-    return q, scales, zeros
-
-
 def quantize_int4(
     w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    q, scales, zeros = int4_params(w, group_size, clip)
-    return {"weight": pack_int4(q), "scales": scales, "zeros": zeros}
+    return quantize_int4_grouped(w, group_size, clip)
 
 
 def fake_quantize_int4(

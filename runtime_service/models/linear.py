@@ -132,14 +132,33 @@ def quantize_int8_rowwise(w: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"weight": q, "scales": scales}
 
 
-def quantize_int4_grouped(w: torch.Tensor, group: int = INT4_GROUP_SIZE) -> dict[str, torch.Tensor]:
-    """Asymmetric int4 in groups of `group` input channels (min/max ranges, no search): the
-    int4 layout above. The builder's quantizer adds an activation-aware clip search."""
+def int4_params(
+    w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q [out, in] uint8 in 0..15, scales [out, G], zeros [out, G]) of w [out, in]:
+    asymmetric min/max ranges (always holding 0) in groups of `group_size` input channels.
+
+    `clip` [out, G] in (0, 1], if given, shrinks each group's range before quantizing
+    (values outside are clamped; the builder's activation-aware search picks it).
+    """
     out, num_in = w.shape
-    groups = w.float().reshape(out, num_in // group, group)
-    w_max = groups.amax(dim=2).clamp(min=0)
-    w_min = groups.amin(dim=2).clamp(max=0)
+    groups = w.float().reshape(out, num_in // group_size, group_size)
+    w_max = groups.amax(dim=2)
+    w_min = groups.amin(dim=2)
+    if clip is not None:
+        w_max, w_min = w_max * clip, w_min * clip
+    w_max = torch.maximum(w_max, torch.zeros_like(w_max))
+    w_min = torch.minimum(w_min, torch.zeros_like(w_min))
     scales = ((w_max - w_min) / 15.0).clamp(min=1e-8)
     zeros = torch.round(-w_min / scales).clamp(0, 15)
-    q = torch.round(groups / scales[:, :, None] + zeros[:, :, None]).clamp(0, 15)
-    return {"weight": pack_int4(q.reshape(out, num_in)), "scales": scales, "zeros": zeros}
+    q = torch.round(groups / scales[:, :, None] + zeros[:, :, None])
+    q = q.clamp(0, 15).to(torch.uint8).reshape(out, num_in)
+    return q, scales, zeros
+
+
+def quantize_int4_grouped(
+    w: torch.Tensor, group: int = INT4_GROUP_SIZE, clip: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """The int4 layout above from w [out, in] (see `int4_params`)."""
+    q, scales, zeros = int4_params(w, group, clip)
+    return {"weight": pack_int4(q), "scales": scales, "zeros": zeros}

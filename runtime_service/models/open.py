@@ -56,7 +56,7 @@ def dummy_weights(
 ) -> dict[str, torch.Tensor]:
     """Random weights of the checkpoint's shapes, made on the device (benchmarks: no
     checkpoint on disk needed for an 8B-shaped model); quantization "fp8", "int8" or "int4"
-    stores the linear layers as such an engine does (plain min/max int4, no clip search)."""
+    stores the linear layers as such an engine does (min/max int4, no clip search)."""
     c = config
     g = torch.Generator(device=device).manual_seed(0)
 
