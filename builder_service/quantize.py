@@ -25,7 +25,6 @@ from runtime_service.models.linear import (
 )
 
 
-
 def int4_group_size(in_features: int) -> int:
     """128, or for an input width that 128 does not divide, the largest power of two <= 128
     that divides it (576 -> 64): every group must be whole for the layout to hold."""
