@@ -347,8 +347,8 @@ class EngineCore:
         ):
             if req.is_finished:  # aborted, or stopped by its previous token
                 continue
-            req.resolve_placeholder(token, logprobs)
-            self.block_manager.cache_full_blocks(req)
+            req.resolve_placeholder(token, logprobs)  # computed by the next step: its
+            # block is published by that step's `scheduler.update`
             status = req.check_token_stop()
             if req.params.constraint is not None and self.structured.accept(req, token):
                 status = RequestStatus.FINISHED_STOPPED  # the grammar is complete
