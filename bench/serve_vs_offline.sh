@@ -4,17 +4,18 @@
 # processes, default 4), then the same load through the gateway (API key, session-less
 # Generate; needs redis-server on PATH, else skipped), then the offline engine
 # (bench/offline_throughput.py) on the same requests. Reports go to $OUT (default ./bench-out).
-# Usage: bash bench/serve_vs_offline.sh [num_requests] [input_len] [output_len]
+# Usage: [SEQS=max running requests, default 256] bash bench/serve_vs_offline.sh [num_requests]
+#   [input_len] [output_len]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out}
-N=${1:-256} IN=${2:-128} OUTLEN=${3:-128} CLIENTS=${CLIENTS:-4}
+N=${1:-256} IN=${2:-128} OUTLEN=${3:-128} CLIENTS=${CLIENTS:-4} SEQS=${SEQS:-256}
 mkdir -p "$OUT"
 MODEL=$(python3 -c "import sys; sys.path.insert(0, 'bench'); \
 from offline_throughput import shaped_model_dir; print(shaped_model_dir('llama3-8b'))")
 PORT=50052
 python3 -m runtime_service --model-path "$MODEL" --load-format dummy --port $PORT \
-  --max-num-seqs 256 --max-num-batched-tokens 8192 --served-model-name bench \
+  --max-num-seqs $SEQS --max-num-batched-tokens 8192 --served-model-name bench \
   --log-format text > "$OUT/runtime.log" 2>&1 &
 RUNTIME=$! GATEWAY="" REDIS=""
 trap 'kill $RUNTIME $GATEWAY $REDIS 2>/dev/null || true' EXIT
@@ -58,4 +59,4 @@ else
 fi
 kill -TERM $RUNTIME; wait $RUNTIME || true
 python3 bench/offline_throughput.py --shape llama3-8b --num-requests "$N" --input-len "$IN" \
-  --output-len "$OUTLEN" --peers none --report "$OUT/offline.md"
+  --output-len "$OUTLEN" --max-num-seqs "$SEQS" --peers none --report "$OUT/offline.md"
