@@ -4,12 +4,14 @@
 # processes, default 4), then the same load through the gateway (API key, session-less
 # Generate; needs redis-server on PATH, else skipped), then the offline engine
 # (bench/offline_throughput.py) on the same requests. Reports go to $OUT (default ./bench-out).
-# Usage: [SEQS=max running requests, default 256] bash bench/serve_vs_offline.sh [num_requests]
-#   [input_len] [output_len]
+# Usage: [SEQS=max running requests, default 256] [RATE=Poisson req/s, default 20]
+#   [LOW=a second, lower concurrency, default 64; empty skips it]
+#   bash bench/serve_vs_offline.sh [num_requests] [input_len] [output_len]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out}
 N=${1:-256} IN=${2:-128} OUTLEN=${3:-128} CLIENTS=${CLIENTS:-4} SEQS=${SEQS:-256}
+RATE=${RATE:-20} LOW=${LOW-64}  # the Poisson rate (req/s) and the low concurrency ("" skips it)
 mkdir -p "$OUT"
 MODEL=$(python3 -c "import sys; sys.path.insert(0, 'bench'); \
 from offline_throughput import shaped_model_dir; print(shaped_model_dir('llama3-8b'))")
@@ -24,13 +26,14 @@ import time, sys
 from llmserve.processes import health_status
 deadline = time.time() + 300
 while health_status('127.0.0.1:$PORT') != 1:
-    if time.time() > deadline: sys.exit('runtime not SERVING')
+    if time.time() > deadline:
+        print(open('$OUT/runtime.log').read()[-3000:]); sys.exit('runtime not SERVING')
     time.sleep(1)"
 LOAD="--num-requests $N --input-len $IN --output-len $OUTLEN --vocab 128000 --processes $CLIENTS"
 COMMON="--target 127.0.0.1:$PORT $LOAD --report $OUT/serve.md"
 python3 bench/serve_load.py $COMMON --concurrency "$N"
-python3 bench/serve_load.py $COMMON --concurrency 64
-python3 bench/serve_load.py $COMMON --rate 20
+[ -n "$LOW" ] && python3 bench/serve_load.py $COMMON --concurrency "$LOW"
+python3 bench/serve_load.py $COMMON --rate "$RATE"
 if command -v redis-server > /dev/null; then
   REDIS_PORT=6391 GW_PORT=50060 KEY=bench-key-0123456789abcdef
   redis-server --port $REDIS_PORT --save '' --appendonly no > "$OUT/redis.log" 2>&1 &
@@ -45,12 +48,13 @@ import time, sys
 from llmserve.processes import health_status
 deadline = time.time() + 60
 while health_status('127.0.0.1:$GW_PORT') != 1:
-    if time.time() > deadline: sys.exit('gateway not SERVING')
+    if time.time() > deadline:
+        print(open('$OUT/gateway.log').read()[-3000:]); sys.exit('gateway not SERVING')
     time.sleep(1)"
   sleep 3  # the gateway's first check of the runtime
   GW="--target 127.0.0.1:$GW_PORT --model bench --api-key $KEY $LOAD --report $OUT/gateway.md"
   python3 bench/serve_load.py $GW --concurrency "$N"
-  python3 bench/serve_load.py $GW --rate 20
+  python3 bench/serve_load.py $GW --rate "$RATE"
   kill -TERM $GATEWAY; wait $GATEWAY || true
   kill $REDIS; wait $REDIS || true
   GATEWAY="" REDIS=""
