@@ -1,12 +1,15 @@
-"""DecodeGraphs: the decode step's forward (embedding to final norm) as CUDA graphs.
+"""StepGraphs: a step's forward (embedding to final norm) as CUDA graphs.
 
-A decode step launches ~1,200 small kernels; replayed as one graph it costs the GPU time
-alone. One graph is captured per padded batch size (1, 2, 4, 8, then steps of 16 up to 256,
-then of 64), largest first so they share one memory pool, at start-up. A decode-only batch of
-B requests runs the graph of the smallest size >= B, with the padding rows StepInputs
-describes; every other step (prefill chunks, or a batch with LoRA tokens) runs eagerly. The
-LM head and the sampler run after the graph, on the rows that sample (a static logits tensor
-per graph would hold gigabytes).
+A step launches ~1,200 small kernels; replayed as one graph it costs the GPU time alone.
+Decode graphs: one per padded batch size (1, 2, 4, 8, then steps of 16 up to 256, then of
+64); a decode-only batch of B requests runs the graph of the smallest size >= B, with the
+padding rows StepInputs describes. Mixed graphs: one per padded token count (16 to 1,024),
+for batches with prefill chunks; their attention walks a tile table padded to the most tiles
+that many tokens can need, with a device count of the valid ones (triton_attention.py).
+Larger steps are compute-bound, so they and steps with LoRA tokens run eagerly. Graphs are
+captured at start-up, largest first so that all share one memory pool. The LM head and the
+sampler run after the graph, on the rows that sample (a static logits tensor per graph would
+hold gigabytes).
 
 NOTE: a graph reads the runner's StepInputs device buffers and the KV cache tensors at the
 addresses they had at capture, and writes its hidden states to a static tensor: both must live as
@@ -18,12 +21,14 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from runtime_service.engine.step_inputs import StepInputs
+from runtime_service.kernels.attention_tiles import max_tiles
 from runtime_service.models.attention import AttentionMetadata
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,12 @@ Forward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor
 def graph_sizes(max_size: int) -> list[int]:
     sizes = [1, 2, 4, 8, *list(range(16, 257, 16)), *list(range(320, 1025, 64))]
     return [s for s in sizes if s <= max_size]
+
+
+def mixed_sizes(max_tokens: int) -> list[int]:
+    """Token counts of the mixed graphs: finer where a step is bound by its weight reads."""
+    sizes = [16, 32, 64, *list(range(128, 513, 64)), *list(range(640, 1025, 128))]
+    return [s for s in sizes if s <= max_tokens]
 
 
 def decode_metadata(inputs: StepInputs, size: int) -> AttentionMetadata:
@@ -56,21 +67,53 @@ def decode_metadata(inputs: StepInputs, size: int) -> AttentionMetadata:
     return meta
 
 
-class DecodeGraphs:
-    def __init__(self, inputs: StepInputs, forward: Forward, max_size: int) -> None:
+def mixed_metadata(inputs: StepInputs, size: int) -> AttentionMetadata:
+    """Metadata of a batch with prefills over the first `size` tokens of the buffers, all
+    requests' rows, and the tile table padded to the most tiles `size` tokens can need."""
+    assert inputs.block_q is not None
+    seqs = inputs.max_num_seqs
+    tiles = max_tiles(size, seqs, inputs.block_q)
+    meta = AttentionMetadata(
+        slot_mapping=inputs.slot_mapping[:size],
+        block_tables=inputs.block_tables[:seqs],
+        query_start_loc=inputs.query_start_loc[: seqs + 1],
+        seq_lens=inputs.seq_lens[:seqs],
+        query_lens_cpu=np.array([size]),  # > 1: the kernel's prefill tiles
+        seq_lens_cpu=np.array([size]),
+    )
+    meta.backend_cache[f"tiles/{inputs.block_q}"] = (
+        inputs.tile_seq[:tiles],
+        inputs.tile_index[:tiles],
+        inputs.num_tiles,
+    )
+    return meta
+
+
+def _smallest(sizes: list[int], n: int) -> int | None:
+    return next((size for size in sizes if size >= n), None)
+
+
+class StepGraphs:
+    def __init__(
+        self, inputs: StepInputs, forward: Forward, max_size: int, max_mixed_tokens: int = 0
+    ) -> None:
         self.inputs = inputs
         self.forward = forward
         self.sizes = graph_sizes(max_size)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.hidden: dict[int, torch.Tensor] = {}
-        self.metas: dict[int, AttentionMetadata] = {}
+        self.mixed = mixed_sizes(max_mixed_tokens) if inputs.block_q is not None else []
+        # Keyed by ("decode", rows) or ("mixed", tokens).
+        self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
+        self.hidden: dict[tuple[str, int], torch.Tensor] = {}
+        self.metas: dict[tuple[str, int], AttentionMetadata] = {}
+        self.replays: Counter[str] = Counter()  # by kind, for tests and benches
 
     def size_for(self, num_reqs: int) -> int | None:
         """The captured size a decode batch of `num_reqs` runs at (None: too large)."""
-        for size in self.sizes:
-            if size >= num_reqs:
-                return size
-        return None
+        return _smallest(self.sizes, num_reqs)
+
+    def mixed_size_for(self, num_tokens: int) -> int | None:
+        """The captured token count a batch with prefills runs at (None: too large)."""
+        return _smallest(self.mixed, num_tokens)
 
     def capture(self) -> None:
         # NOTE: nothing may synchronize the device while a graph is captured: a collection of
@@ -91,28 +134,37 @@ class DecodeGraphs:
         inputs.slot_mapping.fill_(inputs.pad_slot)
         inputs.seq_lens.zero_()
         inputs.query_start_loc.copy_(torch.arange(inputs.max_num_seqs + 1))
+        inputs.num_tiles.zero_()  # mixed graphs: no valid tile while capturing
+        keys = [("mixed", size) for size in self.mixed] + [("decode", s) for s in self.sizes]
         pool = None
-        for size in sorted(self.sizes, reverse=True):
-            meta = decode_metadata(inputs, size)
+        for key in sorted(keys, key=lambda k: k[1], reverse=True):
+            kind, size = key
+            meta = (decode_metadata if kind == "decode" else mixed_metadata)(inputs, size)
             ids, pos = inputs.input_ids[:size], inputs.positions[:size]
             self.forward(ids, pos, meta)  # warm-up: compiles kernels, settles the allocator
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.hidden[size] = self.forward(ids, pos, meta)
+                self.hidden[key] = self.forward(ids, pos, meta)
             pool = graph.pool()
-            self.graphs[size] = graph
-            self.metas[size] = meta
+            self.graphs[key] = graph
+            self.metas[key] = meta
         torch.cuda.synchronize()
         log.info(
-            "captured %d decode graphs (batch sizes %d..%d) in %.1f s",
+            "captured %d decode graphs (batch sizes %d..%d) and %d mixed graphs (tokens "
+            "%d..%d) in %.1f s",
             len(self.sizes),
             min(self.sizes, default=0),
             max(self.sizes, default=0),
+            len(self.mixed),
+            min(self.mixed, default=0),
+            max(self.mixed, default=0),
             time.perf_counter() - start,
         )
 
-    def replay(self, size: int) -> torch.Tensor:
-        """Runs the graph of `size` on what the buffers hold; hidden states [size, hidden]."""
-        self.graphs[size].replay()
-        return self.hidden[size]
+    def replay(self, size: int, kind: str = "decode") -> torch.Tensor:
+        """Runs the graph of `size` rows (decode) or tokens (mixed) on what the buffers hold;
+        hidden states [size, hidden]."""
+        self.graphs[(kind, size)].replay()
+        self.replays[kind] += 1
+        return self.hidden[(kind, size)]

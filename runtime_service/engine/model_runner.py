@@ -1,7 +1,7 @@
 """ModelRunner: turns a SchedulerOutput into input tensors, runs the model, samples.
 
 It owns the KV cache tensors, the step's input buffers (step_inputs.py) and, on CUDA, the
-decode graphs (cuda_graphs.py). Inputs are one flattened batch of every scheduled token;
+step graphs (cuda_graphs.py). Inputs are one flattened batch of every scheduled token;
 logits are computed only at the last token of each request whose step reaches the end of its
 known tokens (a finished prefill chunk or a decode), and only those requests get a token.
 """
@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from runtime_service.engine.cuda_graphs import DecodeGraphs
+from runtime_service.engine.cuda_graphs import StepGraphs
 from runtime_service.engine.penalties import PenaltyState
 from runtime_service.engine.request import Request, TokenLogprobs
 from runtime_service.engine.sampler import DeviceSample, sample_on_device
 from runtime_service.engine.scheduler import SchedulerOutput
 from runtime_service.engine.step_inputs import StepInputs
+from runtime_service.kernels.attention_tiles import prefill_block_q
 from runtime_service.models.attention import AttentionMetadata
 from runtime_service.models.llama import LlamaModel
 from runtime_service.models.loader import allocate_kv_caches
@@ -75,14 +76,22 @@ class ModelRunner:
             block_size=block_size,
             pad_slot=num_blocks * block_size,
             device=self.device,
+            # The Triton attention's tile table (CUDA only; the CPU attention needs none).
+            block_q=(
+                prefill_block_q(model.config.num_heads, model.config.num_kv_heads)
+                if self.device.type == "cuda"
+                else None
+            ),
         )
         self.penalties = PenaltyState(model.config.vocab_size, self.device)
         self._last_tokens: torch.Tensor | None = None  # the latest launch's sampled tokens
         # Constraints' token masks (structured/manager.py), set by the engine core.
         self.structured: StructuredOutput | None = None
-        self.graphs: DecodeGraphs | None = None
+        self.graphs: StepGraphs | None = None
         if cuda_graphs and self.device.type == "cuda":
-            self.graphs = DecodeGraphs(self.inputs, self._forward, max_num_seqs)
+            self.graphs = StepGraphs(
+                self.inputs, self._forward, max_num_seqs, max_num_batched_tokens
+            )
             self.graphs.capture()
 
     def _forward(
@@ -96,15 +105,20 @@ class ModelRunner:
         to the host, without waiting for any of it. Placeholders among the inputs take the
         tokens of the previous launch."""
         use_lora = self.lora is not None and self.lora.begin_batch(sched)
-        size = None
+        size = tokens = None
         if self.graphs is not None and not use_lora:
-            decode_only = sched.total_num_scheduled_tokens == len(sched)
-            size = self.graphs.size_for(len(sched)) if decode_only else None
-        batch = self.inputs.prepare(sched, size, self._last_tokens)
-        if size is None:
-            hidden = self._forward(batch.input_ids, batch.positions, batch.meta)
-        else:
+            num_tokens = sched.total_num_scheduled_tokens
+            if num_tokens == len(sched):  # decode only
+                size = self.graphs.size_for(num_tokens)
+            else:
+                tokens = self.graphs.mixed_size_for(num_tokens)
+        batch = self.inputs.prepare(sched, size, self._last_tokens, tokens)
+        if size is not None:
             hidden = self.graphs.replay(size)  # type: ignore[union-attr]
+        elif tokens is not None:
+            hidden = self.graphs.replay(tokens, "mixed")  # type: ignore[union-attr]
+        else:
+            hidden = self._forward(batch.input_ids, batch.positions, batch.meta)
         reqs = batch.sample_requests
         if not reqs:
             return LaunchedStep([], None, None)

@@ -12,9 +12,13 @@ block table row); positions, KV slots, query starts and the rows to sample are v
 A request whose last token is a placeholder (async scheduling, request.py) gets its input id
 on the device: one gather from the previous step's sampled tokens, after the copies.
 
-NOTE: a batch may be padded to `padded_size` rows (a captured graph's size): padding rows are
-decodes of token 0 at position 0 with no context (seq_len 0, so attention reads nothing) whose
-K/V go to `pad_slot`, a slot outside every block the block manager hands out.
+NOTE: a decode batch may be padded to `padded_size` rows (a captured graph's size): padding
+rows are decodes of token 0 at position 0 with no context (seq_len 0, so attention reads
+nothing) whose K/V go to `pad_slot`, a slot outside every block the block manager hands out.
+A batch with prefills may be padded to `padded_tokens` tokens (a mixed graph's size): the
+padding tokens belong to no request (no attention tile covers them) and write to `pad_slot`.
+Such batches also get their attention tile table here (triton_attention.py), in buffers at
+fixed addresses with a device count of the valid tiles.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 
 from runtime_service.engine.request import Request
 from runtime_service.engine.scheduler import SchedulerOutput
+from runtime_service.kernels.attention_tiles import max_tiles, tile_table
 from runtime_service.models.attention import AttentionMetadata
 
 
@@ -51,6 +56,7 @@ class StepInputs:
         block_size: int,
         pad_slot: int,
         device: torch.device,
+        block_q: int | None = None,
     ) -> None:
         self.block_size = block_size
         self.pad_slot = pad_slot
@@ -92,15 +98,28 @@ class StepInputs:
         self.block_tables = (
             self._host_tables if same else torch.zeros_like(self._host_tables, device=device)
         )
+        # Attention tiles of batches with prefills: [count | request of tile | tile index].
+        self.block_q = block_q
+        self.max_tiles = 0 if block_q is None else max_tiles(max_num_tokens, max_num_seqs, block_q)
+        t = self.max_tiles
+        self._host_tiles = torch.zeros(2 * t + 1, dtype=torch.int32, pin_memory=pin)
+        self._dev_tiles = (
+            self._host_tiles if same else torch.zeros_like(self._host_tiles, device=device)
+        )
+        self.h_tiles = self._host_tiles.numpy()
+        self.num_tiles = self._dev_tiles[:1]
+        self.tile_seq, self.tile_index = self._dev_tiles[1 : t + 1], self._dev_tiles[t + 1 :]
 
     def prepare(
         self,
         sched: SchedulerOutput,
         padded_size: int | None = None,
         prev_tokens: torch.Tensor | None = None,
+        padded_tokens: int | None = None,
     ) -> StepBatch:
-        """Fills the buffers for `sched` (padded to `padded_size` decode rows if given);
-        placeholders take their ids from `prev_tokens`, the previous step's sampled tokens."""
+        """Fills the buffers for `sched` (padded to `padded_size` decode rows, or to
+        `padded_tokens` tokens, if given); placeholders take their ids from `prev_tokens`,
+        the previous step's sampled tokens."""
         if self._copied is not None:
             self._copied.synchronize()
         num_reqs = len(sched.requests)
@@ -158,7 +177,21 @@ class StepInputs:
             self.h_seq_lens[num_reqs:rows] = 0
             qsl[num_reqs + 1 : rows + 1] = np.arange(num_reqs + 1, rows + 1)
         num_rows = max(rows, num_tokens)
-        self._copy(num_rows, rows, width)
+        if padded_tokens is not None:
+            assert padded_tokens >= num_tokens
+            ids[num_tokens:padded_tokens] = 0
+            self.h_pos[num_tokens:padded_tokens] = 0
+            self.h_slots[num_tokens:padded_tokens] = self.pad_slot
+            num_rows = padded_tokens
+        num_tiles = 0
+        if not decode_only and self.block_q is not None:
+            seqs, index = tile_table(counts, self.block_q)
+            num_tiles = len(seqs)
+            t = self.max_tiles
+            self.h_tiles[0] = num_tiles
+            self.h_tiles[1 : num_tiles + 1] = seqs
+            self.h_tiles[t + 1 : t + 1 + num_tiles] = index
+        self._copy(num_rows, rows, width, num_tiles)
         if num_fixes:
             assert prev_tokens is not None, "a placeholder without the step that samples it"
             self._fix_placeholders(num_fixes, prev_tokens)
@@ -173,6 +206,11 @@ class StepInputs:
             query_lens_cpu=np.diff(qsl[: rows + 1]),
             seq_lens_cpu=self.h_seq_lens[:rows].copy(),
         )
+        if num_tiles:
+            meta.backend_cache[f"tiles/{self.block_q}"] = (
+                self.tile_seq[:num_tiles],
+                self.tile_index[:num_tiles],
+            )
         return StepBatch(
             input_ids=self.input_ids[:num_rows],
             positions=self.positions[:num_rows],
@@ -193,10 +231,18 @@ class StepInputs:
         dst, src = self._dev_fix[:num_fixes], self._dev_fix[s : s + num_fixes]
         self.input_ids.index_copy_(0, dst, prev_tokens.index_select(0, src))
 
-    def _copy(self, num_tokens: int, num_seqs: int, width: int) -> None:
+    def _copy(self, num_tokens: int, num_seqs: int, width: int, num_tiles: int) -> None:
         n, s = self.max_num_tokens, self.max_num_seqs
         if self.device.type != "cuda":  # the host arrays are the inputs
             return
+        if num_tiles:
+            t = self.max_tiles
+            self._dev_tiles[: num_tiles + 1].copy_(
+                self._host_tiles[: num_tiles + 1], non_blocking=True
+            )
+            self._dev_tiles[t + 1 : t + 1 + num_tiles].copy_(
+                self._host_tiles[t + 1 : t + 1 + num_tiles], non_blocking=True
+            )
         # Sections of the packed buffers, each up to what this step uses.
         for i in range(4):
             self._dev64[i * n : i * n + num_tokens].copy_(

@@ -9,7 +9,9 @@ a request with L tokens in the cache and q new ones sits at position L - q + t.
 
 The grid is flat over (query tile, KV head): a host-built table maps each query tile to its
 request, so decodes (one tile each) and long prefills (many tiles) share a launch without
-idle programs.
+idle programs. A CUDA graph of a mixed batch (cuda_graphs.py) launches a fixed grid over a
+tile table padded to its largest size: a device count of the valid tiles makes the others
+do nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from runtime_service.kernels.attention_tiles import prefill_block_q, tile_table
 
 if TYPE_CHECKING:
     from runtime_service.models.attention import AttentionMetadata
@@ -93,6 +97,7 @@ def _attention_kernel(
     query_start_ptr,
     tile_seq_ptr,
     tile_index_ptr,
+    num_valid_ptr,
     scale,
     stride_qt,
     stride_qh,
@@ -115,15 +120,21 @@ def _attention_kernel(
     INTERPRETED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SPLITS: tl.constexpr,
+    PADDED_TILES: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq = tl.load(tile_seq_ptr + tile)
     q_tile = tl.load(tile_index_ptr + tile)
+    valid = True
+    if PADDED_TILES:  # a tile beyond the valid count: no queries, so no context to walk
+        valid = tile < tl.load(num_valid_ptr)
+        seq = tl.where(valid, seq, 0)
+        q_tile = tl.where(valid, q_tile, 0)
     q_start = tl.load(query_start_ptr + seq)
-    q_len = tl.load(query_start_ptr + seq + 1) - q_start
-    seq_len = tl.load(seq_lens_ptr + seq)
+    q_len = tl.where(valid, tl.load(query_start_ptr + seq + 1) - q_start, 0)
+    seq_len = tl.where(valid, tl.load(seq_lens_ptr + seq), 0)
     context_len = seq_len - q_len
 
     rows = tl.arange(0, BLOCK_M)
@@ -269,12 +280,7 @@ def num_splits(num_programs: int, device: torch.device) -> int:
 
 
 def _tiles(query_lens, block_q: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(request, query tile within it) of every query tile of the batch."""
-    counts = -(-np.asarray(query_lens, dtype=np.int64) // block_q)
-    seqs = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
-    firsts = np.repeat(np.cumsum(counts) - counts, counts)
-    index = (np.arange(len(seqs), dtype=np.int64) - firsts).astype(np.int32)
-    both = torch.from_numpy(np.stack([seqs, index])).to(device, non_blocking=True)
+    both = torch.from_numpy(np.stack(tile_table(query_lens, block_q))).to(device, non_blocking=True)
     return both[0], both[1]
 
 
@@ -292,12 +298,13 @@ def paged_attention_triton(
     num_heads = q.shape[1]
     per_kv = num_heads // num_kv_heads
     # Decode-only batches use one query token per tile; prefills pack more.
-    block_q = 1 if meta.max_query_len == 1 else max(1, 64 // per_kv)
+    block_q = 1 if meta.max_query_len == 1 else prefill_block_q(num_heads, num_kv_heads)
     block_m = max(16, triton.next_power_of_2(block_q * per_kv))
     key = f"tiles/{block_q}"
     if key not in meta.backend_cache:  # once per step, not once per layer
         meta.backend_cache[key] = _tiles(meta.query_lens_cpu, block_q, q.device)
-    tile_seq, tile_index = meta.backend_cache[key]
+    # A padded table (a mixed batch's graph) comes with a device count of its valid tiles.
+    tile_seq, tile_index, *num_valid = meta.backend_cache[key]
     out = torch.empty_like(q)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     num_tiles = tile_seq.numel()
@@ -325,6 +332,7 @@ def paged_attention_triton(
         meta.query_start_loc,
         tile_seq,
         tile_index,
+        num_valid[0] if num_valid else tile_seq,
         scale,
         q.stride(0),
         q.stride(1),
@@ -348,6 +356,7 @@ def paged_attention_triton(
         # float32 engines get float32 dots (parity with transformers), not tf32.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,
         SPLITS=splits,
+        PADDED_TILES=bool(num_valid),
     )
     if splits > 1:
         _combine_kernel[(q.shape[0], num_heads)](

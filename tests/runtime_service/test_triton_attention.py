@@ -113,3 +113,28 @@ def test_kernel_bf16_matches_reference() -> None:
     expected = paged_attention_reference(q.float(), kv.float(), meta, 128**-0.5, None)
     out = triton_attention.paged_attention_triton(q, kv, meta, 128**-0.5, None)
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_padded_tile_table_matches_reference() -> None:
+    """A mixed batch's graph launches a fixed grid over a padded tile table: the tiles past
+    the device count must do nothing, and the valid ones give the reference result. The
+    padding holds stale entries of real requests (as the buffers do after earlier steps)."""
+    from runtime_service.kernels.attention_tiles import max_tiles, prefill_block_q, tile_table
+
+    query_lens, context_lens = [7, 1, 33, 1], [0, 63, 12, 7]
+    q, kv, meta = random_batch(query_lens, context_lens, 8, 2, 64, 16, torch.float32, seed=4)
+    block_q = prefill_block_q(8, 2)
+    seqs, index = tile_table(query_lens, block_q)
+    size = max_tiles(64, 8, block_q)
+    assert size > len(seqs)
+    stale_seq = torch.full((size,), 2, dtype=torch.int32)
+    stale_index = torch.zeros(size, dtype=torch.int32)
+    stale_seq[: len(seqs)] = torch.from_numpy(seqs)
+    stale_index[: len(seqs)] = torch.from_numpy(index)
+    count = torch.tensor([len(seqs)], dtype=torch.int32, device=DEVICE)
+    meta.backend_cache[f"tiles/{block_q}"] = (stale_seq.to(DEVICE), stale_index.to(DEVICE), count)
+    scale = 64**-0.5
+    expected = paged_attention_reference(q, kv, meta, scale, None)
+    out = triton_attention.paged_attention_triton(q, kv, meta, scale, None)
+    tol = 1e-4 if DEVICE.type == "cuda" else 1e-5
+    torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
