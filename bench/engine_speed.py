@@ -245,10 +245,15 @@ def main() -> None:
         if row == "sampler":
             continue
         prompts, outs = loads[row]
+        graphs = llm.engine.runner.graphs
+        before = dict(graphs.replays) if graphs is not None else {}
         n_in, n_out, seconds = run_row(llm, prompts, outs)
         rate = (n_in + n_out if row == "long" else n_out) / seconds
         lines.append(f"| {row} | llmserve | {n_in} | {n_out} | {seconds:.2f} | {rate:,.0f} |")
         print(lines[-1], flush=True)
+        if graphs is not None:  # how the row's steps ran (not part of the report)
+            ran = {k: v - before.get(k, 0) for k, v in graphs.replays.items()}
+            print(f"  {row}: graph replays {ran}", file=sys.stderr, flush=True)
     tail = ["", *sampler_rows(llm, vocab)] if "sampler" in rows else []
     for pair in [p for p in args.profile.split(",") if p]:
         batch, context = (int(x) for x in pair.split(":"))
