@@ -82,7 +82,8 @@ class ModelRunner:
         self.structured: StructuredOutput | None = None
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and self.device.type == "cuda":
-            self.graphs = DecodeGraphs(self.inputs, self._forward, max_num_seqs)
+            lora_graphs = None if lora is None else lora.graph_inputs(max_num_seqs)
+            self.graphs = DecodeGraphs(self.inputs, self._forward, max_num_seqs, lora_graphs)
             self.graphs.capture()
 
     def _forward(
@@ -95,16 +96,16 @@ class ModelRunner:
         """Queues the step's forward and sampling on the device, and the copy of its tokens
         to the host, without waiting for any of it. Placeholders among the inputs take the
         tokens of the previous launch."""
-        use_lora = self.lora is not None and self.lora.begin_batch(sched)
         size = None
-        if self.graphs is not None and not use_lora:
+        if self.graphs is not None:  # a decode-only step replays a graph (with LoRA or not)
             decode_only = sched.total_num_scheduled_tokens == len(sched)
             size = self.graphs.size_for(len(sched)) if decode_only else None
+        use_lora = self.lora is not None and self.lora.begin_batch(sched, size)
         batch = self.inputs.prepare(sched, size, self._last_tokens)
         if size is None:
             hidden = self._forward(batch.input_ids, batch.positions, batch.meta)
         else:
-            hidden = self.graphs.replay(size)  # type: ignore[union-attr]
+            hidden = self.graphs.replay(size, use_lora)  # type: ignore[union-attr]
         reqs = batch.sample_requests
         if not reqs:
             return LaunchedStep([], None, None)
