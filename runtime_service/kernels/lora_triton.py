@@ -5,16 +5,17 @@ The step's adapter tokens are grouped by slot into segments (lora_batch.py), cut
 TILE_M tokens of one slot each. Shrink: one program per tile computes
 h[tile] = scaling_s * x[tile] A_s^T for every part at once ([TILE_M, parts * max_rank], fp32),
 reading the slot's A in place: no per-layer gather of weights, no loop over adapters. Expand:
-one program per (tile, block of output columns of a part) adds h_p B_{s,p}^T straight into the
+one program per (tile, range of output columns of a part) adds h_p B_{s,p}^T straight into the
 rows of y the tile's tokens came from. Rank columns past an adapter's rank and the parts it
 leaves alone hold zeros in the slot, so every slot is computed the same way.
 
 Split K: a decode step has few tiles (one per adapter of the batch, ~32), too few programs to
 read the A weights at the copy rate, so the shrink also splits the input features into
-ranges of K_CHUNK (4,096 features: 8 splits; 14,336: 28), one program each, writing partial
-sums h[split]; the expand adds the splits up (in a fixed order: the result does not depend
-on scheduling). The split is a constant of the layer, so one compiled kernel serves every
-batch size (and Triton's interpreter, which needs constant loop bounds, runs it).
+SPLITS ranges (of 512 features for 4,096, 1,792 for 14,336), one program each, writing
+partial sums h[split]; the expand adds the splits up (in a fixed order: the result does not
+depend on scheduling), once per program of N_BLOCKS x BLOCK_N output columns. The split is
+a constant of the layer, so one compiled kernel serves every batch size (and Triton's
+interpreter, which needs constant loop bounds, runs it).
 
 Tiles with no tokens (the padding of a CUDA graph's fixed table, lora_tables.py) return at
 once. Nothing here reads a value on the host, so the launches can be captured in a graph.
@@ -30,8 +31,9 @@ from runtime_service.kernels.lora_batch import TILE_M, LoRABatch
 from runtime_service.kernels.lora_tables import StaticLoRABatch
 
 BLOCK_K = 64  # shrink: input features per step of the reduction
-BLOCK_N = 64  # expand: output columns per program
-K_CHUNK = 512  # shrink: input features per split (a model constant: one compiled kernel)
+BLOCK_N = 128  # expand: output columns per block ...
+N_BLOCKS = 4  # ... and blocks per program (the splits of h are added once for them all)
+SPLITS = 8  # shrink: ranges of the input features (a layer constant: one compiled kernel)
 
 
 @triton.jit
@@ -114,6 +116,7 @@ def _expand(
     TILE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    N_BLOCKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     start = tl.load(tiles_ptr + tl.program_id(0) * 3)
@@ -123,23 +126,25 @@ def _expand(
     m, m_ok, rows, slot = _tile(tiles_ptr, rows_ptr, start, end, TILE)
     r = tl.arange(0, BLOCK_R)
     r_ok = r < rank
-    n = col_offset + tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < col_offset + num_cols
     h_at = h_ptr + m[:, None] * stride_h + h_offset + r[None, :]
     h_ok = m_ok[:, None] & r_ok[None, :]
     ht = tl.load(h_at, mask=h_ok, other=0.0)
     for split in tl.static_range(1, NUM_SPLITS):  # the shrink's partial sums, in order
         ht += tl.load(h_at + split * stride_h_split, mask=h_ok, other=0.0)
-    bt = tl.load(  # [BLOCK_R, BLOCK_N]: B_s's rows of this part, transposed
-        b_ptr + slot * stride_b_slot + n[None, :] * stride_b_row + r[:, None],
-        mask=r_ok[:, None] & n_ok[None, :],
-        other=0.0,
-    )
-    delta = tl.dot(ht.to(bt.dtype), bt, input_precision=DOT_PRECISION)
-    out = y_ptr + rows[:, None] * stride_y + n[None, :]
-    mask = m_ok[:, None] & n_ok[None, :]
-    y = tl.load(out, mask=mask, other=0.0)
-    tl.store(out, (y.to(tl.float32) + delta).to(y.dtype), mask=mask)
+    ht = ht.to(b_ptr.dtype.element_ty)
+    for j in tl.static_range(N_BLOCKS):
+        n = col_offset + (tl.program_id(1) * N_BLOCKS + j) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < col_offset + num_cols
+        bt = tl.load(  # [BLOCK_R, BLOCK_N]: B_s's rows of this part, transposed
+            b_ptr + slot * stride_b_slot + n[None, :] * stride_b_row + r[:, None],
+            mask=r_ok[:, None] & n_ok[None, :],
+            other=0.0,
+        )
+        delta = tl.dot(ht, bt, input_precision=DOT_PRECISION)
+        out = y_ptr + rows[:, None] * stride_y + n[None, :]
+        mask = m_ok[:, None] & n_ok[None, :]
+        y = tl.load(out, mask=mask, other=0.0)
+        tl.store(out, (y.to(tl.float32) + delta).to(y.dtype), mask=mask)
 
 
 def _block(n: int) -> int:
@@ -154,19 +159,20 @@ def add_lora_triton(
     offsets: tuple[int, ...],
     batch: LoRABatch | StaticLoRABatch,
     scalings: torch.Tensor,
-    k_chunk: int = K_CHUNK,
+    k_chunk: int | None = None,
 ) -> None:
     """y[t] += scaling_s * B_s (A_s x[t]) for every adapter token t of slot s, in place.
     y [T, out], x [T, in], a [slots, parts, max_rank, in], b [slots, out, max_rank],
     scalings [slots] (0 for an empty slot). `k_chunk`: input features per split of the
-    shrink (a multiple of BLOCK_K)."""
+    shrink (a multiple of BLOCK_K; default: what makes SPLITS ranges)."""
     num_parts, max_rank, in_features = a.shape[1:]
     width = num_parts * max_rank
     x, y_ = x.contiguous(), y
     assert y_.is_contiguous() and a.is_contiguous() and b.is_contiguous()
+    if k_chunk is None:
+        k_chunk = triton.cdiv(triton.cdiv(in_features, SPLITS), BLOCK_K) * BLOCK_K
     assert k_chunk % BLOCK_K == 0
     num_tiles = batch.tiles.shape[0]
-    k_chunk = min(k_chunk, triton.cdiv(in_features, BLOCK_K) * BLOCK_K)
     splits = triton.cdiv(in_features, k_chunk)
     h = torch.empty(splits, batch.num_tokens, width, dtype=torch.float32, device=x.device)
     precision = "ieee" if x.dtype == torch.float32 else None
@@ -192,7 +198,7 @@ def add_lora_triton(
     )
     for p in range(num_parts):
         lo, hi = offsets[p], offsets[p + 1]
-        _expand[(num_tiles, triton.cdiv(hi - lo, BLOCK_N))](
+        _expand[(num_tiles, triton.cdiv(hi - lo, BLOCK_N * N_BLOCKS))](
             h,
             batch.token_indices,
             batch.tiles,
@@ -211,5 +217,6 @@ def add_lora_triton(
             TILE=TILE_M,
             BLOCK_R=_block(max_rank),
             BLOCK_N=BLOCK_N,
+            N_BLOCKS=N_BLOCKS,
             DOT_PRECISION=precision,
         )
