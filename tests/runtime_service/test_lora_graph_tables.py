@@ -5,12 +5,19 @@ definition."""
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from llmserve.testing.random_adapters import write_adapter
+from runtime_service.engine.params import SamplingParams
+from runtime_service.engine.request import Request
+from runtime_service.engine.scheduler import SchedulerOutput
 from runtime_service.kernels.lora_batch import TILE_M, LoRABatch
 from runtime_service.kernels.lora_tables import (
     NO_ADAPTER,
@@ -19,6 +26,7 @@ from runtime_service.kernels.lora_tables import (
     max_tiles,
 )
 from runtime_service.kernels.lora_triton import add_lora_triton
+from tests.runtime_service.lora_reference import lora_engine
 from tests.runtime_service.test_lora_slots import naive_lora
 
 CPU = torch.device("cpu")
@@ -123,3 +131,43 @@ def test_kernels_over_padded_tables_equal_eager(k_chunk: int | None) -> None:
     for row, slot in enumerate(token_slots):
         if slot is None:
             assert torch.equal(graph_y[row], base[row]), row
+
+
+def test_manager_fills_graph_tables_for_a_graph_step(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """LoRAManager.begin_batch with a graph size writes the step's slots to the graph
+    tables (and leaves no eager batch for the layers); without one it builds the eager
+    LoRABatch; a step without adapter tokens reports none either way."""
+    path = tiny_model_dir("llama")
+    config = json.loads((path / "config.json").read_text())
+    engine = lora_engine(path, max_loras=3)
+    lora = engine.lora
+    assert lora is not None
+    for name in ("x", "y"):
+        lora.register(lora.read(name, write_adapter(tmp_path / name, config, 4, ["q_proj"], 0)))
+    reqs = [
+        Request(f"r{i}", [1, 2, 3], SamplingParams(max_tokens=4), (), 100, adapter)
+        for i, adapter in enumerate(["y", None, "x", "y", None])
+    ]
+    for r in reqs:
+        if r.adapter is not None:
+            lora.bind(r)
+            lora.acquire(r)
+    assert [lora.slots.slot_of(name) for name in ("y", "x")] == [0, 1]  # in order of need
+    sched = SchedulerOutput(reqs, [1] * len(reqs), [[0]] * len(reqs))
+    slots, tables = lora.graph_inputs(8)
+    assert slots is lora.device_slots
+    assert lora.begin_batch(sched, graph_size=8)
+    assert slots.batch is None  # the replay reads the tables, not the layers' batch
+    assert tables.h_rows[:3].tolist() == [0, 3, 2]
+    n = max_tiles(8, 3)
+    assert tables.h_tiles[:n].tolist() == [[0, 2, 0], [2, 3, 1], *[[0, 0, 0]] * (n - 2)]
+    assert lora.begin_batch(sched)
+    assert isinstance(slots.batch, LoRABatch)
+    assert slots.batch.token_indices.tolist() == tables.h_rows[:3].tolist()
+    base_only = SchedulerOutput([reqs[1], reqs[4]], [1, 1], [[0], [0]])
+    assert not lora.begin_batch(base_only, graph_size=8) and slots.batch is None
+    assert not lora.begin_batch(base_only) and slots.batch is None
+    for r in reqs:
+        lora.finish(r)
