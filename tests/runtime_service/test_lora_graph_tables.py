@@ -141,7 +141,7 @@ def test_manager_fills_graph_tables_for_a_graph_step(
     LoRABatch; a step without adapter tokens reports none either way."""
     path = tiny_model_dir("llama")
     config = json.loads((path / "config.json").read_text())
-    engine = lora_engine(path, max_loras=3)
+    engine = lora_engine(path, max_loras=3, device="cpu")
     lora = engine.lora
     assert lora is not None
     for name in ("x", "y"):
