@@ -23,7 +23,7 @@ else
   echo "== PEFT not installed here: PEFT parity tests skipped (they run on the CPU in CI)"
 fi
 echo "== throughput (Llama-3-8B shape, 256 x 128/128, 32 rank-16 adapters)"
-timeout 180 python3 bench/lora_throughput.py --shape llama3-8b --num-adapters 32 --rank 16 \
+timeout 200 python3 bench/lora_throughput.py --shape llama3-8b --num-adapters 32 --rank 16 \
   --num-requests 256 --input-len 128 --output-len 128 --peer-requests 0 \
   > "$OUT/lora_bench.txt" 2> "$OUT/lora_bench.err"
 echo "rc $?"
