@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -37,66 +36,7 @@ from offline_throughput import (  # noqa: E402
     sync,
 )
 
-MODULES = {  # PEFT name -> (attribute path in the layer, in features, out features)
-    "q_proj": "self_attn",
-    "k_proj": "self_attn",
-    "v_proj": "self_attn",
-    "o_proj": "self_attn",
-    "gate_proj": "mlp",
-    "up_proj": "mlp",
-    "down_proj": "mlp",
-}
-
-
-def shapes(config: dict) -> dict[str, tuple[int, int]]:
-    h, i = config["hidden_size"], config["intermediate_size"]
-    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads")
-    d = config.get("head_dim") or h // heads
-    kv = kv or heads
-    return {
-        "q_proj": (h, heads * d),
-        "k_proj": (h, kv * d),
-        "v_proj": (h, kv * d),
-        "o_proj": (heads * d, h),
-        "gate_proj": (h, i),
-        "up_proj": (h, i),
-        "down_proj": (i, h),
-    }
-
-
-def write_adapter(out: Path, config: dict, rank: int, targets: list[str], seed: int) -> Path:
-    """A random PEFT LoRA adapter for a model of `config`'s shapes."""
-    out.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for layer in range(config["num_hidden_layers"]):
-        for name in targets:
-            fan_in, fan_out = shapes(config)[name]
-            prefix = f"base_model.model.model.layers.{layer}.{MODULES[name]}.{name}"
-            tensors[f"{prefix}.lora_A.weight"] = (
-                torch.randn(rank, fan_in, generator=g) / fan_in**0.5
-            ).to(torch.bfloat16)
-            tensors[f"{prefix}.lora_B.weight"] = (
-                torch.randn(fan_out, rank, generator=g) * 0.01
-            ).to(torch.bfloat16)
-    save_file(tensors, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(
-        json.dumps(
-            {
-                "peft_type": "LORA",
-                "r": rank,
-                "lora_alpha": 2 * rank,
-                "target_modules": targets,
-                "bias": "none",
-                "lora_dropout": 0.0,
-                "fan_in_fan_out": False,
-                "use_rslora": False,
-                "use_dora": False,
-                "task_type": "CAUSAL_LM",
-            }
-        )
-    )
-    return out
+from llmserve.testing.random_adapters import write_adapter  # noqa: E402
 
 
 def run(
@@ -140,6 +80,17 @@ def run(
     sync(args.device)
     seconds = time.perf_counter() - start
     assert tokens == len(prompts) * args.output_len, tokens
+    graphs = engine.runner.graphs
+    if graphs is not None:
+        print(
+            f"[{'lora' if adapters else 'base'} engine] decode graphs: capture "
+            f"{graphs.capture_seconds['decode']:.1f} s without LoRA, "
+            f"{graphs.capture_seconds['decode+lora']:.1f} s with LoRA, "
+            f"{graphs.memory_bytes / 2**20:.0f} MiB; replays {graphs.num_replays[False]} "
+            f"without LoRA, {graphs.num_replays[True]} with LoRA",
+            file=sys.stderr,
+            flush=True,
+        )
     return seconds, tokens
 
 

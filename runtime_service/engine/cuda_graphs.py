@@ -11,6 +11,14 @@ captured at start-up, largest first so that all share one memory pool. The LM he
 sampler run after the graph, on the rows that sample (a static logits tensor per graph would
 hold gigabytes).
 
+An engine with LoRA captures a second decode graph per size, with the grouped LoRA kernels
+in every layer reading the fixed-address tables of kernels/lora_tables.py (which rows use
+which slot) and the slot tensors (filled in place when an adapter is loaded): a decode step
+with adapter tokens replays it, whatever mix of adapters it has. Steps without adapter
+tokens keep the graphs without LoRA (no LoRA launches at all); steps with prefills and
+adapter tokens run eagerly. All sets share one memory pool (a step replays one graph), so a
+set costs its capture time and the graphs' own nodes, not a second copy of the activations.
+
 NOTE: a graph reads the runner's StepInputs device buffers and the KV cache tensors at the
 addresses they had at capture, and writes its hidden states to a static tensor: both must live as
 long as the graphs, and nothing may reallocate them.
@@ -22,7 +30,9 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +40,10 @@ import torch
 from runtime_service.engine.step_inputs import StepInputs
 from runtime_service.kernels.attention_tiles import max_tiles
 from runtime_service.models.attention import AttentionMetadata
+
+if TYPE_CHECKING:
+    from runtime_service.kernels.lora_tables import LoRAGraphTables
+    from runtime_service.models.lora import LoRASlots
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +109,30 @@ def _smallest(sizes: list[int], n: int) -> int | None:
 
 class StepGraphs:
     def __init__(
-        self, inputs: StepInputs, forward: Forward, max_size: int, max_mixed_tokens: int = 0
+        self,
+        inputs: StepInputs,
+        forward: Forward,
+        max_size: int,
+        max_mixed_tokens: int = 0,
+        lora: tuple[LoRASlots, LoRAGraphTables] | None = None,
     ) -> None:
         self.inputs = inputs
         self.forward = forward
         self.sizes = graph_sizes(max_size)
         self.mixed = mixed_sizes(max_mixed_tokens) if inputs.block_q is not None else []
-        # Keyed by ("decode", rows) or ("mixed", tokens).
+        self.lora = lora
+        # Keyed by (kind, rows or tokens): kind "decode", "decode+lora" or "mixed".
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.hidden: dict[tuple[str, int], torch.Tensor] = {}
         self.metas: dict[tuple[str, int], AttentionMetadata] = {}
         self.replays: Counter[str] = Counter()  # by kind, for tests and benches
+        self.capture_seconds: Counter[str] = Counter()  # by kind
+        self.memory_bytes = 0
+
+    @property
+    def num_replays(self) -> dict[bool, int]:
+        """Decode replays without and with LoRA."""
+        return {False: self.replays["decode"], True: self.replays["decode+lora"]}
 
     def size_for(self, num_reqs: int) -> int | None:
         """The captured size a decode batch of `num_reqs` runs at (None: too large)."""
@@ -126,8 +153,23 @@ class StepGraphs:
         finally:
             gc.enable()
 
+    @contextmanager
+    def _lora_batch(self, size: int, kind: str) -> Iterator[None]:
+        """The LoRA layers read the graph tables' views for `size` (all tiles empty during
+        the capture) while a graph with LoRA is captured."""
+        if kind != "decode+lora":
+            yield
+            return
+        assert self.lora is not None
+        slots, tables = self.lora
+        tables.clear()
+        slots.batch = tables.batch(size)
+        try:
+            yield
+        finally:
+            slots.batch = None
+
     def _capture(self) -> None:
-        start = time.perf_counter()
         inputs = self.inputs
         inputs.input_ids.zero_()
         inputs.positions.zero_()
@@ -135,36 +177,45 @@ class StepGraphs:
         inputs.seq_lens.zero_()
         inputs.query_start_loc.copy_(torch.arange(inputs.max_num_seqs + 1))
         inputs.num_tiles.zero_()  # mixed graphs: no valid tile while capturing
-        keys = [("mixed", size) for size in self.mixed] + [("decode", s) for s in self.sizes]
+        free_before = torch.cuda.mem_get_info(inputs.device)[0]
+        decode_kinds = ["decode"] + (["decode+lora"] if self.lora is not None else [])
+        keys = [("mixed", size) for size in self.mixed]
+        keys += [(kind, size) for size in self.sizes for kind in decode_kinds]
         pool = None
         for key in sorted(keys, key=lambda k: k[1], reverse=True):
             kind, size = key
-            meta = (decode_metadata if kind == "decode" else mixed_metadata)(inputs, size)
+            start = time.perf_counter()
+            meta = (mixed_metadata if kind == "mixed" else decode_metadata)(inputs, size)
             ids, pos = inputs.input_ids[:size], inputs.positions[:size]
-            self.forward(ids, pos, meta)  # warm-up: compiles kernels, settles the allocator
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.hidden[key] = self.forward(ids, pos, meta)
+            with self._lora_batch(size, kind):
+                self.forward(ids, pos, meta)  # warm-up: compiles kernels, settles the allocator
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.hidden[key] = self.forward(ids, pos, meta)
             pool = graph.pool()
             self.graphs[key] = graph
             self.metas[key] = meta
-        torch.cuda.synchronize()
+            torch.cuda.synchronize()
+            self.capture_seconds[kind] += time.perf_counter() - start
+        # Device memory the capture took (the graphs' pool and their own nodes).
+        self.memory_bytes = free_before - torch.cuda.mem_get_info(inputs.device)[0]
         log.info(
-            "captured %d decode graphs (batch sizes %d..%d) and %d mixed graphs (tokens "
-            "%d..%d) in %.1f s",
-            len(self.sizes),
+            "captured %d graphs in %.1f s, %.0f MiB: decode (batch sizes %d..%d)%s, mixed "
+            "(tokens %d..%d)",
+            len(self.graphs),
+            sum(self.capture_seconds.values()),
+            self.memory_bytes / 2**20,
             min(self.sizes, default=0),
             max(self.sizes, default=0),
-            len(self.mixed),
+            " with and without LoRA" if self.lora is not None else "",
             min(self.mixed, default=0),
             max(self.mixed, default=0),
-            time.perf_counter() - start,
         )
 
     def replay(self, size: int, kind: str = "decode") -> torch.Tensor:
-        """Runs the graph of `size` rows (decode) or tokens (mixed) on what the buffers hold;
-        hidden states [size, hidden]."""
+        """Runs the graph of `size` rows (decode kinds) or tokens (mixed) on what the buffers
+        hold; hidden states [size, hidden]."""
         self.graphs[(kind, size)].replay()
         self.replays[kind] += 1
         return self.hidden[(kind, size)]

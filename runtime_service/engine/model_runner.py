@@ -89,8 +89,9 @@ class ModelRunner:
         self.structured: StructuredOutput | None = None
         self.graphs: StepGraphs | None = None
         if cuda_graphs and self.device.type == "cuda":
+            lora_graphs = None if lora is None else lora.graph_inputs(max_num_seqs)
             self.graphs = StepGraphs(
-                self.inputs, self._forward, max_num_seqs, max_num_batched_tokens
+                self.inputs, self._forward, max_num_seqs, max_num_batched_tokens, lora_graphs
             )
             self.graphs.capture()
 
@@ -104,17 +105,20 @@ class ModelRunner:
         """Queues the step's forward and sampling on the device, and the copy of its tokens
         to the host, without waiting for any of it. Placeholders among the inputs take the
         tokens of the previous launch."""
-        use_lora = self.lora is not None and self.lora.begin_batch(sched)
         size = tokens = None
-        if self.graphs is not None and not use_lora:
+        if self.graphs is not None:
             num_tokens = sched.total_num_scheduled_tokens
-            if num_tokens == len(sched):  # decode only
+            if num_tokens == len(sched):  # decode only: a graph with LoRA or without
                 size = self.graphs.size_for(num_tokens)
             else:
                 tokens = self.graphs.mixed_size_for(num_tokens)
+        use_lora = self.lora is not None and self.lora.begin_batch(sched, size)
+        if use_lora:
+            tokens = None  # steps with prefills and adapter tokens run eagerly
         batch = self.inputs.prepare(sched, size, self._last_tokens, tokens)
         if size is not None:
-            hidden = self.graphs.replay(size)  # type: ignore[union-attr]
+            kind = "decode+lora" if use_lora else "decode"
+            hidden = self.graphs.replay(size, kind)  # type: ignore[union-attr]
         elif tokens is not None:
             hidden = self.graphs.replay(tokens, "mixed")  # type: ignore[union-attr]
         else:

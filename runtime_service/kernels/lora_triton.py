@@ -5,9 +5,20 @@ The step's adapter tokens are grouped by slot into segments (lora_batch.py), cut
 TILE_M tokens of one slot each. Shrink: one program per tile computes
 h[tile] = scaling_s * x[tile] A_s^T for every part at once ([TILE_M, parts * max_rank], fp32),
 reading the slot's A in place: no per-layer gather of weights, no loop over adapters. Expand:
-one program per (tile, block of output columns of a part) adds h_p B_{s,p}^T straight into the
+one program per (tile, range of output columns of a part) adds h_p B_{s,p}^T straight into the
 rows of y the tile's tokens came from. Rank columns past an adapter's rank and the parts it
 leaves alone hold zeros in the slot, so every slot is computed the same way.
+
+Split K: a decode step has few tiles (one per adapter of the batch, ~32), too few programs to
+read the A weights at the copy rate, so the shrink also splits the input features into
+SPLITS ranges (of 512 features for 4,096, 1,792 for 14,336), one program each, writing
+partial sums h[split]; the expand adds the splits up (in a fixed order: the result does not
+depend on scheduling), once per program of N_BLOCKS x BLOCK_N output columns. The split is
+a constant of the layer, so one compiled kernel serves every batch size (and Triton's
+interpreter, which needs constant loop bounds, runs it).
+
+Tiles with no tokens (the padding of a CUDA graph's fixed table, lora_tables.py) return at
+once. Nothing here reads a value on the host, so the launches can be captured in a graph.
 """
 
 from __future__ import annotations
@@ -17,19 +28,19 @@ import triton
 import triton.language as tl
 
 from runtime_service.kernels.lora_batch import TILE_M, LoRABatch
+from runtime_service.kernels.lora_tables import StaticLoRABatch
 
 BLOCK_K = 64  # shrink: input features per step of the reduction
-BLOCK_N = 64  # expand: output columns per program
+BLOCK_N = 128  # expand: output columns per block ...
+N_BLOCKS = 4  # ... and blocks per program (the splits of h are added once for them all)
+SPLITS = 8  # shrink: ranges of the input features (a layer constant: one compiled kernel)
 
 
 @triton.jit
-def _tile(tiles_ptr, rows_ptr, TILE: tl.constexpr):
+def _tile(tiles_ptr, rows_ptr, start, end, TILE: tl.constexpr):
     """This program's tile: its places in token_indices, which of them are real, the rows of
     the batch they are, and the tile's slot."""
-    tile = tl.program_id(0)
-    start = tl.load(tiles_ptr + tile * 3)
-    end = tl.load(tiles_ptr + tile * 3 + 1)
-    slot = tl.load(tiles_ptr + tile * 3 + 2).to(tl.int64)
+    slot = tl.load(tiles_ptr + tl.program_id(0) * 3 + 2).to(tl.int64)
     m = start + tl.arange(0, TILE)
     m_ok = m < end
     rows = tl.load(rows_ptr + m, mask=m_ok, other=0).to(tl.int64)
@@ -48,19 +59,26 @@ def _shrink(
     stride_x,
     stride_a_slot,
     stride_a_row,
+    stride_h_split,
     stride_h,
     IN_FEATURES: tl.constexpr,  # a model constant: a constexpr bound for the reduction
+    K_CHUNK: tl.constexpr,  # input features per split (a multiple of BLOCK_K)
     TILE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    m, m_ok, rows, slot = _tile(tiles_ptr, rows_ptr, TILE)
+    start = tl.load(tiles_ptr + tl.program_id(0) * 3)
+    end = tl.load(tiles_ptr + tl.program_id(0) * 3 + 1)
+    if end <= start:
+        return
+    m, m_ok, rows, slot = _tile(tiles_ptr, rows_ptr, start, end, TILE)
     r = tl.arange(0, BLOCK_R)
     r_ok = r < width
+    split = tl.program_id(1)
     acc = tl.zeros([TILE, BLOCK_R], dtype=tl.float32)
-    for k0 in range(0, IN_FEATURES, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
+    for k0 in range(0, K_CHUNK, BLOCK_K):
+        k = split * K_CHUNK + k0 + tl.arange(0, BLOCK_K)
         k_ok = k < IN_FEATURES
         xt = tl.load(
             x_ptr + rows[:, None] * stride_x + k[None, :],
@@ -74,7 +92,8 @@ def _shrink(
         )
         acc += tl.dot(xt, at, input_precision=DOT_PRECISION)
     acc *= tl.load(scalings_ptr + slot).to(tl.float32)
-    tl.store(h_ptr + m[:, None] * stride_h + r[None, :], acc, mask=m_ok[:, None] & r_ok[None, :])
+    out = h_ptr + split * stride_h_split + m[:, None] * stride_h + r[None, :]
+    tl.store(out, acc, mask=m_ok[:, None] & r_ok[None, :])
 
 
 @triton.jit
@@ -88,35 +107,44 @@ def _expand(
     h_offset,  # part * max_rank
     col_offset,  # the part's first output column
     num_cols,  # the part's output columns
+    stride_h_split,
     stride_h,
     stride_b_slot,
     stride_b_row,
     stride_y,
+    NUM_SPLITS: tl.constexpr,
     TILE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    N_BLOCKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    m, m_ok, rows, slot = _tile(tiles_ptr, rows_ptr, TILE)
+    start = tl.load(tiles_ptr + tl.program_id(0) * 3)
+    end = tl.load(tiles_ptr + tl.program_id(0) * 3 + 1)
+    if end <= start:
+        return
+    m, m_ok, rows, slot = _tile(tiles_ptr, rows_ptr, start, end, TILE)
     r = tl.arange(0, BLOCK_R)
     r_ok = r < rank
-    n = col_offset + tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < col_offset + num_cols
-    ht = tl.load(
-        h_ptr + m[:, None] * stride_h + h_offset + r[None, :],
-        mask=m_ok[:, None] & r_ok[None, :],
-        other=0.0,
-    )
-    bt = tl.load(  # [BLOCK_R, BLOCK_N]: B_s's rows of this part, transposed
-        b_ptr + slot * stride_b_slot + n[None, :] * stride_b_row + r[:, None],
-        mask=r_ok[:, None] & n_ok[None, :],
-        other=0.0,
-    )
-    delta = tl.dot(ht.to(bt.dtype), bt, input_precision=DOT_PRECISION)
-    out = y_ptr + rows[:, None] * stride_y + n[None, :]
-    mask = m_ok[:, None] & n_ok[None, :]
-    y = tl.load(out, mask=mask, other=0.0)
-    tl.store(out, (y.to(tl.float32) + delta).to(y.dtype), mask=mask)
+    h_at = h_ptr + m[:, None] * stride_h + h_offset + r[None, :]
+    h_ok = m_ok[:, None] & r_ok[None, :]
+    ht = tl.load(h_at, mask=h_ok, other=0.0)
+    for split in tl.static_range(1, NUM_SPLITS):  # the shrink's partial sums, in order
+        ht += tl.load(h_at + split * stride_h_split, mask=h_ok, other=0.0)
+    ht = ht.to(b_ptr.dtype.element_ty)
+    for j in tl.static_range(N_BLOCKS):
+        n = col_offset + (tl.program_id(1) * N_BLOCKS + j) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < col_offset + num_cols
+        bt = tl.load(  # [BLOCK_R, BLOCK_N]: B_s's rows of this part, transposed
+            b_ptr + slot * stride_b_slot + n[None, :] * stride_b_row + r[:, None],
+            mask=r_ok[:, None] & n_ok[None, :],
+            other=0.0,
+        )
+        delta = tl.dot(ht, bt, input_precision=DOT_PRECISION)
+        out = y_ptr + rows[:, None] * stride_y + n[None, :]
+        mask = m_ok[:, None] & n_ok[None, :]
+        y = tl.load(out, mask=mask, other=0.0)
+        tl.store(out, (y.to(tl.float32) + delta).to(y.dtype), mask=mask)
 
 
 def _block(n: int) -> int:
@@ -129,20 +157,26 @@ def add_lora_triton(
     a: torch.Tensor,
     b: torch.Tensor,
     offsets: tuple[int, ...],
-    batch: LoRABatch,
+    batch: LoRABatch | StaticLoRABatch,
     scalings: torch.Tensor,
+    k_chunk: int | None = None,
 ) -> None:
     """y[t] += scaling_s * B_s (A_s x[t]) for every adapter token t of slot s, in place.
     y [T, out], x [T, in], a [slots, parts, max_rank, in], b [slots, out, max_rank],
-    scalings [slots] (0 for an empty slot)."""
+    scalings [slots] (0 for an empty slot). `k_chunk`: input features per split of the
+    shrink (a multiple of BLOCK_K; default: what makes SPLITS ranges)."""
     num_parts, max_rank, in_features = a.shape[1:]
     width = num_parts * max_rank
     x, y_ = x.contiguous(), y
     assert y_.is_contiguous() and a.is_contiguous() and b.is_contiguous()
-    h = torch.empty(batch.num_tokens, width, dtype=torch.float32, device=x.device)
-    precision = "ieee" if x.dtype == torch.float32 else None
+    if k_chunk is None:
+        k_chunk = triton.cdiv(triton.cdiv(in_features, SPLITS), BLOCK_K) * BLOCK_K
+    assert k_chunk % BLOCK_K == 0
     num_tiles = batch.tiles.shape[0]
-    _shrink[(num_tiles,)](
+    splits = triton.cdiv(in_features, k_chunk)
+    h = torch.empty(splits, batch.num_tokens, width, dtype=torch.float32, device=x.device)
+    precision = "ieee" if x.dtype == torch.float32 else None
+    _shrink[(num_tiles, splits)](
         x,
         batch.token_indices,
         batch.tiles,
@@ -154,7 +188,9 @@ def add_lora_triton(
         a.stride(0),
         a.stride(2),
         h.stride(0),
+        h.stride(1),
         IN_FEATURES=in_features,
+        K_CHUNK=k_chunk,
         TILE=TILE_M,
         BLOCK_R=_block(width),
         BLOCK_K=BLOCK_K,
@@ -162,7 +198,7 @@ def add_lora_triton(
     )
     for p in range(num_parts):
         lo, hi = offsets[p], offsets[p + 1]
-        _expand[(num_tiles, triton.cdiv(hi - lo, BLOCK_N))](
+        _expand[(num_tiles, triton.cdiv(hi - lo, BLOCK_N * N_BLOCKS))](
             h,
             batch.token_indices,
             batch.tiles,
@@ -173,11 +209,14 @@ def add_lora_triton(
             lo,
             hi - lo,
             h.stride(0),
+            h.stride(1),
             b.stride(0),
             b.stride(1),
             y_.stride(0),
+            NUM_SPLITS=splits,
             TILE=TILE_M,
             BLOCK_R=_block(max_rank),
             BLOCK_N=BLOCK_N,
+            N_BLOCKS=N_BLOCKS,
             DOT_PRECISION=precision,
         )

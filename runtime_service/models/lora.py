@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from runtime_service.kernels.lora_batch import LoRABatch
+from runtime_service.kernels.lora_tables import StaticLoRABatch
 from runtime_service.kernels.lora_torch import SlotTable, add_lora
 from runtime_service.kernels.lora_triton import add_lora_triton
 from runtime_service.models.config import ModelConfig
@@ -57,7 +58,7 @@ class LoRASlots:
             for f, parts in self.parts.items()
         }
         self.layers: list[LoRALinear] = []
-        self.batch: LoRABatch | None = None
+        self.batch: LoRABatch | StaticLoRABatch | None = None
 
     def write(self, slot: int, adapter: LoRAAdapter) -> None:
         """Copies an adapter from host memory into `slot` (asynchronously from pinned memory
@@ -122,7 +123,9 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         batch = self.slots.batch
-        if batch is not None:
+        if isinstance(batch, StaticLoRABatch):  # captured in a graph: the same launches always
+            add_lora_triton(y, x, self.a, self.b, self.offsets, batch, self.slots.scalings_tensor)
+        elif batch is not None:
             table = self.slots.tables[self.fused]
             if not any(table.parts[slot] for _, _, slot in batch.segments):
                 return y  # no adapter of the step changes this layer

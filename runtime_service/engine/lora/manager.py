@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from llmserve.errors import AlreadyExists, FailedPrecondition, NotFound, shown
@@ -37,7 +38,8 @@ from runtime_service.engine.lora.adapter import AdapterReader, LoRAAdapter
 from runtime_service.engine.lora.slots import AdapterSlots
 from runtime_service.engine.request import Request
 from runtime_service.kernels.lora_batch import LoRABatch
-from runtime_service.models.lora import attach_lora, prescaled_layers
+from runtime_service.kernels.lora_tables import NO_ADAPTER, LoRAGraphTables
+from runtime_service.models.lora import LoRASlots, attach_lora, prescaled_layers
 
 if TYPE_CHECKING:
     from runtime_service.engine.scheduler import SchedulerOutput
@@ -100,6 +102,7 @@ class LoRAManager:
             if attach is not None
             else attach_lora(model, max_loras, max_lora_rank)
         )
+        self.graph_tables: LoRAGraphTables | None = None  # see graph_inputs
         self.adapters: dict[str, LoRAAdapter] = {}
         self._requests: dict[str, set[str]] = {}  # adapter -> unfinished request ids
         self._unloading: dict[str, int] = {}  # adapter -> unload(wait=True) calls waiting
@@ -243,15 +246,34 @@ class LoRAManager:
             self._remove(name)
 
     # The model runner.
-    def begin_batch(self, sched: SchedulerOutput) -> bool:
+    def graph_inputs(self, capacity: int) -> tuple[LoRASlots, LoRAGraphTables]:
+        """What decode graphs with LoRA of up to `capacity` rows read: the slots and the
+        fixed-address tables (kernels/lora_tables.py) that begin_batch fills for a graph
+        step."""
+        self.graph_tables = LoRAGraphTables(capacity, self.device_slots.num_slots, self.device)
+        return self.device_slots, self.graph_tables
+
+    def begin_batch(self, sched: SchedulerOutput, graph_size: int | None = None) -> bool:
         """Tells the LoRA layers which of this step's tokens use which slot; True when any
-        token uses an adapter."""
+        token uses an adapter. With `graph_size` (the step replays the decode graph of that
+        many rows) the tables go to the graph's buffers instead of an eager LoRABatch."""
         slots = []
         for req in sched.requests:
             slot = None if req.adapter is None else self.slots.slot_of(req.adapter)
             if req.adapter is not None and slot is None:
                 raise RuntimeError(f"{req} runs with adapter {req.adapter!r} in no slot")
             slots.append(slot)
+        if graph_size is not None:
+            self.device_slots.batch = None  # a replay does not call the layers
+            if not any(s is not None for s in slots):
+                return False
+            assert self.graph_tables is not None, "a LoRA graph step without graph tables"
+            self.graph_tables.fill(
+                np.asarray(sched.num_scheduled_tokens, dtype=np.int64),
+                np.array([NO_ADAPTER if s is None else s for s in slots], dtype=np.int64),
+                graph_size,
+            )
+            return True
         self.device_slots.batch = LoRABatch.build(sched.num_scheduled_tokens, slots, self.device)
         return self.device_slots.batch is not None
 
