@@ -67,11 +67,13 @@ def fp8_linear(
     """x [..., in] (bf16/fp16/fp32) times fp8 weight [out, in] with per-channel scales [out]."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    q, x_scales = quantize_per_token(x2)
     fp8_compute = fp8_compute_supported(x.device) and x.dtype != torch.float32
     if fp8_compute and x2.shape[0] <= MAX_ROWS:  # a few tokens: bound by reading the weight
-        y = lowbit_gemv(q, weight, scales, bias=bias, x_scales=x_scales, out_dtype=x.dtype)
-    elif fp8_compute:
+        # The kernel quantizes x per token itself, as quantize_per_token below would.
+        y = lowbit_gemv(x2, weight, scales, bias=bias, out_dtype=x.dtype)
+        return y.reshape(*shape[:-1], -1)
+    q, x_scales = quantize_per_token(x2)
+    if fp8_compute:
         y = torch._scaled_mm(
             q,
             weight.t(),
