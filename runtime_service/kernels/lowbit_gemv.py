@@ -71,24 +71,28 @@ def _gemv_kernel(
     col_ok = cols < N
     if QUANT_X:  # kernels/fp8.py's per-token scales, computed by every program (x is in L2)
         amax = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            at = x_ptr + rows[:, None] * stride_x + ks[None, :]
-            x = tl.load(at, mask=row_ok[:, None] & (ks[None, :] < K), other=0.0)
-            amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+        for a0 in range(0, K, BLOCK_K):
+            ka = a0 + tl.arange(0, BLOCK_K)
+            xa = tl.load(
+                x_ptr + rows[:, None] * stride_x + ka[None, :],
+                mask=row_ok[:, None] & (ka[None, :] < K),
+                other=0.0,
+            )
+            amax = tl.maximum(amax, tl.abs(xa.to(tl.float32)))
         x_scale = tl.maximum(tl.max(amax, axis=1), 1e-12) / 448.0
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, STEPS * BLOCK_K, BLOCK_K):
         ks = pid_k * STEPS * BLOCK_K + k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(
+        xv = tl.load(
             x_ptr + rows[:, None] * stride_x + ks[None, :],
             mask=row_ok[:, None] & (ks[None, :] < K),
             other=0.0,
         )
         if QUANT_X:  # the same rounding as kernels/fp8.py's quantize kernel
-            x = x.to(tl.float32) / x_scale[:, None]
-            x = tl.minimum(tl.maximum(x, -448.0), 448.0).to(tl.float8e4nv)
-        x = x.to(COMPUTE)
+            xq = tl.minimum(tl.maximum(xv.to(tl.float32) / x_scale[:, None], -448.0), 448.0)
+            x = xq.to(tl.float8e4nv).to(COMPUTE)
+        else:
+            x = xv.to(COMPUTE)
         w = tl.load(
             w_ptr + cols[:, None] * stride_w + ks[None, :],
             mask=col_ok[:, None] & (ks[None, :] < K),
