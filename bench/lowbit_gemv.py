@@ -8,8 +8,8 @@ bandwidth. CUDA only.
 The sweep times, per kind and layer at one token: the kernel before the int4 planes and
 split-K (bench/lowbit_gemv_v1.py, its tuned tiles), the current one with CONFIGS, and the
 best of a one-parameter-at-a-time search around CONFIGS (tile rows, tile inputs, warps,
-stages, programs per SM for split-K); then the four layers' sum for each and the config that
-the search would put in CONFIGS.
+stages, programs per SM for split-K, int4's nibbles per word); then the four layers' sums
+and the config with the most gain.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def row(name: str, m: int, dense: torch.Tensor, i8: dict, i4: dict, f8: dict) ->
 
 
 OLD_CONFIGS = {"int8": (32, 256, 4, 4), "int4": (32, 512, 4, 3), "fp8": (32, 512, 4, 3)}
-AXES = [(16, 32, 64), (256, 512, 1024), (4, 8), (2, 3, 4), (0, 2, 3, 4, 8)]
+AXES = [(16, 32, 64), (256, 512, 1024), (4, 8), (2, 3, 4), (0, 2, 3, 4, 8), (2, 4, 8)]
+SEARCH_ORDER = [4, 0, 1, 3, 2, 5]  # split-K first: the narrow layers' likely gain
 
 
 def sweep_fns(kind: str, n: int, k: int) -> tuple[Callable, Callable]:
@@ -96,16 +97,18 @@ def sweep_fns(kind: str, n: int, k: int) -> tuple[Callable, Callable]:
     )
 
 
-def try_time(fn) -> float:
+def try_time(fn, show: bool = False) -> float:
     try:
         return time_us(fn, 20)
-    except Exception:  # out of resources, or a tile the kernel refuses
+    except Exception as e:  # out of resources, or a tile the kernel refuses
+        if show:
+            print(f"error: {e!r}"[:400], flush=True)
         return float("inf")
 
 
 def sweep(budget_s: float) -> None:
-    """Old vs new per layer (M = 1), and a coordinate search around CONFIGS (a third of
-    `budget_s` per kind)."""
+    """Old vs new per layer (M = 1), and a coordinate search around CONFIGS (`budget_s`
+    shared equally by each kind and layer)."""
     import time
 
     from runtime_service.kernels.lowbit_gemv import CONFIGS
@@ -113,16 +116,16 @@ def sweep(budget_s: float) -> None:
     print("| kind | layer | old us | new us | best us | best config |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
     for kind in ("int4", "fp8", "int8"):
-        deadline = time.monotonic() + budget_s / 3
         sums = [0.0, 0.0, 0.0]
         votes: dict[tuple, float] = {}
         for name, (n, k) in SHAPES.items():
+            deadline = time.monotonic() + budget_s / (3 * len(SHAPES))
             old_fn, new_fn = sweep_fns(kind, n, k)
-            old = try_time(old_fn)
-            new = try_time(new_fn)
-            best, best_c = new, CONFIGS[kind]
-            for axis, values in enumerate(AXES):  # one axis at a time, from the best so far
-                for v in values:
+            old = try_time(old_fn, show=True)
+            new = try_time(new_fn, show=True)
+            best, best_c = new, CONFIGS[kind] + ((8,) if kind == "int4" else ())
+            for axis in [a for a in SEARCH_ORDER if a < len(best_c)]:  # one at a time
+                for v in AXES[axis]:
                     if time.monotonic() > deadline or v == best_c[axis]:
                         continue
                     c = (*best_c[:axis], v, *best_c[axis + 1 :])

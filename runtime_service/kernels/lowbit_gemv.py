@@ -25,11 +25,12 @@ from runtime_service.kernels.int4_gemv import MAGIC, int4_gemv_kernel
 from runtime_service.kernels.splitk import num_splits, reduce_splits, workspace
 
 MAX_ROWS = 16  # tokens per call that these kernels serve; beyond, the dense paths
-# (BLOCK_N, BLOCK_K, warps, stages, programs per SM) per weight kind: BLOCK_K counts input
-# channels (int4: a multiple of its group); the K loop splits when the output tiles are fewer
-# than programs-per-SM x SMs (0: never). From bench/lowbit_gemv.py --sweep on an H200
-# (docs/engine_speed.md).
-Config = tuple[int, int, int, int, int]
+# (BLOCK_N, BLOCK_K, warps, stages, programs per SM[, int4 planes]) per weight kind: BLOCK_K
+# counts input channels (int4: a multiple of its group); the K loop splits when the output
+# tiles are fewer than programs-per-SM x SMs (0: never); int4 planes: nibbles per loaded word
+# (2, 4 or 8; default 8, fewer for groups under 128). From bench/lowbit_gemv.py --sweep on
+# an H200 (docs/engine_speed.md).
+Config = tuple[int, ...]
 CONFIGS: dict[str, Config] = {
     "int8": (32, 256, 4, 4, 3),
     "int4": (32, 512, 4, 3, 3),
@@ -150,7 +151,7 @@ def lowbit_gemv(
     else:
         compute = {torch.float32: tl.float32, torch.float16: tl.float16}.get(x.dtype, tl.bfloat16)
     kind = "int4" if int4 else ("fp8" if fp8 else "int8")
-    block_n, block_k, warps, stages, per_sm = config or CONFIGS[kind]
+    block_n, block_k, warps, stages, per_sm, *planes = config or CONFIGS[kind]
     tiles = triton.cdiv(n, block_n)
     if int4:
         group = k // scales.shape[1]
@@ -169,7 +170,7 @@ def lowbit_gemv(
     part, counters = space or (y, y)
     per_split = steps // splits
     if int4:
-        planes = min(8, group // 16)
+        planes = min(planes[0] if planes else 8, group // 16)
         words = {2: torch.uint8, 4: torch.int16, 8: torch.int32}[planes]
         bits, value = MAGIC[compute.name]
         int4_gemv_kernel[(tiles, splits)](
