@@ -67,8 +67,21 @@ def int4_gemv_kernel(
     col_ok = cols < N
     WPG: tl.constexpr = GROUP // PLANES  # words per group and row
     j = tl.arange(0, WPG)
+    # Scales and zeros do not feed the dot, so Triton's pipeliner would not load them ahead:
+    # each iteration loads the next one's [BLOCK_N, GPI] tiles itself.
+    gcol = tl.arange(0, GPI)
+    first = pid_k * CHUNKS * GPI + gcol
+    at = cols[:, None] * stride_s + first[None, :]
+    scales_next = tl.load(s_ptr + at, mask=col_ok[:, None], other=0.0)
+    zeros_next = tl.load(z_ptr + at, mask=col_ok[:, None], other=0.0)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for c in range(0, CHUNKS):
+        scales_now = scales_next
+        offsets_now = zeros_next + MAGIC_VALUE
+        ahead = at + (c + 1) * GPI
+        more = col_ok[:, None] & (c + 1 < CHUNKS)
+        scales_next = tl.load(s_ptr + ahead, mask=more, other=0.0)
+        zeros_next = tl.load(z_ptr + ahead, mask=more, other=0.0)
         for gi in tl.static_range(GPI):
             g = (pid_k * CHUNKS + c) * GPI + gi
             words = tl.load(
@@ -76,8 +89,8 @@ def int4_gemv_kernel(
                 mask=col_ok[:, None],
                 other=0,
             ).to(tl.int32)
-            scale = tl.load(s_ptr + cols * stride_s + g, mask=col_ok, other=0.0)
-            zero = tl.load(z_ptr + cols * stride_s + g, mask=col_ok, other=0.0)
+            scale = tl.sum(tl.where(gcol[None, :] == gi, scales_now, 0.0), axis=1)
+            offset = tl.sum(tl.where(gcol[None, :] == gi, offsets_now, 0.0), axis=1)
             part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             xs = tl.zeros([BLOCK_M, WPG], dtype=tl.float32)
             for i in tl.static_range(PLANES):
@@ -94,7 +107,7 @@ def int4_gemv_kernel(
                 part = tl.dot(x, tl.trans(q), part)
                 xs += x.to(tl.float32)
             xsum = tl.sum(xs, axis=1)
-            acc += (part - xsum[:, None] * (zero + MAGIC_VALUE)[None, :]) * scale[None, :]
+            acc += (part - xsum[:, None] * offset[None, :]) * scale[None, :]
     if SPLITS > 1:
         acc, last = reduce_splits(acc, part_ptr, cnt_ptr, rows, cols, M, N, SPLITS)
     else:
