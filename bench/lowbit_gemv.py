@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from runtime_service.kernels.fp8 import quantize_per_token
+from runtime_service.kernels.fp8 import fp8_linear, quantize_per_token
 from runtime_service.kernels.lowbit_gemv import lowbit_gemv
 from runtime_service.models.linear import (
     quantize_fp8_rowwise,
@@ -55,8 +55,8 @@ def row(name: str, m: int, dense: torch.Tensor, i8: dict, i4: dict, f8: dict) ->
     n, k = dense.shape
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
-    def fp8() -> torch.Tensor:  # quantizes x per token inside (as fp8_linear calls it)
-        return lowbit_gemv(x, f8["weight"], f8["scales"], out_dtype=x.dtype)
+    def fp8() -> torch.Tensor:  # as the engine's fp8 linear runs it (fp8.py)
+        return fp8_linear(x, f8["weight"], f8["scales"], None)
 
     t_bf16 = time_us(lambda: F.linear(x, dense))
     t_i8 = time_us(lambda: lowbit_gemv(x, i8["weight"], i8["scales"]))
@@ -69,26 +69,35 @@ def row(name: str, m: int, dense: torch.Tensor, i8: dict, i4: dict, f8: dict) ->
 
 
 OLD_CONFIGS = {"int8": (32, 256, 4, 4), "int4": (32, 512, 4, 3), "fp8": (32, 512, 4, 3)}
-AXES = [(16, 32, 64), (256, 512, 1024), (4, 8), (2, 3, 4), (0, 2, 3, 4, 8), (2, 4, 8)]
+OLD_CONFIGS["fp8-fused"] = OLD_CONFIGS["fp8"]
+KINDS = ("int4", "fp8", "fp8-fused", "int8")
+AXES = [(16, 32, 64, 128), (128, 256, 512, 1024), (4, 8), (2, 3, 4), (0, 2, 3, 4, 8), (2, 4, 8)]
 SEARCH_ORDER = [4, 0, 1, 3, 2, 5]  # split-K first: the narrow layers' likely gain
 
 
 def sweep_fns(kind: str, n: int, k: int) -> tuple[Callable, Callable]:
-    """(old, new(config)) products of one token for a random layer; fp8's old one includes
-    the separate per-token quantization launch that the engine made before the fused one."""
+    """(old, new(config)) products of one token for a random layer; fp8's include the
+    per-token quantization of x (a launch of its own, or inside the kernel: fp8-fused)."""
     from bench.lowbit_gemv_v1 import lowbit_gemv as lowbit_gemv_v1
 
     w = torch.randn(n, k, device="cuda") * 0.02
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     old_config = OLD_CONFIGS[kind]
-    if kind == "fp8":
+    if kind.startswith("fp8"):
         t = quantize_fp8_rowwise(w)
+        w8, s8 = t["weight"], t["scales"]
 
         def old() -> torch.Tensor:
             q, s = quantize_per_token(x)
-            return lowbit_gemv_v1(q, t["weight"], t["scales"], x_scales=s, out_dtype=x.dtype)
+            return lowbit_gemv_v1(q, w8, s8, x_scales=s, out_dtype=x.dtype, config=old_config)
 
-        return old, lambda c=None: lowbit_gemv(x, t["weight"], t["scales"], config=c)
+        def new(c: tuple | None = None) -> torch.Tensor:
+            if kind == "fp8-fused":  # the kernel quantizes x (FUSED_QUANTIZATION in fp8.py)
+                return lowbit_gemv(x, w8, s8, config=c)
+            q, s = quantize_per_token(x)
+            return lowbit_gemv(q, w8, s8, x_scales=s, out_dtype=x.dtype, config=c)
+
+        return old, new
     t = quantize_int8_rowwise(w) if kind == "int8" else quantize_int4_grouped(w)
     args = (x, t["weight"], t["scales"], t.get("zeros"))
     return (
@@ -115,15 +124,15 @@ def sweep(budget_s: float) -> None:
 
     print("| kind | layer | old us | new us | best us | best config |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
-    for kind in ("int4", "fp8", "int8"):
+    for kind in KINDS:
         sums = [0.0, 0.0, 0.0]
         votes: dict[tuple, float] = {}
         for name, (n, k) in SHAPES.items():
-            deadline = time.monotonic() + budget_s / (3 * len(SHAPES))
+            deadline = time.monotonic() + budget_s / (len(KINDS) * len(SHAPES))
             old_fn, new_fn = sweep_fns(kind, n, k)
             old = try_time(old_fn, show=True)
             new = try_time(new_fn, show=True)
-            best, best_c = new, CONFIGS[kind] + ((8,) if kind == "int4" else ())
+            best, best_c = new, CONFIGS[kind.split("-")[0]] + ((8,) if kind == "int4" else ())
             for axis in [a for a in SEARCH_ORDER if a < len(best_c)]:  # one at a time
                 for v in AXES[axis]:
                     if time.monotonic() > deadline or v == best_c[axis]:

@@ -18,6 +18,10 @@ import triton.language as tl
 from runtime_service.kernels.lowbit_gemv import MAX_ROWS, lowbit_gemv
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+# A few tokens: quantize x inside lowbit_gemv (one launch, but every program quantizes its
+# 16-row x tile, padding rows included) instead of quantize_per_token first (two launches).
+# Off until bench/lowbit_gemv.py --sweep ("fp8-fused" against "fp8") shows it pays.
+FUSED_QUANTIZATION = False
 _TINY = 1e-12
 
 
@@ -68,12 +72,14 @@ def fp8_linear(
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     fp8_compute = fp8_compute_supported(x.device) and x.dtype != torch.float32
-    if fp8_compute and x2.shape[0] <= MAX_ROWS:  # a few tokens: bound by reading the weight
-        # The kernel quantizes x per token itself, as quantize_per_token below would.
+    small = fp8_compute and x2.shape[0] <= MAX_ROWS  # a few tokens: bound by reading W
+    if small and FUSED_QUANTIZATION:
         y = lowbit_gemv(x2, weight, scales, bias=bias, out_dtype=x.dtype)
         return y.reshape(*shape[:-1], -1)
     q, x_scales = quantize_per_token(x2)
-    if fp8_compute:
+    if small:
+        y = lowbit_gemv(q, weight, scales, bias=bias, x_scales=x_scales, out_dtype=x.dtype)
+    elif fp8_compute:
         y = torch._scaled_mm(
             q,
             weight.t(),

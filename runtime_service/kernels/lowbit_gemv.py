@@ -29,11 +29,14 @@ MAX_ROWS = 16  # tokens per call that these kernels serve; beyond, the dense pat
 # counts input channels (int4: a multiple of its group); the K loop splits when the output
 # tiles are fewer than programs-per-SM x SMs (0: never); int4 planes: nibbles per loaded word
 # (2, 4 or 8; default 8, fewer for groups under 128). From bench/lowbit_gemv.py --sweep on
-# an H200 (docs/engine_speed.md).
+# an H200 (docs/engine_speed.md) for int8 and fp8's tiles. int4's are not measured yet: 64
+# rows and one group per step because the compiled loop (sm_90 SASS, no GPU here) costs ~410
+# instructions per thread and group at 64 rows, ~316 at 32: half the work per weight is the
+# per-group overhead (x staging, barriers), which more rows amortize.
 Config = tuple[int, ...]
 CONFIGS: dict[str, Config] = {
     "int8": (32, 256, 4, 4, 3),
-    "int4": (32, 512, 4, 3, 3),
+    "int4": (64, 128, 4, 4, 3),
     "fp8": (32, 512, 4, 3, 3),
 }
 
