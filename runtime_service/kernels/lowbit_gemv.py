@@ -61,6 +61,7 @@ def _gemv_kernel(
     SPLITS: tl.constexpr,
     X_SCALED: tl.constexpr,
     QUANT_X: tl.constexpr,  # fp8 weights, x in 16 bits: quantize x per token here
+    X_ROWS: tl.constexpr,  # QUANT_X: rows quantized, 1 (M = 1, broadcast) or BLOCK_M
     HAS_BIAS: tl.constexpr,
     COMPUTE: tl.constexpr,  # the operands' type in the dot (bf16/fp16 on GPUs; fp32 in tests)
     BLOCK_M: tl.constexpr,
@@ -74,12 +75,13 @@ def _gemv_kernel(
     row_ok = rows < M
     col_ok = cols < N
     if QUANT_X:  # kernels/fp8.py's per-token scales, computed by every program (x is in L2)
-        amax = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        qrows = tl.arange(0, X_ROWS)  # one row when M is 1: the dot's padding rows skipped
+        amax = tl.zeros([X_ROWS, BLOCK_K], dtype=tl.float32)
         for a0 in range(0, K, BLOCK_K):
             ka = a0 + tl.arange(0, BLOCK_K)
             xa = tl.load(
-                x_ptr + rows[:, None] * stride_x + ka[None, :],
-                mask=row_ok[:, None] & (ka[None, :] < K),
+                x_ptr + qrows[:, None] * stride_x + ka[None, :],
+                mask=(qrows[:, None] < M) & (ka[None, :] < K),
                 other=0.0,
             )
             amax = tl.maximum(amax, tl.abs(xa.to(tl.float32)))
@@ -87,16 +89,20 @@ def _gemv_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, STEPS * BLOCK_K, BLOCK_K):
         ks = pid_k * STEPS * BLOCK_K + k0 + tl.arange(0, BLOCK_K)
-        xv = tl.load(
-            x_ptr + rows[:, None] * stride_x + ks[None, :],
-            mask=row_ok[:, None] & (ks[None, :] < K),
-            other=0.0,
-        )
         if QUANT_X:  # the same rounding as kernels/fp8.py's quantize kernel
+            xv = tl.load(
+                x_ptr + qrows[:, None] * stride_x + ks[None, :],
+                mask=(qrows[:, None] < M) & (ks[None, :] < K),
+                other=0.0,
+            )
             xq = tl.minimum(tl.maximum(xv.to(tl.float32) / x_scale[:, None], -448.0), 448.0)
-            x = xq.to(tl.float8e4nv).to(COMPUTE)
+            x = tl.broadcast_to(xq.to(tl.float8e4nv).to(COMPUTE), [BLOCK_M, BLOCK_K])
         else:
-            x = xv.to(COMPUTE)
+            x = tl.load(
+                x_ptr + rows[:, None] * stride_x + ks[None, :],
+                mask=row_ok[:, None] & (ks[None, :] < K),
+                other=0.0,
+            ).to(COMPUTE)
         w = tl.load(
             w_ptr + cols[:, None] * stride_w + ks[None, :],
             mask=col_ok[:, None] & (ks[None, :] < K),
@@ -190,6 +196,7 @@ def lowbit_gemv(
         bias if bias is not None else scales, y, part, counters,
         m, n, k, x.stride(0), weight.stride(0), y.stride(0),
         STEPS=per_split, SPLITS=splits, X_SCALED=x_scales is not None, QUANT_X=quant_x,
+        X_ROWS=1 if m == 1 else 16,
         HAS_BIAS=bias is not None, COMPUTE=compute, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
