@@ -92,7 +92,7 @@ def sweep_fns(kind: str, n: int, k: int) -> tuple[Callable, Callable]:
             return lowbit_gemv_v1(q, w8, s8, x_scales=s, out_dtype=x.dtype, config=old_config)
 
         def new(c: tuple | None = None) -> torch.Tensor:
-            if kind == "fp8-fused":  # the kernel quantizes x (FUSED_QUANTIZATION in fp8.py)
+            if kind == "fp8-fused":  # the kernel quantizes x (fp8.py FUSE_QUANTIZATION_ROWS)
                 return lowbit_gemv(x, w8, s8, config=c)
             q, s = quantize_per_token(x)
             return lowbit_gemv(q, w8, s8, x_scales=s, out_dtype=x.dtype, config=c)

@@ -18,10 +18,12 @@ import triton.language as tl
 from runtime_service.kernels.lowbit_gemv import MAX_ROWS, lowbit_gemv
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
-# A few tokens: quantize x inside lowbit_gemv (one launch, but every program quantizes its
-# 16-row x tile, padding rows included) instead of quantize_per_token first (two launches).
-# Off until bench/lowbit_gemv.py --sweep ("fp8-fused" against "fp8") shows it pays.
-FUSED_QUANTIZATION = False
+# Calls of at most this many tokens quantize x inside lowbit_gemv (one launch instead of
+# quantize_per_token's and the product's; every program quantizes its own x tile, so it
+# pays for one token, whose row the kernel quantizes once and broadcasts to the dot's 16;
+# the compiled loop is no longer than the pre-quantized one's). 0: never.
+# bench/lowbit_gemv.py --sweep times both ("fp8-fused" against "fp8").
+FUSE_QUANTIZATION_ROWS = 1
 _TINY = 1e-12
 
 
@@ -73,7 +75,7 @@ def fp8_linear(
     x2 = x.reshape(-1, shape[-1])
     fp8_compute = fp8_compute_supported(x.device) and x.dtype != torch.float32
     small = fp8_compute and x2.shape[0] <= MAX_ROWS  # a few tokens: bound by reading W
-    if small and FUSED_QUANTIZATION:
+    if small and x2.shape[0] <= FUSE_QUANTIZATION_ROWS:
         y = lowbit_gemv(x2, weight, scales, bias=bias, out_dtype=x.dtype)
         return y.reshape(*shape[:-1], -1)
     q, x_scales = quantize_per_token(x2)

@@ -133,3 +133,4 @@ def test_linear_small_and_large_batches_agree(kind: str) -> None:
     linear = Linear(kind, {key: v.cuda() for key, v in layer.items()})
     x = torch.randn(64, k, generator=g).to("cuda", torch.bfloat16)
     close(linear(x[:4]), linear(x)[:4])
+    close(linear(x[:1]), linear(x)[:1])  # fp8: one token quantizes inside the kernel
