@@ -10,9 +10,9 @@ batches are compute-bound and take the dense paths (`torch._scaled_mm` for fp8).
 Layouts are models/linear.py's: int8 and fp8 weights [N, K] with one float32 scale per
 output channel; int4 [N, K/2] bytes (channel 2j low nibble, 2j+1 high) with per-group
 scales and zeros [N, K/group] (group >= 32; its tile is kernels/int4_gemv.py). fp8 engines
-quantize activations per token first (kernels/fp8.py), so the product sees the rounded
-activations `_scaled_mm` and the CPU see. Layers with too few output tiles to occupy every
-SM split their K loop (kernels/splitk.py).
+quantize activations per token (kernels/fp8.py; for one token inside this kernel, with the
+same arithmetic), so the product sees the rounded activations `_scaled_mm` and the CPU see.
+Layers with too few output tiles to occupy every SM split their K loop (kernels/splitk.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ MAX_ROWS = 16  # tokens per call that these kernels serve; beyond, the dense pat
 # (BLOCK_N, BLOCK_K, warps, stages, programs per SM[, int4 planes]) per weight kind: BLOCK_K
 # counts input channels (int4: a multiple of its group); the K loop splits when the output
 # tiles are fewer than programs-per-SM x SMs (0: never); int4 planes: nibbles per loaded word
-# (2, 4 or 8; default 8, fewer for groups under 128). From bench/lowbit_gemv.py --sweep on
-# an H200 (docs/engine_speed.md) for int8 and fp8's tiles. int4's are not measured yet: 64
+# (2, 4 or 8; default 8, fewer for groups under 128). int8 and fp8 tiles: from
+# bench/lowbit_gemv.py --sweep on an H200 (docs/engine_speed.md); programs per SM (split-K)
+# and int4's tiles are not measured yet (bench/gpu/lowbit.sh searches them). int4: 64
 # rows and one group per step because the compiled loop (sm_90 SASS, no GPU here) costs ~410
 # instructions per thread and group at 64 rows, ~316 at 32: half the work per weight is the
 # per-group overhead (x staging, barriers), which more rows amortize.
