@@ -3,16 +3,24 @@ linear shapes of a Llama-3-8B layer, at a few decode batch sizes, and prints ach
 bandwidth. CUDA only.
 
   python bench/lowbit_gemv.py [--rows 1,8,16]
+  python bench/lowbit_gemv.py --sweep [--budget-s 150]   # old kernel vs new, per layer
+
+The sweep times, per kind and layer at one token: the kernel before the int4 planes and
+split-K (bench/lowbit_gemv_v1.py, its tuned tiles), the current one with CONFIGS, and the
+best of a one-parameter-at-a-time search around CONFIGS (tile rows, tile inputs, warps,
+stages, programs per SM for split-K, int4's nibbles per word); then the four layers' sums
+and the config with the most gain.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from runtime_service.kernels.fp8 import quantize_per_token
+from runtime_service.kernels.fp8 import fp8_linear, quantize_per_token
 from runtime_service.kernels.lowbit_gemv import lowbit_gemv
 from runtime_service.models.linear import (
     quantize_fp8_rowwise,
@@ -47,9 +55,8 @@ def row(name: str, m: int, dense: torch.Tensor, i8: dict, i4: dict, f8: dict) ->
     n, k = dense.shape
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
-    def fp8() -> torch.Tensor:
-        q, s = quantize_per_token(x)
-        return lowbit_gemv(q, f8["weight"], f8["scales"], x_scales=s, out_dtype=x.dtype)
+    def fp8() -> torch.Tensor:  # as the engine's fp8 linear runs it (fp8.py)
+        return fp8_linear(x, f8["weight"], f8["scales"], None)
 
     t_bf16 = time_us(lambda: F.linear(x, dense))
     t_i8 = time_us(lambda: lowbit_gemv(x, i8["weight"], i8["scales"]))
@@ -61,42 +68,97 @@ def row(name: str, m: int, dense: torch.Tensor, i8: dict, i4: dict, f8: dict) ->
     )
 
 
-def sweep() -> None:
-    """The fastest (BLOCK_N, BLOCK_K, warps, stages) per kind over the layer shapes, M = 1."""
-    import itertools
+OLD_CONFIGS = {"int8": (32, 256, 4, 4), "int4": (32, 512, 4, 3), "fp8": (32, 512, 4, 3)}
+OLD_CONFIGS["fp8-fused"] = OLD_CONFIGS["fp8"]
+KINDS = ("int4", "fp8", "fp8-fused", "int8")
+AXES = [(16, 32, 64, 128), (128, 256, 512, 1024), (4, 8), (2, 3, 4), (0, 2, 3, 4, 8), (2, 4, 8)]
+SEARCH_ORDER = [4, 0, 1, 3, 2, 5]  # split-K first: the narrow layers' likely gain
 
-    configs = list(itertools.product([16, 32], [256, 512, 1024], [4, 8], [3, 4]))
-    for kind in ("int8", "int4", "fp8"):
-        totals = dict.fromkeys(configs, 0.0)
-        for n, k in SHAPES.values():
-            w = torch.randn(n, k, device="cuda") * 0.02
-            x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-            if kind == "int8":
-                t = quantize_int8_rowwise(w)
-                args = (x, t["weight"], t["scales"])
-            elif kind == "int4":
-                t = quantize_int4_grouped(w)
-                args = (x, t["weight"], t["scales"], t["zeros"])
-            else:
-                t = quantize_fp8_rowwise(w)
-                q, s = quantize_per_token(x)
-                args = (q, t["weight"], t["scales"], None, None, s)
-            for c in configs:
-                try:
-                    totals[c] += time_us(lambda c=c, args=args: lowbit_gemv(*args, config=c), 20)
-                except Exception:  # out of resources
-                    totals[c] += 1e9
-        best = sorted(totals.items(), key=lambda kv: kv[1])[:3]
-        print(kind, "per layer set (qkv+o+gate_up+down) us:", [(c, round(v, 1)) for c, v in best])
+
+def sweep_fns(kind: str, n: int, k: int) -> tuple[Callable, Callable]:
+    """(old, new(config)) products of one token for a random layer; fp8's include the
+    per-token quantization of x (a launch of its own, or inside the kernel: fp8-fused)."""
+    from bench.lowbit_gemv_v1 import lowbit_gemv as lowbit_gemv_v1
+
+    w = torch.randn(n, k, device="cuda") * 0.02
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    old_config = OLD_CONFIGS[kind]
+    if kind.startswith("fp8"):
+        t = quantize_fp8_rowwise(w)
+        w8, s8 = t["weight"], t["scales"]
+
+        def old() -> torch.Tensor:
+            q, s = quantize_per_token(x)
+            return lowbit_gemv_v1(q, w8, s8, x_scales=s, out_dtype=x.dtype, config=old_config)
+
+        def new(c: tuple | None = None) -> torch.Tensor:
+            if kind == "fp8-fused":  # the kernel quantizes x (fp8.py FUSE_QUANTIZATION_ROWS)
+                return lowbit_gemv(x, w8, s8, config=c)
+            q, s = quantize_per_token(x)
+            return lowbit_gemv(q, w8, s8, x_scales=s, out_dtype=x.dtype, config=c)
+
+        return old, new
+    t = quantize_int8_rowwise(w) if kind == "int8" else quantize_int4_grouped(w)
+    args = (x, t["weight"], t["scales"], t.get("zeros"))
+    return (
+        lambda: lowbit_gemv_v1(*args, config=old_config),
+        lambda c=None: lowbit_gemv(*args, config=c),
+    )
+
+
+def try_time(fn, show: bool = False) -> float:
+    try:
+        return time_us(fn, 20)
+    except Exception as e:  # out of resources, or a tile the kernel refuses
+        if show:
+            print(f"error: {e!r}"[:400], flush=True)
+        return float("inf")
+
+
+def sweep(budget_s: float) -> None:
+    """Old vs new per layer (M = 1), and a coordinate search around CONFIGS (`budget_s`
+    shared equally by each kind and layer)."""
+    import time
+
+    from runtime_service.kernels.lowbit_gemv import CONFIGS
+
+    print("| kind | layer | old us | new us | best us | best config |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for kind in KINDS:
+        sums = [0.0, 0.0, 0.0]
+        votes: dict[tuple, float] = {}
+        for name, (n, k) in SHAPES.items():
+            deadline = time.monotonic() + budget_s / (len(KINDS) * len(SHAPES))
+            old_fn, new_fn = sweep_fns(kind, n, k)
+            old = try_time(old_fn, show=True)
+            new = try_time(new_fn, show=True)
+            best, best_c = new, CONFIGS[kind.split("-")[0]] + ((8,) if kind == "int4" else ())
+            for axis in [a for a in SEARCH_ORDER if a < len(best_c)]:  # one at a time
+                for v in AXES[axis]:
+                    if time.monotonic() > deadline or v == best_c[axis]:
+                        continue
+                    c = (*best_c[:axis], v, *best_c[axis + 1 :])
+                    t = try_time(lambda f=new_fn, c=c: f(c))
+                    if t < best:
+                        best, best_c = t, c
+            votes[best_c] = votes.get(best_c, 0.0) + new - best
+            sums = [sums[0] + old, sums[1] + new, sums[2] + best]
+            print(f"| {kind} | {name} | {old:.1f} | {new:.1f} | {best:.1f} | {best_c} |")
+        pick = max(votes, key=votes.get)
+        print(
+            f"| {kind} | sum | {sums[0]:.1f} | {sums[1]:.1f} | {sums[2]:.1f} "
+            f"| (per-layer bests; most gain: {pick}) |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", default="1,8,16")
-    parser.add_argument("--sweep", action="store_true", help="time tile configurations")
+    parser.add_argument("--sweep", action="store_true", help="old vs new, tile search")
+    parser.add_argument("--budget-s", type=float, default=150.0, help="the search's time")
     args = parser.parse_args()
     if args.sweep:
-        sweep()
+        sweep(args.budget_s)
         return
     print(f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     print("| layer | rows | bf16 us | int8 us | int4 us | fp8 us | int8 GB/s | int4 GB/s |")

@@ -18,6 +18,12 @@ import triton.language as tl
 from runtime_service.kernels.lowbit_gemv import MAX_ROWS, lowbit_gemv
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+# Calls of at most this many tokens quantize x inside lowbit_gemv (one launch instead of
+# quantize_per_token's and the product's; every program quantizes its own x tile, so it
+# pays for one token, whose row the kernel quantizes once and broadcasts to the dot's 16;
+# the compiled loop is no longer than the pre-quantized one's). 0: never.
+# bench/lowbit_gemv.py --sweep times both ("fp8-fused" against "fp8").
+FUSE_QUANTIZATION_ROWS = 1
 _TINY = 1e-12
 
 
@@ -67,9 +73,13 @@ def fp8_linear(
     """x [..., in] (bf16/fp16/fp32) times fp8 weight [out, in] with per-channel scales [out]."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    q, x_scales = quantize_per_token(x2)
     fp8_compute = fp8_compute_supported(x.device) and x.dtype != torch.float32
-    if fp8_compute and x2.shape[0] <= MAX_ROWS:  # a few tokens: bound by reading the weight
+    small = fp8_compute and x2.shape[0] <= MAX_ROWS  # a few tokens: bound by reading W
+    if small and x2.shape[0] <= FUSE_QUANTIZATION_ROWS:
+        y = lowbit_gemv(x2, weight, scales, bias=bias, out_dtype=x.dtype)
+        return y.reshape(*shape[:-1], -1)
+    q, x_scales = quantize_per_token(x2)
+    if small:
         y = lowbit_gemv(q, weight, scales, bias=bias, x_scales=x_scales, out_dtype=x.dtype)
     elif fp8_compute:
         y = torch._scaled_mm(

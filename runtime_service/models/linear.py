@@ -56,8 +56,9 @@ class Linear(nn.Module):
             self.in_features = half_in * 2
         else:
             self.out_features, self.in_features = self.weight.shape
-        # kernels/lowbit_gemv.py tiles int4 by its groups: at least 16 channels each.
-        self._gemv_ok = quantization != "int4" or self.in_features // self.scales.shape[1] >= 16
+        # kernels/lowbit_gemv.py tiles int4 by its groups: powers of two, >= 32 channels each.
+        group = self.in_features // self.scales.shape[1] if quantization == "int4" else 32
+        self._gemv_ok = group >= 32 and group & (group - 1) == 0
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight as a dense [out, in] tensor of `dtype`."""

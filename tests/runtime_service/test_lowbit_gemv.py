@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from runtime_service.kernels.fp8 import quantize_per_token, quantize_per_token_reference
 from runtime_service.kernels.lowbit_gemv import MAX_ROWS, lowbit_gemv
+from runtime_service.kernels.splitk import workspace
 from runtime_service.models.linear import Linear, dequantize_int4, pack_int4, quantize_fp8_rowwise
 
 CUDA = torch.cuda.is_available()
@@ -41,16 +42,39 @@ def close(ours: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["int8", "int4", "int4/64"])
+@pytest.mark.parametrize("kind", ["int8", "int4", "int4/64", "int4/32"])
 @pytest.mark.parametrize("rows", [1, 3, MAX_ROWS])
 def test_weight_only_gemv_matches_dense(kind: str, rows: int, dtype: torch.dtype) -> None:
-    """int4/64: groups of 64 over 576 inputs (SmolLM2's width; tiles span several groups)."""
+    """int4/64: groups of 64 over 576 inputs (SmolLM2's width: 9 groups, one per step);
+    int4/32: GGUF's Q4 groups. int4 words hold 8, 4 and 2 nibbles for groups of 128, 64, 32."""
+    ours, ref = run_gemv(kind, rows, dtype)
+    assert ours.shape == ref.shape and ours.dtype == dtype
+    close(ours.cpu(), ref)
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4", "int4/64"])
+def test_split_k_matches_dense_and_resets_its_counters(kind: str) -> None:
+    """A config that asks for many programs per SM splits the K loop (5 splits of 20 steps
+    here); the last program of each tile sums the partials and zeroes the tile's counter, so
+    a second call (as a CUDA graph replay would make) gives the same result."""
+    config = (16, 128, 4, 3, 64)
+    first, ref = run_gemv(kind, 3, torch.float16, config)
+    second, _ = run_gemv(kind, 3, torch.float16, config)
+    close(first.cpu(), ref)
+    assert torch.equal(first, second)
+    assert not workspace(DEVICE, 1)[1].any()
+
+
+def run_gemv(
+    kind: str, rows: int, dtype: torch.dtype, config: tuple | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the kernel's product, the dense reference) for a random layer of `kind`."""
     g = torch.Generator().manual_seed(rows)
-    n, k = 96, 576 if kind == "int4/64" else 2560
+    n, k = 96, {"int4/64": 576, "int4/32": 256}.get(kind, 2560)
     if kind == "int8":
         layer = int8_layer(n, k, g)
     else:
-        layer = int4_layer(n, k, g, 64 if kind == "int4/64" else 128)
+        layer = int4_layer(n, k, g, int(kind.split("/")[1]) if "/" in kind else 128)
     bias = torch.randn(n, generator=g)
     x = torch.randn(rows, k, generator=g)
     if kind == "int8":
@@ -65,15 +89,16 @@ def test_weight_only_gemv_matches_dense(kind: str, rows: int, dtype: torch.dtype
         on["scales"],
         on.get("zeros"),
         bias=bias.to(DEVICE, dtype),
+        config=config,
     )
-    assert ours.shape == (rows, n) and ours.dtype == dtype
-    close(ours.cpu(), ref)
+    return ours, ref
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="fp8 tiles need a GPU")
+@pytest.mark.parametrize("config", [None, (16, 128, 4, 3, 64)])  # the second splits K by 4
 @pytest.mark.parametrize("rows", [1, 7, MAX_ROWS])
-def test_fp8_gemv_matches_scaled_product(rows: int) -> None:
+def test_fp8_gemv_matches_scaled_product(rows: int, config: tuple | None) -> None:
     g = torch.Generator().manual_seed(rows)
     w = torch.randn(256, 512, generator=g)
     x = torch.randn(rows, 512, generator=g).to(torch.bfloat16)
@@ -83,9 +108,15 @@ def test_fp8_gemv_matches_scaled_product(rows: int) -> None:
     qd, sd = quantize_per_token(x.cuda())
     ours = lowbit_gemv(
         qd, layer["weight"].cuda(), layer["scales"].cuda(), x_scales=sd[:, 0],
-        out_dtype=torch.bfloat16,
+        out_dtype=torch.bfloat16, config=config,
     )  # fmt: skip
     close(ours.cpu(), ref)
+    # 16-bit x: the kernel quantizes each token itself, with quantize_per_token's arithmetic.
+    fused = lowbit_gemv(
+        x.cuda(), layer["weight"].cuda(), layer["scales"].cuda(), out_dtype=torch.bfloat16,
+        config=config,
+    )  # fmt: skip
+    assert torch.equal(fused, ours)
 
 
 @pytest.mark.gpu
@@ -102,3 +133,4 @@ def test_linear_small_and_large_batches_agree(kind: str) -> None:
     linear = Linear(kind, {key: v.cuda() for key, v in layer.items()})
     x = torch.randn(64, k, generator=g).to("cuda", torch.bfloat16)
     close(linear(x[:4]), linear(x)[:4])
+    close(linear(x[:1]), linear(x)[:1])  # fp8: one token quantizes inside the kernel
