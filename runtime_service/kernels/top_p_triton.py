@@ -31,30 +31,47 @@ def _key(x):
 
 
 @triton.jit
+def _load(base, cols, V, floor):
+    x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
+    return tl.where(x >= floor, x, float("-inf"))
+
+
+@triton.jit
 def _top_p_kernel(
     logits_ptr,
     top_p_ptr,
+    floor_ptr,  # [R] float32: logits below are masked first (HAS_FLOOR: top-k's k-th value)
+    done_ptr,  # [R] int32: rows to leave alone (HAS_DONE)
     V: tl.constexpr,  # the vocabulary: one compiled variant per model
     stride,
     BLOCK: tl.constexpr,
     WAYS_: tl.constexpr,
     PASSES_: tl.constexpr,
+    HAS_FLOOR: tl.constexpr,
+    HAS_DONE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride
     top_p = tl.load(top_p_ptr + row)
-    if top_p < 1.0:  # top_p 1 keeps every token
+    floor = float("-inf")
+    if HAS_FLOOR:
+        floor = tl.load(floor_ptr + row)
+    if HAS_DONE:  # noqa: SIM102 (a constexpr, then a loaded value)
+        if tl.load(done_ptr + row) != 0:
+            return
+    if (top_p < 1.0) | (floor > float("-inf")):  # top_p 1 keeps every token
         m = tl.full([BLOCK], float("-inf"), tl.float32)
         for start in range(0, V, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            m = tl.maximum(m, tl.load(base + cols, mask=cols < V, other=float("-inf")))
+            m = tl.maximum(m, _load(base, cols, V, floor))
         row_max = tl.max(m, axis=0)
         s = tl.zeros([BLOCK], tl.float32)
         for start in range(0, V, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
+            x = _load(base, cols, V, floor)
             s += tl.exp(x - row_max)
-        target = top_p * tl.sum(s, axis=0)  # keep t: mass strictly above t < target
+        # keep t: mass strictly above t < target (all of the row at top_p 1)
+        target = tl.where(top_p < 1.0, top_p * tl.sum(s, axis=0), float("inf"))
         # Invariant: the mass above key `lo` reaches the target, the mass above `hi` does not.
         lo = _key(tl.full([1], float("-inf"), tl.float32)) - 1
         hi = _key(tl.full([1], row_max, tl.float32))
@@ -66,7 +83,7 @@ def _top_p_kernel(
             mass = tl.zeros([WAYS_], tl.float32)
             for start in range(0, V, BLOCK):
                 cols = start + tl.arange(0, BLOCK)
-                x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
+                x = _load(base, cols, V, floor)
                 e = tl.exp(x - row_max)
                 above = _key(x)[None, :] > cand[:, None]
                 mass += tl.sum(tl.where(above, e[None, :], 0.0), axis=1)
@@ -79,28 +96,42 @@ def _top_p_kernel(
             lo = tl.full([1], 0, tl.int64) + new_lo
             hi = tl.full([1], 0, tl.int64) + new_hi
         threshold = tl.max(hi, axis=0)
+        if top_p >= 1.0:  # (here only with a floor) what the floor leaves
+            threshold = tl.max(_key(tl.full([1], floor, tl.float32)), axis=0)
         for start in range(0, V, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
+            x = _load(base, cols, V, floor)
             keep = _key(x) >= threshold
             tl.store(base + cols, tl.where(keep, x, float("-inf")), mask=cols < V)
 
 
 def top_p_mask_(
-    logits: torch.Tensor, top_p: torch.Tensor, block: int = 1024, warps: int = 4
+    logits: torch.Tensor,
+    top_p: torch.Tensor,
+    block: int = 1024,
+    warps: int = 4,
+    floor: torch.Tensor | None = None,
+    done: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sets, in place, the logits outside each row's nucleus to -inf. logits [R, V] float32
-    (contiguous rows), top_p [R] float32 in (0, 1]."""
+    (contiguous rows), top_p [R] float32 in (0, 1]; with `floor` [R], logits below it are
+    masked first (the nucleus is then of what remains); rows with `done` [R] int32 non-zero
+    are left as they are."""
     rows, vocab = logits.shape
+    top_p = top_p.to(torch.float32).contiguous()
     if rows:
         _top_p_kernel[(rows,)](
             logits,
-            top_p.to(torch.float32).contiguous(),
+            top_p,
+            top_p if floor is None else floor.to(torch.float32).contiguous(),
+            top_p if done is None else done,
             vocab,
             logits.stride(0),
             BLOCK=block,
             WAYS_=WAYS,
             PASSES_=PASSES,
+            HAS_FLOOR=floor is not None,
+            HAS_DONE=done is not None,
             num_warps=warps,
         )
     return logits
