@@ -15,14 +15,15 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 def nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Sort-based reference: a token is dropped when the more likely tokens before it
-    already hold top_p of the mass (never the first)."""
-    values, order = logits.sort(dim=-1, descending=True)
+    already hold top_p of the mass (never the first); ties of the last kept value are all
+    kept (a sort keeps whichever of them it put first); top_p 1 keeps all."""
+    values = logits.sort(dim=-1, descending=True).values
     probs = values.softmax(dim=-1)
     drop = (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
     drop[:, 0] = False
-    drop = drop | (top_p[:, None] >= 1.0)  # top_p 1 keeps all (the cumsum may round past 1)
-    drop[top_p >= 1.0] = False
-    return torch.empty_like(logits).scatter_(1, order, values.masked_fill(drop, float("-inf")))
+    drop[top_p >= 1.0] = False  # (the cumsum may round past 1 at the tail)
+    last_kept = values.masked_fill(drop, float("inf")).min(dim=-1, keepdim=True).values
+    return logits.masked_fill(logits < last_kept, float("-inf"))
 
 
 def reference(logits, seeds, steps, top_p=None, top_k=None) -> list[int]:
@@ -94,6 +95,26 @@ def test_top_k_floor_then_top_p(top_p: float | None) -> None:
         x.to(DEVICE), info_of(seeds, steps), None if p is None else p.to(DEVICE), floor.to(DEVICE)
     )
     assert ours.cpu().tolist() == reference(logits, seeds, steps, p, top_k)
+
+
+@pytest.mark.gpu
+def test_full_vocabulary_batch_on_cuda() -> None:
+    """256 rows of 128,256 logits (the engine's shape), all kinds of rows and settings."""
+    g = torch.Generator().manual_seed(0)
+    n, vocab = 256, 128256
+    scale = torch.tensor([0.3, 1.0, 1.25, 3.0, 8.0])[torch.arange(n) % 5, None]
+    logits = (torch.randn(n, vocab, generator=g) * scale).cuda()
+    logits[::3] = logits[::3].to(torch.bfloat16).float()  # exact ties
+    logits[7::11, : vocab // 3] = float("-inf")
+    top_p = torch.tensor([0.05, 0.3, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0])[torch.arange(n) % 8].cuda()
+    seeds, steps = torch.arange(n) * 104729, torch.arange(n) % 17
+    info = info_of(seeds, steps)
+    ours = sample_triton(logits.clone(), info, top_p)
+    assert ours.tolist() == reference(logits, seeds.cuda(), steps.cuda(), top_p)
+    top_k = torch.tensor([1, 20, 50, 1000, 128256])[torch.arange(n) % 5].cuda()
+    floor = logits.topk(int(top_k.max()), dim=-1).values.gather(1, top_k[:, None] - 1)[:, 0]
+    ours = sample_triton(logits.clone(), info, top_p, floor)
+    assert ours.tolist() == reference(logits, seeds.cuda(), steps.cuda(), top_p, top_k)
 
 
 def test_plain_draw_with_small_chunks_and_unseeded_rows() -> None:
