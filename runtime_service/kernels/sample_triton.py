@@ -27,39 +27,19 @@ k-th value: tokens below it count as masked).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
-from runtime_service.kernels.seeded_noise_triton import _mix
-from runtime_service.kernels.top_p_triton import top_p_mask_
+from runtime_service.kernels.seeded_noise_triton import _row_key, _scores
+from runtime_service.kernels.top_p_triton import top_p_draw
 
 BLOCK = 1024
 # Rounds after the first draw: check, draw, then (check + speculative draw) x MIDDLE, check.
 MIDDLE = 4
 _BIG = tl.constexpr(2147483647)
-
-
-@triton.jit
-def _row_key(info_ptr, row):
-    """(seed, step, seeded) of a row -> its 32-bit noise key (row_keys of seeded_noise.py);
-    unseeded rows carry their random key as the seed."""
-    seed = tl.load(info_ptr + row * 3)
-    step = tl.load(info_ptr + row * 3 + 1)
-    seeded = tl.load(info_ptr + row * 3 + 2)
-    lo = (seed & 0xFFFFFFFF).to(tl.uint32)
-    hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    k = _mix(lo ^ _mix(hi ^ _mix((step & 0xFFFFFFFF).to(tl.uint32))))
-    return tl.where(seeded != 0, k, lo)
-
-
-@triton.jit
-def _scores(x, cols, key):
-    """x - log(q), q the row's Exp(1) noise at cols (as sampling_triton's draw)."""
-    h = _mix(key ^ (cols.to(tl.uint32) * 0x9E3779B1))
-    h = _mix(h ^ (key >> 7))
-    u = ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
-    return x - tl.log(-tl.log(u))
 
 
 @triton.jit
@@ -183,13 +163,19 @@ def _chunk(rows: int, vocab: int) -> int:
     return chunk
 
 
-def checks_for(top_p: float) -> int:
-    """Checks to schedule for the smallest top_p of a batch: a row needs ~1 + ln(1/top_p) on
-    average; this leaves a row undecided (and so to the exact fallback) with probability
-    about 1e-4 or less."""
-    import math
-
-    return 6 + math.ceil(2 * math.log(1 / max(top_p, 1e-6)))
+def checks_for(top_p: float, undecided: float = 1e-6) -> int:
+    """Checks to schedule for the smallest top_p of a batch. A row's rejections number about
+    Poisson(ln(1/top_p)) (each draw lands uniformly in the mass of its region, so the
+    region's log-mass falls by Exp(1) per rejection until it is below top_p): the first n
+    with P(Poisson >= n) <= `undecided`, the chance that a row is left to the fallback."""
+    lam = math.log(1 / min(max(top_p, 1e-6), 1.0))
+    term = tail = math.exp(-lam)  # P(Poisson = 0), then P(Poisson <= n - 1)
+    n = 1
+    while 1 - tail > undecided and n < 40:
+        term *= lam / n
+        tail += term
+        n += 1
+    return max(n, 2)
 
 
 def sample_triton(
@@ -201,8 +187,7 @@ def sample_triton(
     chunk: int | None = None,
 ) -> torch.Tensor:
     """One token per row: argmax(logits - log q) over each row's nucleus (all of the row
-    without top_p), tokens below `floor` masked. logits [R, V] float32, contiguous rows (rows
-    left undecided by the rejection rounds are masked in place by the exact search); info
+    without top_p), tokens below `floor` masked. logits [R, V] float32, contiguous rows; info
     [R, 3] int64 (seed or random key, output index, seeded); top_p [R] float32 in (0, 1];
     floor [R] float32; `checks` >= 2 candidate checks are scheduled."""
     rows, vocab = logits.shape
@@ -244,11 +229,9 @@ def sample_triton(
         launch(chunks, PREV_CHECK=k > 3, PREV_DRAW=True, DO_CHECK=True, DO_DRAW=True)
     launch(chunks, PREV_CHECK=k > 3, PREV_DRAW=True, DO_CHECK=True)
     launch(1, PREV_CHECK=True)
-    # Rows still undecided: the exact threshold, then a plain draw (rows done skip both).
-    top_p_mask_(logits, p, floor=floor, done=done)
-    k = 0
-    launch(chunks, FIRST=True)
-    launch(1, PREV_DRAW=True, TAKE_DRAW=True)
+    # Rows still undecided: the exact threshold search, then the draw over what it keeps, a
+    # program a row (rows done skip it).
+    top_p_draw(logits, p, info, tokens, floor=floor, done=done)
     return tokens
 
 

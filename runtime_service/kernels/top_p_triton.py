@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from runtime_service.kernels.seeded_noise_triton import _row_key, _scores
+
 WAYS = 16  # candidate thresholds per pass (15 inside the interval)
 # 16^8 = 2^32 keys; each pass leaves up to 15 keys beyond a 16th of the interval, so two more
 # passes (of step 1) finish the search exactly.
@@ -42,6 +44,8 @@ def _top_p_kernel(
     top_p_ptr,
     floor_ptr,  # [R] float32: logits below are masked first (HAS_FLOOR: top-k's k-th value)
     done_ptr,  # [R] int32: rows to leave alone (HAS_DONE)
+    info_ptr,  # [R, 3] int64 noise keys as kernels/sample_triton.py's (DRAW)
+    token_ptr,  # [R] int64 (DRAW)
     V: tl.constexpr,  # the vocabulary: one compiled variant per model
     stride,
     BLOCK: tl.constexpr,
@@ -49,6 +53,7 @@ def _top_p_kernel(
     PASSES_: tl.constexpr,
     HAS_FLOOR: tl.constexpr,
     HAS_DONE: tl.constexpr,
+    DRAW: tl.constexpr,  # instead of masking: the Gumbel-max token of what is kept
 ):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride
@@ -59,7 +64,10 @@ def _top_p_kernel(
     if HAS_DONE:  # noqa: SIM102 (a constexpr, then a loaded value)
         if tl.load(done_ptr + row) != 0:
             return
-    if (top_p < 1.0) | (floor > float("-inf")):  # top_p 1 keeps every token
+    active = (top_p < 1.0) | (floor > float("-inf"))  # else every token is kept
+    if DRAW:
+        active = top_p == top_p
+    if active:
         m = tl.full([BLOCK], float("-inf"), tl.float32)
         for start in range(0, V, BLOCK):
             cols = start + tl.arange(0, BLOCK)
@@ -96,13 +104,27 @@ def _top_p_kernel(
             lo = tl.full([1], 0, tl.int64) + new_lo
             hi = tl.full([1], 0, tl.int64) + new_hi
         threshold = tl.max(hi, axis=0)
-        if top_p >= 1.0:  # (here only with a floor) what the floor leaves
+        if top_p >= 1.0:  # what the floor leaves
             threshold = tl.max(_key(tl.full([1], floor, tl.float32)), axis=0)
+        if DRAW:
+            key = _row_key(info_ptr, row)
+        best = tl.full([BLOCK], float("-inf"), tl.float32)
+        best_col = tl.zeros([BLOCK], tl.int32)
         for start in range(0, V, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             x = _load(base, cols, V, floor)
             keep = _key(x) >= threshold
-            tl.store(base + cols, tl.where(keep, x, float("-inf")), mask=cols < V)
+            if DRAW:
+                score = tl.where(keep, _scores(x, cols, key), float("-inf"))
+                better = score > best
+                best = tl.where(better, score, best)
+                best_col = tl.where(better, cols, best_col)
+            else:
+                tl.store(base + cols, tl.where(keep, x, float("-inf")), mask=cols < V)
+        if DRAW:
+            top = tl.max(best, axis=0)
+            col = tl.min(tl.where(best == top, best_col, 2147483647), axis=0)
+            tl.store(token_ptr + row, col.to(tl.int64))
 
 
 def top_p_mask_(
@@ -117,6 +139,25 @@ def top_p_mask_(
     (contiguous rows), top_p [R] float32 in (0, 1]; with `floor` [R], logits below it are
     masked first (the nucleus is then of what remains); rows with `done` [R] int32 non-zero
     are left as they are."""
+    _launch(logits, top_p, floor, done, None, None, block, warps)
+    return logits
+
+
+def top_p_draw(
+    logits: torch.Tensor,
+    top_p: torch.Tensor,
+    info: torch.Tensor,
+    tokens: torch.Tensor,
+    floor: torch.Tensor | None = None,
+    done: torch.Tensor | None = None,
+) -> None:
+    """Writes tokens [R] int64 of the rows not `done`: argmax(logits - log q) over the nucleus
+    of what `floor` leaves, q the Exp(1) noise of each row's (seed, step, seeded) in info
+    [R, 3] int64. The logits are left as they are."""
+    _launch(logits, top_p, floor, done, info, tokens, 1024, 4)
+
+
+def _launch(logits, top_p, floor, done, info, tokens, block: int, warps: int) -> None:
     rows, vocab = logits.shape
     top_p = top_p.to(torch.float32).contiguous()
     if rows:
@@ -125,6 +166,8 @@ def top_p_mask_(
             top_p,
             top_p if floor is None else floor.to(torch.float32).contiguous(),
             top_p if done is None else done,
+            top_p if info is None else info,
+            top_p if tokens is None else tokens,
             vocab,
             logits.stride(0),
             BLOCK=block,
@@ -132,6 +175,6 @@ def top_p_mask_(
             PASSES_=PASSES,
             HAS_FLOOR=floor is not None,
             HAS_DONE=done is not None,
+            DRAW=info is not None,
             num_warps=warps,
         )
-    return logits
