@@ -71,7 +71,10 @@ def _round_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    if tl.load(done_ptr + row) != 0:
+    if FIRST:  # (each row's flag is read by later launches only)
+        if chunk == 0:
+            tl.store(done_ptr + row, 0)
+    elif tl.load(done_ptr + row) != 0:
         return
     base = x_ptr + row * stride
     ps = tl.arange(0, CP)
@@ -192,20 +195,23 @@ def sample_triton(
     floor [R] float32; `checks` >= 2 candidate checks are scheduled."""
     rows, vocab = logits.shape
     device = logits.device
-    tokens = torch.zeros(rows, dtype=torch.long, device=device)
+    tokens = torch.empty(rows, dtype=torch.long, device=device)
     if not rows:
         return tokens
     chunk = chunk or _chunk(rows, vocab)
     chunks = triton.cdiv(vocab, chunk)
     cp = triton.next_power_of_2(chunks)
     f32 = torch.float32
-    done = torch.zeros(rows, dtype=torch.int32, device=device)
-    stats = torch.empty(rows, cp, 2, dtype=f32, device=device)
-    parts = [torch.empty(rows, cp, 3, dtype=f32, device=device) for _ in range(2)]
-    cands = [torch.empty(rows, dtype=torch.int32, device=device) for _ in range(2)]
+    # One float and one int32 workspace: chunk stats [R, CP, 2], two rounds' partials
+    # [R, CP, 3]; the done flags and two rounds' candidates [R] (FIRST clears the flags).
+    floats = torch.empty(rows * cp * 8, dtype=f32, device=device)
+    stats = floats[: rows * cp * 2]
+    parts = [floats[rows * cp * (2 + 3 * i) :][: rows * cp * 3] for i in range(2)]
+    ints = torch.empty(3, rows, dtype=torch.int32, device=device)
+    done, cands = ints[0], [ints[1], ints[2]]
     if floor is not None:
         floor = floor.to(f32).contiguous()
-    p = torch.ones(rows, dtype=f32, device=device) if top_p is None else top_p.to(f32).contiguous()
+    p = logits if top_p is None else top_p.to(f32).contiguous()  # (unread without top-p)
     fl = p if floor is None else floor
     k = 0
 
