@@ -13,11 +13,11 @@ the same token without finding T (as FlashInfer's sampling does):
 - otherwise every token <= x[s] is outside K: the pivot becomes x[s], draw again.
 
 A draw lands in K with probability mass(K) / mass(region), and each rejection removes the
-region's lower part, so a row needs ~1 + log2(1/top_p) draws; the schedule below runs a fixed
+region's lower part, so a row needs ~1 + ln(1/top_p) draws; the schedule below runs a fixed
 number of rounds (no host sync), rows that are done skip theirs, and a row still undecided at
-the end (vanishingly rare above top_p 0.05) takes the exact threshold search of
-top_p_triton.py, then one plain draw. The token is the one the mask-then-draw path gives,
-for the same noise, whichever way it was found.
+the end (probability <= 1e-6 by `checks_for`) takes the exact threshold search of
+top_p_triton.py, which draws in the same program. The token is the one the mask-then-draw
+path gives, for the same noise, whichever way it was found.
 
 Each launch is a grid of (row, chunk) programs writing per-chunk partials (chunk max and
 exp-sum, best score and column, mass above the candidate); the next launch's programs each

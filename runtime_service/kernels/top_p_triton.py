@@ -9,6 +9,10 @@ and one for the normalizer, plus two to finish) pin T among all 2^32 float32 val
 128k logits is read 13 times (mostly from L2) instead of being sorted or searched by `topk`.
 
 Ties at T are all kept (a sort would keep only those of them it happens to put first).
+
+The sampler's draw finds the nucleus's token by rejection instead (sample_triton.py); this
+search masks for truncate() when min-p follows top-p, and decides, drawing in the same
+program (`top_p_draw`), the rare rows the rejection rounds leave undecided.
 """
 
 from __future__ import annotations
