@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from runtime_service.engine.sampler import _largest
+from runtime_service.engine.top_k import largest
 from runtime_service.kernels.sample_triton import checks_for, sample_triton
 from runtime_service.kernels.sampling_triton import gumbel_argmax_triton
 from runtime_service.kernels.seeded_noise import row_keys
@@ -92,10 +92,12 @@ def main() -> None:
         kth = logits.topk(50, dim=-1).values[:, -1].contiguous()
         ms = time_ms(lambda x=logits: x.topk(50, dim=-1).values[:, -1].contiguous())
         print(f"| topk(50) for the floor | {ms:.3f} | - |")
-        grouped = _largest(logits, 50)
+        grouped = largest(logits, 50)
         same_k = bool(torch.equal(grouped, logits.topk(50, dim=-1).values))
-        ms = time_ms(lambda x=logits: _largest(x, 50)[:, -1].contiguous())
-        print(f"| the 50 largest from 64-logit group maxima (sampler) | {ms:.3f} | {same_k} |")
+        ms = time_ms(lambda x=logits: largest(x, 50)[:, -1].contiguous())
+        print(
+            f"| the 50 largest from 64-logit group maxima (engine/top_k.py) | {ms:.3f} | {same_k} |"
+        )
         ms = time_ms(lambda x=logits, k=kth: sample_triton(x, info, top_p, k, checks=checks))
         print(f"| fused draw, top-k 50 floor + top-p | {ms:.3f} | - |")
         if args.sweep:

@@ -21,6 +21,7 @@ import torch
 
 from runtime_service.engine.penalties import PenaltyState
 from runtime_service.engine.request import Request, TokenLogprobs
+from runtime_service.engine.top_k import kth_largest
 from runtime_service.kernels.seeded_noise import row_keys, seeded_exponential_reference
 
 
@@ -127,43 +128,15 @@ def _truncate(
     return logits, None, None
 
 
-def _kth(logits: torch.Tensor, reqs: list[Request], top_k: torch.Tensor) -> torch.Tensor:
-    """[R, 1]: each row's top_k-th largest logit (-inf for rows with top_k 0)."""
-    max_k = min(max(r.params.top_k for r in reqs), logits.shape[1])
-    top = _largest(logits, max_k)
-    k = torch.where(top_k > 0, top_k.clamp(max=max_k), max_k).long()
-    kth = top.gather(1, k - 1)
-    return torch.where(top_k > 0, kth, float("-inf"))
-
-
-# Groups of logits for `_largest`: their maxima are one pass, and the k best groups hold the
-# k largest logits.
-GROUP = 64
-
-
-def _largest(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest values of each row, descending (`topk(k).values`). For small k, from the
-    k groups of GROUP logits with the largest maxima (fewer than k groups have a maximum above
-    the k-th group maximum L, and every logit above L lies in one of them, so they hold the k
-    largest, ties of L included): one pass for the maxima, then topk of k * GROUP values
-    instead of the whole vocabulary."""
-    rows, vocab = logits.shape
-    groups = vocab // GROUP
-    if k * GROUP * 8 > vocab:
-        return logits.topk(k, dim=-1).values
-    maxima = logits[:, : groups * GROUP].reshape(rows, groups, GROUP).amax(dim=-1)
-    best = maxima.topk(k, dim=-1).indices
-    cols = (best[:, :, None] * GROUP + torch.arange(GROUP, device=logits.device)).reshape(rows, -1)
-    values = logits.gather(1, cols)
-    if groups * GROUP < vocab:  # the tail beyond the last whole group
-        values = torch.cat([values, logits[:, groups * GROUP :]], dim=1)
-    return values.topk(k, dim=-1).values
-
-
 def _top_k(logits: torch.Tensor, reqs: list[Request], top_k: torch.Tensor) -> torch.Tensor:
     """Masks all but each row's top_k largest logits (ties of the k-th kept); rows with
     top_k 0 are left whole."""
     return logits.masked_fill(logits < _kth(logits, reqs, top_k), float("-inf"))
+
+
+def _kth(logits: torch.Tensor, reqs: list[Request], top_k: torch.Tensor) -> torch.Tensor:
+    """[R, 1]: each row's top_k-th largest logit (-inf for rows with top_k 0)."""
+    return kth_largest(logits, top_k, min(max(r.params.top_k for r in reqs), logits.shape[1]))
 
 
 # Candidates for top-p without a top-k: the nucleus is found among this many of the most
