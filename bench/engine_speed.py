@@ -109,6 +109,9 @@ def sampler_rows(llm, vocab: int) -> list[str]:
             temperature=0, repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.5
         ),
         "per-request seeds": dict(temperature=1.0, seed=7),
+        "top-k 50": dict(temperature=0.8, top_k=50),
+        "top-p 0.9 + per-request seeds": dict(temperature=0.8, top_p=0.9, seed=7),
+        "top-p 0.5": dict(temperature=0.8, top_p=0.5),
     }
     step = decode_step_seconds(llm, vocab)
     lines = [

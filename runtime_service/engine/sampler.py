@@ -21,6 +21,7 @@ import torch
 
 from runtime_service.engine.penalties import PenaltyState
 from runtime_service.engine.request import Request, TokenLogprobs
+from runtime_service.engine.top_k import kth_largest
 from runtime_service.kernels.seeded_noise import row_keys, seeded_exponential_reference
 
 
@@ -87,6 +88,15 @@ def mask_early_stops(logits: torch.Tensor, reqs: list[Request]) -> None:
 
 def truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     """Temperature, top-k, top-p and min-p on float32 logits of non-greedy rows."""
+    return _truncate(logits, reqs, defer=False)[0]
+
+
+def _truncate(
+    logits: torch.Tensor, reqs: list[Request], defer: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """-> (logits, top_p, floor): with `defer` (CUDA, no min-p), top-k and top-p are left to
+    the draw (kernels/sample_triton.py) as each row's top_p [R] and k-th logit [R] (None
+    when no row has one); otherwise applied here (both None)."""
     device = logits.device
     settings = torch.tensor(
         [(r.params.temperature, r.params.top_k, r.params.top_p, r.params.min_p) for r in reqs],
@@ -96,6 +106,10 @@ def truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     logits = logits / temperature
     use_top_k = any(r.params.top_k > 0 for r in reqs)
     use_top_p = any(r.params.top_p < 1.0 for r in reqs)
+    use_min_p = any(r.params.min_p > 0 for r in reqs)
+    if defer and _fused(logits) and not use_min_p:  # top-p by rejection in the draw
+        floor = _kth(logits, reqs, top_k)[:, 0] if use_top_k else None
+        return logits, (top_p[:, 0] if use_top_p else None), floor
     every_row_top_k = all(r.params.top_k > 0 for r in reqs)  # then a small topk finds all
     if use_top_p and logits.is_cuda and not every_row_top_k:  # the nucleus by threshold search
         if use_top_k:
@@ -107,22 +121,22 @@ def truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
         logits = _top_k_top_p(logits, reqs, top_k, top_p)
     elif use_top_k:
         logits = _top_k(logits, reqs, top_k)
-    if any(r.params.min_p > 0 for r in reqs):
+    if use_min_p:
         probs = logits.softmax(dim=-1)
         threshold = probs.max(dim=-1, keepdim=True).values * min_p
         logits = logits.masked_fill(probs < threshold, float("-inf"))
-    return logits
+    return logits, None, None
 
 
 def _top_k(logits: torch.Tensor, reqs: list[Request], top_k: torch.Tensor) -> torch.Tensor:
     """Masks all but each row's top_k largest logits (ties of the k-th kept); rows with
     top_k 0 are left whole."""
-    max_k = min(max(r.params.top_k for r in reqs), logits.shape[1])
-    top = logits.topk(max_k, dim=-1).values
-    k = torch.where(top_k > 0, top_k.clamp(max=max_k), max_k).long()
-    kth = top.gather(1, k - 1)
-    kth = torch.where(top_k > 0, kth, float("-inf"))
-    return logits.masked_fill(logits < kth, float("-inf"))
+    return logits.masked_fill(logits < _kth(logits, reqs, top_k), float("-inf"))
+
+
+def _kth(logits: torch.Tensor, reqs: list[Request], top_k: torch.Tensor) -> torch.Tensor:
+    """[R, 1]: each row's top_k-th largest logit (-inf for rows with top_k 0)."""
+    return kth_largest(logits, top_k, min(max(r.params.top_k for r in reqs), logits.shape[1]))
 
 
 # Candidates for top-p without a top-k: the nucleus is found among this many of the most
@@ -175,28 +189,59 @@ def _beyond_nucleus(sorted_probs: torch.Tensor, top_p: torch.Tensor) -> torch.Te
     return drop
 
 
-def draw(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+def draw(
+    logits: torch.Tensor,
+    reqs: list[Request],
+    top_p: torch.Tensor | None = None,
+    floor: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One token per row from softmax(logits) by the Gumbel-max form of the exponential race:
     argmax(logits - log q), q ~ Exp(1) from each row's noise key (seeded rows: a hash of seed
-    and output index; the others: a random key per row and step)."""
+    and output index; the others: a random key per row and step). On CUDA, `top_p` [R] and
+    `floor` [R] (from `_truncate(defer=True)`) restrict each row to its nucleus of the tokens
+    at or above its floor: the same token as masking them first."""
     device = logits.device
     seeded = _rows(reqs, lambda r: r.params.seed is not None)
+    if _fused(logits):
+        from runtime_service.kernels.sample_triton import checks_for, sample_triton
+
+        # (seed, output index, 1) or (random key, 0, 0) per row: one copy, the keys are
+        # hashed in the kernel.
+        keys = torch.randint(0, 1 << 32, (len(reqs),)).tolist() if len(seeded) < len(reqs) else []
+        info = [
+            (r.params.seed, r.num_output_tokens, 1)
+            if r.params.seed is not None
+            else (keys[i], 0, 0)
+            for i, r in enumerate(reqs)
+        ]
+        info_t = torch.tensor(info, dtype=torch.long).to(device, non_blocking=True)
+        checks = checks_for(min(r.params.top_p for r in reqs))
+        return sample_triton(logits.contiguous(), info_t, top_p, floor, checks)
     if len(seeded) < len(reqs):
-        keys = torch.randint(0, 1 << 32, (len(reqs),), dtype=torch.long, device=device)
+        keys_t = torch.randint(0, 1 << 32, (len(reqs),), dtype=torch.long, device=device)
     if seeded:
         pairs = [(reqs[i].params.seed, reqs[i].num_output_tokens) for i in seeded]
         pairs_t = torch.tensor(pairs, dtype=torch.long).to(device, non_blocking=True)
         seeded_keys = row_keys(pairs_t[:, 0], pairs_t[:, 1])
         if len(seeded) == len(reqs):
-            keys = seeded_keys
+            keys_t = seeded_keys
         else:
-            keys[torch.tensor(seeded).to(device, non_blocking=True)] = seeded_keys
-    if logits.is_cuda:
-        from runtime_service.kernels.sampling_triton import gumbel_argmax_triton
-
-        return gumbel_argmax_triton(logits.contiguous(), keys)
-    noise = seeded_exponential_reference(keys, logits.shape[1])
+            keys_t[torch.tensor(seeded).to(device, non_blocking=True)] = seeded_keys
+    noise = seeded_exponential_reference(keys_t, logits.shape[1])
     return (logits - noise.log()).argmax(dim=-1)
+
+
+def _fused(logits: torch.Tensor) -> bool:
+    """Whether the draw runs as kernels/sample_triton.py (CUDA; tests also run it on the CPU
+    in Triton's interpreter)."""
+    return logits.is_cuda
+
+
+def _truncate_and_draw(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+    if _fused(logits):
+        truncated, top_p, floor = _truncate(logits, reqs, defer=True)
+        return draw(truncated, reqs, top_p, floor)
+    return draw(truncate(logits, reqs), reqs)
 
 
 @dataclass(slots=True)
@@ -289,13 +334,13 @@ def sample_on_device(
     mask_early_stops(logits, reqs)
     random_rows = _rows(reqs, lambda r: not r.params.greedy)
     if len(random_rows) == len(reqs):
-        tokens = draw(truncate(logits, reqs), reqs)
+        tokens = _truncate_and_draw(logits, reqs)
     else:
         tokens = logits.argmax(dim=-1)
     if random_rows and len(random_rows) < len(reqs):
         sub = [reqs[i] for i in random_rows]
         index = torch.tensor(random_rows).to(logits.device, non_blocking=True)
-        tokens[index] = draw(truncate(logits[index], sub), sub)
+        tokens[index] = _truncate_and_draw(logits[index], sub)
     if penalized is not None and penalties is not None:
         batch_rows, table_rows = penalized
         penalties.add_tokens(table_rows, tokens[batch_rows])

@@ -17,6 +17,28 @@ def _mix(x):
 
 
 @triton.jit
+def _row_key(info_ptr, row):
+    """(seed, step, seeded) of a row -> its 32-bit noise key (row_keys of seeded_noise.py);
+    unseeded rows carry their random key as the seed."""
+    seed = tl.load(info_ptr + row * 3)
+    step = tl.load(info_ptr + row * 3 + 1)
+    seeded = tl.load(info_ptr + row * 3 + 2)
+    lo = (seed & 0xFFFFFFFF).to(tl.uint32)
+    hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    k = _mix(lo ^ _mix(hi ^ _mix((step & 0xFFFFFFFF).to(tl.uint32))))
+    return tl.where(seeded != 0, k, lo)
+
+
+@triton.jit
+def _scores(x, cols, key):
+    """x - log(q), q the row's Exp(1) noise at cols (as sampling_triton's draw)."""
+    h = _mix(key ^ (cols.to(tl.uint32) * 0x9E3779B1))
+    h = _mix(h ^ (key >> 7))
+    u = ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    return x - tl.log(-tl.log(u))
+
+
+@triton.jit
 def _noise_kernel(keys_ptr, out_ptr, vocab, stride_out, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)

@@ -223,3 +223,18 @@ def test_sampler_kernels_match_the_torch_reference() -> None:
     tokens = kernels.gumbel_argmax_triton(ours, keys)
     noise = seeded_exponential_reference(keys.cpu(), 3000)
     assert tokens.cpu().tolist() == (expected - noise.log()).argmax(dim=-1).tolist()
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_largest_values_through_group_maxima_are_topk(k: int) -> None:
+    """The grouped search of the k largest logits (engine/top_k.py) against torch.topk, on
+    rows with exact ties (bf16 values), a flat row, a masked row and a ragged tail."""
+    from runtime_service.engine.top_k import largest
+
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randn(5, 20011, generator=g) * torch.tensor([[1.0], [3.0], [0.01], [2.0], [1.0]])
+    logits[0] = logits[0].to(torch.bfloat16).float()
+    logits[2] = logits[2].to(torch.bfloat16).float()  # flat: ties everywhere
+    logits[3, :15000] = float("-inf")
+    logits[4, -3:] = 50.0  # the largest in the tail
+    assert torch.equal(largest(logits, k), logits.topk(k, dim=-1).values)

@@ -33,3 +33,21 @@ def test_top_p_kernel_keeps_the_sorted_nucleus(vocab: int) -> None:
     assert torch.equal(ours.isinf(), expected.isinf())
     kept = ~expected.isinf()
     assert torch.equal(ours[kept], expected[kept])
+
+
+def test_top_p_kernel_floor_and_done_rows() -> None:
+    """A floor masks below it first (the nucleus is then of what is left, as top-k then
+    top-p); rows marked done are left as they are."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 2000, generator=g) * 2
+    floor = logits.topk(40, dim=-1).values[:, -1]
+    top_p = torch.tensor([0.8, 1.0, 0.8])
+    done = torch.tensor([0, 0, 1], dtype=torch.int32)
+    ours = top_p_mask_(
+        logits.clone().to(DEVICE), top_p.to(DEVICE), floor=floor.to(DEVICE), done=done.to(DEVICE)
+    ).cpu()
+    floored = logits.masked_fill(logits < floor[:, None], float("-inf"))
+    expected = reference(floored, top_p)
+    expected[1] = floored[1]
+    assert torch.equal(ours[:2].isinf(), expected[:2].isinf())
+    assert torch.equal(ours[2], logits[2])
