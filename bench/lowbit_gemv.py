@@ -115,7 +115,7 @@ def try_time(fn, show: bool = False) -> float:
         return float("inf")
 
 
-def sweep(budget_s: float) -> None:
+def sweep(budget_s: float, kinds: tuple[str, ...] = KINDS) -> None:
     """Old vs new per layer (M = 1), and a coordinate search around CONFIGS (`budget_s`
     shared equally by each kind and layer)."""
     import time
@@ -124,11 +124,11 @@ def sweep(budget_s: float) -> None:
 
     print("| kind | layer | old us | new us | best us | best config |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
-    for kind in KINDS:
+    for kind in kinds:
         sums = [0.0, 0.0, 0.0]
         votes: dict[tuple, float] = {}
         for name, (n, k) in SHAPES.items():
-            deadline = time.monotonic() + budget_s / (len(KINDS) * len(SHAPES))
+            deadline = time.monotonic() + budget_s / (len(kinds) * len(SHAPES))
             old_fn, new_fn = sweep_fns(kind, n, k)
             old = try_time(old_fn, show=True)
             new = try_time(new_fn, show=True)
@@ -156,9 +156,10 @@ def main() -> None:
     parser.add_argument("--rows", default="1,8,16")
     parser.add_argument("--sweep", action="store_true", help="old vs new, tile search")
     parser.add_argument("--budget-s", type=float, default=150.0, help="the search's time")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="the sweep's weight kinds")
     args = parser.parse_args()
     if args.sweep:
-        sweep(args.budget_s)
+        sweep(args.budget_s, tuple(args.kinds.split(",")))
         return
     print(f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     print("| layer | rows | bf16 us | int8 us | int4 us | fp8 us | int8 GB/s | int4 GB/s |")
