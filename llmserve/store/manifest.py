@@ -104,6 +104,7 @@ class Validation:
     max_relative_increase: float
     num_tokens: int
     forced: bool = False
+    skipped: bool = False  # not measured: an engine of random weights (benchmarks)
 
     @property
     def relative_increase(self) -> float:
