@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,11 +106,19 @@ def resolve(
         store_uri, engine_id = config.store, config.engine
     store = open_store(store_uri, config.store_options())
     hold = hold_engine(store, engine_id)
+    start = time.perf_counter()
     try:
-        return fetch_engine(store, engine_id, config.engine_cache_dir, device.target), hold
+        path = fetch_engine(store, engine_id, config.engine_cache_dir, device.target)
     except BaseException:
         hold.release()
         raise
+    log.info(
+        "engine %s fetched and verified (SHA-256) into %s in %.3f s",
+        engine_id,
+        path,
+        time.perf_counter() - start,
+    )
+    return path, hold
 
 
 def engine_config(config: RuntimeConfig, path: Path, device: DeviceInfo) -> EngineConfig:

@@ -78,6 +78,21 @@ class RequestStream:
         return out
 
 
+def _load_in_background(fn: Callable[[Path], Any], path: Path) -> concurrent.futures.Future:
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="preload")
+    future = pool.submit(fn, path)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _result_or_none(future: concurrent.futures.Future) -> Any:
+    """The future's result; None if it failed (the caller loads again, and raises then)."""
+    try:
+        return future.result()
+    except Exception:
+        return None
+
+
 class AsyncLLM:
     """Starts an engine core and streams its requests' outputs to asyncio."""
 
@@ -89,6 +104,8 @@ class AsyncLLM:
         log_level: str = "info",
         log_format: str = "json",
     ) -> None:
+        # The tokenizer (and transformers' import) loads here while the core loads the model.
+        early = _load_in_background(load_tokenizer, config.model)
         self._conn, self._join = start_core(config, in_process, log_level, log_format)
         message = self._conn.recv()  # blocks while the model loads
         if message[0] == "failed":
@@ -96,7 +113,9 @@ class AsyncLLM:
             raise message[1]
         _, self.info, self._stats = message
         self.info: CoreInfo
-        self.tokenizer = load_tokenizer(self.info.tokenizer_path)
+        self.tokenizer = (
+            _result_or_none(early) if Path(self.info.tokenizer_path) == config.model else None
+        ) or load_tokenizer(self.info.tokenizer_path)
         self.processor = Processor(self.tokenizer, self.info)
         self._send_lock = threading.Lock()
         self._streams: dict[str, RequestStream] = {}

@@ -95,6 +95,8 @@ def test_random_int8_engine_serves_from_the_runtime_daemon(
             assert len(tokens(list(stub.Generate(generate_request([5, 6, 7], 8))))) == 8
     finally:
         runtime.terminate()
+    log = (tmp_path / "runtime.log").read_text()
+    assert "engine weights loaded:" in log and "warm-up generation in" in log
 
 
 def test_weights_written_as_they_come_in_shards(tmp_path: Path) -> None:
