@@ -55,7 +55,7 @@ TINY = dict(
 ALL_SHAPES = {**SHAPES, "tiny": TINY}
 # (phase, regex on a daemon log line; group 1: seconds the daemon measured, if any)
 PATTERNS = {
-    "listening": re.compile(r"runtime listening on"),
+    "listening": re.compile(r"runtime listening on \S+:(\d+)"),
     "fetch": re.compile(r"fetched and verified .* in ([\d.]+) s"),
     "load": re.compile(r"engine weights loaded: (\d+) bytes in ([\d.]+) s"),
     "kv": re.compile(r"KV cache: .*profiled in ([\d.]+) s"),
@@ -147,7 +147,9 @@ def start_daemon(args: argparse.Namespace, store: Path, engine: str, kind: str) 
     reader.start()
     try:
         while time.perf_counter() - t0 < args.timeout:
-            if health_status(f"127.0.0.1:{args.port}", timeout=0.5) == 1:
+            listening = result.find("listening")
+            port = args.port or (int(listening[1].group(1)) if listening else 0)
+            if port and health_status(f"127.0.0.1:{port}", timeout=0.5) == 1:
                 result.serving_s = time.perf_counter() - t0
                 break
             if proc.poll() is not None:
@@ -237,7 +239,7 @@ def report(args: argparse.Namespace, engine: str, build_s: float, starts: list[S
     names = list(dict.fromkeys(name for t in tables for name in t))
     for name in names:
         cells = [t.get(name, ("-", ""))[0] for t in tables]
-        notes = [t[name][1] for t in tables if name in t and t[name][1]]
+        notes = dict.fromkeys(t[name][1] for t in tables if name in t and t[name][1])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'; '.join(notes)} |")
     first = starts[0]
     lines += [
@@ -257,7 +259,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "cold-start")
     parser.add_argument("--starts", default=",".join(STARTS))
-    parser.add_argument("--port", type=int, default=50071)
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--timeout", type=float, default=240.0)
     parser.add_argument("--report", type=Path, default=None)
     parser.add_argument("--logs", type=Path, default=None, help="daemon logs; default --work")
