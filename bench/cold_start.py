@@ -154,7 +154,7 @@ def start_daemon(args: argparse.Namespace, store: Path, engine: str, kind: str) 
                 break
             if proc.poll() is not None:
                 break
-            time.sleep(0.02)
+            time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -190,9 +190,8 @@ def phase_rows(s: Start) -> list[tuple[str, str, str]]:
     fetched = s.find("fetch")
     if load is not None and fetched is not None:
         spawn = load[0] - float(load[1].group(2)) - fetched[0]
-        rows.append(
-            ("engine process start (spawn, imports, device init)", fmt(spawn), "by arrival")
-        )
+        what = "engine process after the fetch (imports left, device init)"
+        rows.append((what, fmt(spawn), "spawned before the fetch; by arrival"))
     if load is not None:
         nbytes, seconds = int(load[1].group(1)), float(load[1].group(2))
         rate = f"{nbytes / 1e9:.2f} GB at {nbytes / max(seconds, 1e-9) / 1e9:.2f} GB/s"

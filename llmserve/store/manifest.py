@@ -66,11 +66,18 @@ class FileEntry:
 
 
 def describe_files(root: Path) -> dict[str, FileEntry]:
-    """FileEntry of every file under root (relative POSIX names), except the manifest."""
-    return {
-        p.relative_to(root).as_posix(): FileEntry(p.stat().st_size, sha256_file(p))
+    """FileEntry of every file under root (relative POSIX names), except the manifest; the
+    files are hashed by up to PARALLEL_FILES threads at once."""
+    paths = [
+        p
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.relative_to(root).as_posix() != MANIFEST_NAME
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_FILES, len(paths)))) as pool:
+        digests = list(pool.map(sha256_file, paths))
+    return {
+        p.relative_to(root).as_posix(): FileEntry(p.stat().st_size, digest)
+        for p, digest in zip(paths, digests, strict=True)
     }
 
 

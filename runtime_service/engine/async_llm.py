@@ -29,7 +29,7 @@ from llmserve.errors import AlreadyExists, Unavailable, shown
 from llmserve.reasons import Reason
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo, EngineStats
-from runtime_service.engine.core_loop import start_core
+from runtime_service.engine.core_loop import Started, start_core
 from runtime_service.engine.inputs import PromptInput
 from runtime_service.engine.lora import AdapterInfo
 from runtime_service.engine.lora.frontend import AdapterFrontend
@@ -103,10 +103,12 @@ class AsyncLLM:
         in_process: bool = False,
         log_level: str = "info",
         log_format: str = "json",
+        spawned: Started | None = None,
     ) -> None:
+        """spawned: a core process from core_loop.spawn_core to hand the settings to."""
         # The tokenizer (and transformers' import) loads here while the core loads the model.
         early = _load_in_background(load_tokenizer, config.model)
-        self._conn, self._join = start_core(config, in_process, log_level, log_format)
+        self._conn, self._join = start_core(config, in_process, log_level, log_format, spawned)
         message = self._conn.recv()  # blocks while the model loads
         if message[0] == "failed":
             self._join(10.0)
