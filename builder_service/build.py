@@ -29,6 +29,7 @@ import torch
 from builder_service import calibration
 from builder_service.convert import convert_weights
 from builder_service.engine_files import tokenizer_info, write_model_files, write_weights
+from builder_service.random_weights import RANDOM_SEED, compile_random
 from builder_service.sources import LoadedSource, Source, load_source, open_source, read_hf_config
 from builder_service.spec import BuildEvent, BuildSpec
 from builder_service.validate import (
@@ -118,7 +119,9 @@ class Builder:
         downloads = self.work_dir / "downloads"
         downloads.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=downloads) as tmp:
-            source = open_source(spec.source, Path(tmp), self.s3_client)
+            source = open_source(
+                spec.source, Path(tmp), self.s3_client, weights_required=not spec.random_weights
+            )
             emit(BuildEvent("loading", 1.0, "hashing the checkpoint"))
             digest = source.digest()
             config = ModelConfig.from_hf(self._hf_config(source, digest))
@@ -131,9 +134,18 @@ class Builder:
                     field="max_model_len",
                 )
             options = self.build_options(spec.quantization, max_len)
+            if spec.random_weights:
+                options["random_weights"] = {"seed": RANDOM_SEED}
             eid = engine_id(digest, spec.target, spec.quantization, spec.dtype, options)
 
             def compile_into(staging: Path) -> dict[str, Any]:
+                if spec.random_weights:  # no checkpoint loaded, no validation
+                    fields = dict(engine_id=eid, model_digest=digest, source=spec.source)
+                    fields.update(model_name=spec.model_name or source.default_name)
+                    fields.update(max_model_len=max_len, build_options=options)
+                    fields.update(toolchain=toolchain(self.device))
+                    hf, device = self._hf_config(source, digest), self.device.torch_device
+                    return compile_random(staging, spec, source, hf, fields, device, emit)
                 return self._compile(staging, spec, source, digest, eid, options, bound, emit)
 
             def waiting() -> None:

@@ -35,6 +35,9 @@ class BuildCommandConfig(StoreSettings):
     max_model_len: int | None = setting(None, "longest sequence; default: the model's limit")
     model_name: str = setting("", "display name; default: the source's file or directory name")
     force: bool = setting(False, "publish even when validation exceeds its perplexity bound")
+    random_weights: bool = setting(
+        False, "random weights of the source's shapes (benchmarks; source may lack weights)"
+    )
     max_perplexity_increase: float | None = setting(
         None, "largest relative perplexity rise; default 0.02 int8/fp8, 0.06 int4, 0.01 none"
     )
@@ -78,6 +81,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmserve build") -> int
         max_model_len=config.max_model_len,
         force=config.force,
         max_perplexity_increase=config.max_perplexity_increase,
+        random_weights=config.random_weights,
     )
     from transformers.utils import logging as hf_logging
 
@@ -99,11 +103,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmserve build") -> int
     engine = final.engine
     assert engine is not None
     v = engine.validation
+    checked = (
+        "validation skipped (random weights)"
+        if v.skipped
+        else f"perplexity {v.source_perplexity:.4f} -> {v.engine_perplexity:.4f} "
+        f"({v.relative_increase:+.2%}, bound {v.max_relative_increase:.0%}"
+        f"{', forced' if v.forced else ''})"
+    )
     print(
         f"engine {engine.engine_id} ({engine.quantization}, {engine.dtype}, {engine.target}) "
-        f"{'already in' if final.cached else 'published to'} {store.uri}: perplexity "
-        f"{v.source_perplexity:.4f} -> {v.engine_perplexity:.4f} ({v.relative_increase:+.2%}, "
-        f"bound {v.max_relative_increase:.0%}{', forced' if v.forced else ''})",
+        f"{'already in' if final.cached else 'published to'} {store.uri}: {checked}",
         file=sys.stderr,
     )
     print(engine.engine_id)

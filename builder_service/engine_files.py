@@ -13,6 +13,7 @@ runtime_service.models.loader.load_engine reads them back.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +22,42 @@ import torch
 SHARD_BYTES = 2 * 1024**3
 
 
-def _shards(weights: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name in sorted(weights):
-        t = weights[name]
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t.contiguous()
-        size += nbytes
-    return shards
-
-
 def write_weights(
     weights: dict[str, torch.Tensor], out: Path, max_bytes: int = SHARD_BYTES
 ) -> list[str]:
-    """Saves the tensors as safetensors shards; returns the file names."""
+    """Saves the tensors (in name order) as safetensors shards; returns the file names."""
+    return write_weight_items(((name, weights[name]) for name in sorted(weights)), out, max_bytes)
+
+
+def write_weight_items(
+    items: Iterable[tuple[str, torch.Tensor]], out: Path, max_bytes: int = SHARD_BYTES
+) -> list[str]:
+    """Saves (name, tensor) pairs as they come, one shard at a time: at most one shard's
+    tensors are held (an 8B engine's 16 GB never are at once). Returns the file names."""
     from safetensors.torch import save_file
 
-    shards = _shards(weights, max_bytes)
+    parts: list[Path] = []
+    shard: dict[str, torch.Tensor] = {}
+    size = 0
+
+    def flush() -> None:
+        path = out / f".shard-{len(parts) + 1:05d}.safetensors"
+        save_file(shard, path, metadata={"format": "pt"})
+        parts.append(path)
+
+    for name, t in items:
+        nbytes = t.numel() * t.element_size()
+        if shard and size + nbytes > max_bytes:
+            flush()
+            shard, size = {}, 0
+        shard[name] = t.contiguous()
+        size += nbytes
+    if shard or not parts:
+        flush()
     names = []
-    for i, shard in enumerate(shards, start=1):
-        name = f"weights-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, out / name, metadata={"format": "pt"})
+    for i, path in enumerate(parts, start=1):
+        name = f"weights-{i:05d}-of-{len(parts):05d}.safetensors"
+        path.rename(out / name)
         names.append(name)
     return names
 

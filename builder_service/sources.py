@@ -72,8 +72,9 @@ class Source:
         return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def check_local(uri: str, path: Path) -> Source:
-    """The Source at path; NotFound or InvalidArgument naming `source` when unusable."""
+def check_local(uri: str, path: Path, weights_required: bool = True) -> Source:
+    """The Source at path; NotFound or InvalidArgument naming `source` when unusable.
+    weights_required=False accepts a directory of config.json and tokenizer alone."""
     if not path.exists():
         raise NotFound(f"source {uri!r} does not exist", reason=Reason.SOURCE_NOT_FOUND)
     if path.is_file():
@@ -90,7 +91,7 @@ def check_local(uri: str, path: Path) -> Source:
             reason=Reason.INVALID_FIELD,
             field="source",
         )
-    if not any(p.suffix == ".safetensors" for p in path.iterdir()):
+    if weights_required and not any(p.suffix == ".safetensors" for p in path.iterdir()):
         raise FailedPrecondition(
             f"source {uri!r} has no *.safetensors weights (other weight formats are not read)",
             reason=Reason.SOURCE_UNSUPPORTED,
@@ -129,7 +130,9 @@ def download_s3(uri: str, client: Any, dest: Path) -> Path:
     return model_dir
 
 
-def open_source(uri: str, download_dir: Path, s3_client: Any = None) -> Source:
+def open_source(
+    uri: str, download_dir: Path, s3_client: Any = None, weights_required: bool = True
+) -> Source:
     """A local Source for a path or s3:// URI (downloaded into download_dir)."""
     if not uri:
         raise InvalidArgument(
@@ -144,14 +147,14 @@ def open_source(uri: str, download_dir: Path, s3_client: Any = None) -> Source:
             from llmserve.store.s3 import make_client
 
             s3_client = make_client(StoreOptions())
-        return check_local(uri, download_s3(uri, s3_client, download_dir))
+        return check_local(uri, download_s3(uri, s3_client, download_dir), weights_required)
     if "://" in uri:
         raise InvalidArgument(
             f"source must be a local path or s3:// URI, got {uri!r}",
             reason=Reason.INVALID_FIELD,
             field="source",
         )
-    return check_local(uri, Path(uri).expanduser().resolve())
+    return check_local(uri, Path(uri).expanduser().resolve(), weights_required)
 
 
 def read_hf_config(source: Source) -> dict[str, Any]:

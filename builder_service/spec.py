@@ -36,6 +36,9 @@ class BuildSpec:
     max_model_len: int | None = None
     force: bool = False
     max_perplexity_increase: float | None = None
+    # Random weights of the source's shapes instead of its weights (benchmarks: the source may
+    # be a config.json and a tokenizer alone); the engine's validation is skipped, and says so.
+    random_weights: bool = False
 
     def resolve(self, device_target: str) -> BuildSpec:
         """This spec with target and dtype decided, after checks that need no I/O.

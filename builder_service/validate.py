@@ -65,8 +65,9 @@ def _score_windows(token_ids: list[int], window: int) -> list[list[int]]:
 
 
 def check_validation(validation: Validation, quantization: str, force: bool) -> None:
-    """FailedPrecondition naming both perplexities and the bound, unless within it or forced."""
-    if validation.passed or force:
+    """FailedPrecondition naming both perplexities and the bound, unless within it, forced or
+    skipped (random weights have no perplexity worth measuring)."""
+    if validation.passed or validation.skipped or force:
         return
     raise FailedPrecondition(
         f"validation failed: {quantization} raised perplexity on the calibration text by "

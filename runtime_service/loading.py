@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from runtime_service.config import RuntimeConfig
 from runtime_service.engine.async_llm import AsyncLLM
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo
+from runtime_service.engine.core_loop import spawn_core
 from runtime_service.engine_key import EngineKey, default_model_name, resolve_engine_id
 from runtime_service.models.loader import read_engine_manifest
 
@@ -105,11 +107,19 @@ def resolve(
         store_uri, engine_id = config.store, config.engine
     store = open_store(store_uri, config.store_options())
     hold = hold_engine(store, engine_id)
+    start = time.perf_counter()
     try:
-        return fetch_engine(store, engine_id, config.engine_cache_dir, device.target), hold
+        path = fetch_engine(store, engine_id, config.engine_cache_dir, device.target)
     except BaseException:
         hold.release()
         raise
+    log.info(
+        "engine %s fetched and verified (SHA-256) into %s in %.3f s",
+        engine_id,
+        path,
+        time.perf_counter() - start,
+    )
+    return path, hold
 
 
 def engine_config(config: RuntimeConfig, path: Path, device: DeviceInfo) -> EngineConfig:
@@ -162,12 +172,20 @@ def load(config: RuntimeConfig, cancel: threading.Event | None = None) -> Loaded
     (slow: run it off the event loop). Raises llmserve errors naming what is wrong: a missing
     engine (NotFound), a corrupted file (DataLoss), another target (FailedPrecondition)."""
     device = runtime_device(config)
-    path, hold = resolve(config, device, cancel)
+    # The core process imports torch and the engine while the engine is fetched and verified.
+    spawned = spawn_core(config.log_level, config.log_format)
+    try:
+        path, hold = resolve(config, device, cancel)
+    except BaseException:
+        spawned[1](0.0)  # it holds nothing yet: killed at once
+        raise
     settings = engine_config(config, path, device)
     if hold is None:
         settings.verify_engine = True  # a directory given with --model-path: check it here
     try:
-        llm = AsyncLLM(settings, log_level=config.log_level, log_format=config.log_format)
+        llm = AsyncLLM(
+            settings, log_level=config.log_level, log_format=config.log_format, spawned=spawned
+        )
     except BaseException:
         if hold is not None:
             hold.release()

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 from llmserve.config import parse_config
@@ -57,7 +58,9 @@ def setup(daemon: Daemon, config: RuntimeConfig) -> None:
         loaded = await loading
         if loaded.hold is not None:
             holds.append(loaded.hold)
+        start = time.perf_counter()
         await _warm_up(loaded.llm)
+        log.info("warm-up generation in %.3f s", time.perf_counter() - start)
         # Start-up's objects (torch, transformers, the tokenizer: ~200k) live as long as the
         # process: out of the collector's sight, full collections stop re-scanning them while
         # each step's outputs churn the young generations.

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 
 from llmserve.errors import DataLoss, NotFound
 from llmserve.reasons import Reason
-from llmserve.store.manifest import MANIFEST_NAME, FileEntry, verify_file, verify_files
+from llmserve.store.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    each_file,
+    verify_file,
+    verify_files,
+)
 from llmserve.store.signing import verify
 
 if TYPE_CHECKING:
@@ -65,8 +71,12 @@ def fetch_artifact(store: ArtifactStore, kind: str, artifact_id: str, cache_dir:
         return final
     tmp = Path(tempfile.mkdtemp(prefix=f".{artifact_id}.", dir=cache_dir))
     try:
-        for name, entry in manifest_files(manifest).items():
-            _download_verified(store, kind, artifact_id, name, entry, tmp / name, what)
+        each_file(
+            lambda name, entry: _download_verified(
+                store, kind, artifact_id, name, entry, tmp / name, what
+            ),
+            manifest_files(manifest),
+        )
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if final.exists():
             stale = cache_dir / f".stale-{artifact_id}-{tmp.name}"

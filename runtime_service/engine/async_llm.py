@@ -29,7 +29,7 @@ from llmserve.errors import AlreadyExists, Unavailable, shown
 from llmserve.reasons import Reason
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo, EngineStats
-from runtime_service.engine.core_loop import start_core
+from runtime_service.engine.core_loop import Started, start_core
 from runtime_service.engine.inputs import PromptInput
 from runtime_service.engine.lora import AdapterInfo
 from runtime_service.engine.lora.frontend import AdapterFrontend
@@ -78,6 +78,21 @@ class RequestStream:
         return out
 
 
+def _load_in_background(fn: Callable[[Path], Any], path: Path) -> concurrent.futures.Future:
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="preload")
+    future = pool.submit(fn, path)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _result_or_none(future: concurrent.futures.Future) -> Any:
+    """The future's result; None if it failed (the caller loads again, and raises then)."""
+    try:
+        return future.result()
+    except Exception:
+        return None
+
+
 class AsyncLLM:
     """Starts an engine core and streams its requests' outputs to asyncio."""
 
@@ -88,15 +103,21 @@ class AsyncLLM:
         in_process: bool = False,
         log_level: str = "info",
         log_format: str = "json",
+        spawned: Started | None = None,
     ) -> None:
-        self._conn, self._join = start_core(config, in_process, log_level, log_format)
+        """spawned: a core process from core_loop.spawn_core to hand the settings to."""
+        # The tokenizer (and transformers' import) loads here while the core loads the model.
+        early = _load_in_background(load_tokenizer, config.model)
+        self._conn, self._join = start_core(config, in_process, log_level, log_format, spawned)
         message = self._conn.recv()  # blocks while the model loads
         if message[0] == "failed":
             self._join(10.0)
             raise message[1]
         _, self.info, self._stats = message
         self.info: CoreInfo
-        self.tokenizer = load_tokenizer(self.info.tokenizer_path)
+        self.tokenizer = (
+            _result_or_none(early) if Path(self.info.tokenizer_path) == config.model else None
+        ) or load_tokenizer(self.info.tokenizer_path)
         self.processor = Processor(self.tokenizer, self.info)
         self._send_lock = threading.Lock()
         self._streams: dict[str, RequestStream] = {}

@@ -116,7 +116,7 @@ def core_loop(make_core: Callable[[], EngineCore], conn: Any) -> None:
     conn.send(("dead", "shut down"))  # lets the frontend's receiver thread finish
 
 
-def _process_main(config: EngineConfig, conn: Any, log_level: str, log_format: str) -> None:
+def _process_main(config: EngineConfig | None, conn: Any, log_level: str, log_format: str) -> None:
     from llmserve.logs import setup_logging
 
     setup_logging(log_level, log_format)
@@ -124,13 +124,37 @@ def _process_main(config: EngineConfig, conn: Any, log_level: str, log_format: s
     # whole process group, so the core ignores it and exits when its pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if config is None:  # spawned ahead (spawn_core): the settings follow on the pipe
+        try:
+            config = conn.recv()
+        except EOFError:
+            return  # the parent gave up before sending them
+    assert config is not None
     core_loop(lambda: EngineCore(config), conn)
 
 
+Started = tuple[Any, Callable[[float], None]]  # (the frontend's connection, join(timeout))
+
+
+def spawn_core(log_level: str = "info", log_format: str = "json") -> Started:
+    """A core process started before its settings are known: its imports (torch, the
+    engine) run while the caller finds the engine (a store fetch takes seconds); start_core
+    with `spawned` sends the settings. Killed at once by join(0) if they never come."""
+    return _spawn(None, log_level, log_format)
+
+
 def start_core(
-    config: EngineConfig, in_process: bool, log_level: str = "info", log_format: str = "json"
-) -> tuple[Any, Callable[[float], None]]:
-    """Starts a core; returns (the frontend's connection, join(timeout))."""
+    config: EngineConfig,
+    in_process: bool,
+    log_level: str = "info",
+    log_format: str = "json",
+    spawned: Started | None = None,
+) -> Started:
+    """Starts a core (or hands its settings to one from spawn_core); returns (the
+    frontend's connection, join(timeout))."""
+    if spawned is not None:
+        spawned[0].send(config)
+        return spawned
     if in_process:
         frontend, backend = queue_pipe()
         thread = threading.Thread(
@@ -141,6 +165,10 @@ def start_core(
         )
         thread.start()
         return frontend, thread.join
+    return _spawn(config, log_level, log_format)
+
+
+def _spawn(config: EngineConfig | None, log_level: str, log_format: str) -> Started:
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     frontend, backend = ctx.Pipe()
     process = ctx.Process(

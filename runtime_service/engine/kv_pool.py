@@ -11,6 +11,7 @@ least what one sequence of max_model_len needs.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -98,7 +99,9 @@ def num_kv_blocks(
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
     if device.type == "cuda":
+        start = time.perf_counter()
         peak = profile_step_peak(model, config, max_model_len)
+        seconds = time.perf_counter() - start
         # The decode graphs keep their own pool: activations of up to max_num_seqs tokens.
         graphs = 0
         if config.enable_cuda_graphs:
@@ -108,11 +111,13 @@ def num_kv_blocks(
         budget = total * config.gpu_memory_utilization - in_use - peak - graphs - (256 << 20)
         blocks = int(budget // per_block)
         log.info(
-            "KV cache: %.2f GiB for %d blocks (step peak %.2f GiB, graphs %.2f GiB)",
+            "KV cache: %.2f GiB for %d blocks (step peak %.2f GiB, graphs %.2f GiB; "
+            "profiled in %.3f s)",
             blocks * per_block / 2**30,
             blocks,
             peak / 2**30,
             graphs / 2**30,
+            seconds,
         )
         return max(blocks, 0)
     if config.cpu_kv_cache_bytes is not None:

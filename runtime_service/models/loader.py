@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,7 +16,10 @@ from llmserve.store.manifest import ENGINE_FORMAT_VERSION, EngineManifest, verif
 from llmserve.targets import require_engine_target
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.llama import LlamaModel
+from runtime_service.models.safetensors_stream import load_files_streamed
 from runtime_service.models.weights import SafetensorsCheckpoint, fuse_hf_weights
+
+log = logging.getLogger(__name__)
 
 # Weight files of an engine: weights-00001-of-00002.safetensors, ...
 ENGINE_WEIGHTS_GLOB = "weights-*.safetensors"
@@ -104,13 +109,34 @@ def load_engine(
         require_engine_target(manifest.engine_id, manifest.target, device_target)
     if verify:
         verify_files(engine_dir, manifest.files, f"engine {manifest.engine_id} at {engine_dir}")
+    start = time.perf_counter()
+    paths = sorted(engine_dir.glob(ENGINE_WEIGHTS_GLOB))
+    weights = read_weights(paths, device)
+    config = read_hf_config(engine_dir)
+    weights = cast_weights(weights, parse_dtype(manifest.dtype), device)
+    model = LlamaModel(
+        config, weights, manifest.quantization, max_positions or manifest.max_model_len
+    )
+    seconds = time.perf_counter() - start
+    nbytes = sum(p.stat().st_size for p in paths)
+    log.info(
+        "engine weights loaded: %d bytes in %.3f s (%.2f GB/s) onto %s",
+        nbytes,
+        seconds,
+        nbytes / max(seconds, 1e-9) / 1e9,
+        device,
+    )
+    return model
+
+
+def read_weights(paths: list[Path], device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors of an engine's weight files on `device`: on a GPU streamed through pinned
+    buffers (safetensors_stream.py); on the CPU safetensors' own reader (memory-mapped)."""
+    if device.type == "cuda":
+        return load_files_streamed(paths, device)
     from safetensors.torch import load_file
 
     weights: dict[str, torch.Tensor] = {}
-    for path in sorted(engine_dir.glob(ENGINE_WEIGHTS_GLOB)):
+    for path in paths:
         weights.update(load_file(path, device=str(device)))
-    config = read_hf_config(engine_dir)
-    weights = cast_weights(weights, parse_dtype(manifest.dtype), device)
-    return LlamaModel(
-        config, weights, manifest.quantization, max_positions or manifest.max_model_len
-    )
+    return weights

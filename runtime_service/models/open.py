@@ -7,6 +7,7 @@ directory (with manifest.json) is loaded as the builder wrote it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,51 +52,61 @@ def load_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
-def dummy_weights(
+def dummy_weight_items(
     config: ModelConfig, dtype: torch.dtype, device: torch.device, quantization: str = "none"
-) -> dict[str, torch.Tensor]:
-    """Random weights of the checkpoint's shapes, made on the device (benchmarks: no
-    checkpoint on disk needed for an 8B-shaped model); quantization "fp8", "int8" or "int4"
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Random weights of the checkpoint's shapes, one tensor at a time, made on `device`
+    (seeded: the same shapes give the same weights); quantization "fp8", "int8" or "int4"
     stores the linear layers as such an engine does (min/max int4, no clip search)."""
     c = config
+    quantize = {
+        "fp8": quantize_fp8_rowwise,
+        "int8": quantize_int8_rowwise,
+        "int4": quantize_int4_grouped,
+    }.get(quantization)
+    if quantize is None and quantization != "none":
+        raise InvalidArgument(f"dummy weights come in none, fp8, int8 or int4, not {quantization}")
     g = torch.Generator(device=device).manual_seed(0)
 
     def rand(*shape: int, std: float = 0.02) -> torch.Tensor:
         return torch.randn(*shape, generator=g, device=device, dtype=dtype) * std
 
-    weights = {
-        "embed.weight": rand(c.vocab_size, c.hidden_size),
-        "norm.weight": torch.ones(c.hidden_size, device=device, dtype=dtype),
-    }
+    def ones(size: int) -> torch.Tensor:
+        return torch.ones(size, device=device, dtype=dtype)
+
+    yield "embed.weight", rand(c.vocab_size, c.hidden_size)
+    yield "norm.weight", ones(c.hidden_size)
     if not c.tie_word_embeddings:
-        weights["lm_head.weight"] = rand(c.vocab_size, c.hidden_size)
+        yield "lm_head.weight", rand(c.vocab_size, c.hidden_size)
     for i in range(c.num_layers):
         p = f"layers.{i}."
         for norm in ("attn_norm", "mlp_norm"):
-            weights[p + norm + ".weight"] = torch.ones(c.hidden_size, device=device, dtype=dtype)
+            yield p + norm + ".weight", ones(c.hidden_size)
         if c.qk_norm:
             for norm in ("q_norm", "k_norm"):
-                weights[p + norm + ".weight"] = torch.ones(c.head_dim, device=device, dtype=dtype)
-        weights[p + "qkv.weight"] = rand(c.q_size + 2 * c.kv_size, c.hidden_size)
-        if c.qkv_bias:
-            weights[p + "qkv.bias"] = rand(c.q_size + 2 * c.kv_size)
-        weights[p + "o.weight"] = rand(c.hidden_size, c.q_size)
-        weights[p + "gate_up.weight"] = rand(2 * c.intermediate_size, c.hidden_size)
-        weights[p + "down.weight"] = rand(c.hidden_size, c.intermediate_size)
-        quantize = {
-            "fp8": quantize_fp8_rowwise,
-            "int8": quantize_int8_rowwise,
-            "int4": quantize_int4_grouped,
-        }.get(quantization)
-        if quantize is not None:
-            for name in ("qkv", "o", "gate_up", "down"):
-                packed = quantize(weights.pop(p + name + ".weight"))
-                weights.update({f"{p}{name}.{k}": t for k, t in packed.items()})
-        elif quantization != "none":
-            raise InvalidArgument(
-                f"dummy weights come in none, fp8, int8 or int4, not {quantization}"
-            )
-    return weights
+                yield p + norm + ".weight", ones(c.head_dim)
+        linears = {
+            "qkv": (c.q_size + 2 * c.kv_size, c.hidden_size),
+            "o": (c.hidden_size, c.q_size),
+            "gate_up": (2 * c.intermediate_size, c.hidden_size),
+            "down": (c.hidden_size, c.intermediate_size),
+        }
+        for name, shape in linears.items():
+            weight = rand(*shape)
+            bias = rand(shape[0]) if name == "qkv" and c.qkv_bias else None  # drawn after it
+            if quantize is None:
+                yield f"{p}{name}.weight", weight
+            else:
+                yield from ((f"{p}{name}.{k}", t) for k, t in quantize(weight).items())
+            if bias is not None:
+                yield p + "qkv.bias", bias
+
+
+def dummy_weights(
+    config: ModelConfig, dtype: torch.dtype, device: torch.device, quantization: str = "none"
+) -> dict[str, torch.Tensor]:
+    """All of dummy_weight_items at once (benchmarks: no checkpoint on disk needed)."""
+    return dict(dummy_weight_items(config, dtype, device, quantization))
 
 
 def load_model(
