@@ -56,11 +56,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of `pid`, by thread name (threads of one name summed)."""
+    """CPU seconds of each thread of `pid`, by thread name (the main thread as "main";
+    other threads of one name summed)."""
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            name = (task / "comm").read_text().strip()
+            name = "main" if task.name == str(pid) else (task / "comm").read_text().strip()
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended
             continue
