@@ -12,12 +12,9 @@ system, all threads) and counts the messages the clients received and the tokens
 
 Each upstream chunk holds one token, so without coalescing the two are equal; a gateway that
 coalesces (--relay-coalesce, its default) sends fewer messages holding several tokens each when
-it falls behind. Every call that ends is checked to have received exactly --max-tokens tokens
+a stream's next chunks arrive while its previous one is still being written (a slow caller). Every call that ends is checked to have received exactly --max-tokens tokens
 ("short calls" counts those that did not). --gateways N starts N gateway processes (each on its
 own port, the streams split evenly between them) and sums their CPU time: the scale-out check.
---gateway-nice N lowers the gateways' CPU priority: on a machine with fewer cores than the
-processes here, the gateway then gets less CPU than its upstreams and clients and falls behind
-them, as a gateway short of CPU would behind fast runtimes (the case coalescing is for).
 
 With --direct, the clients call the upstreams themselves (no gateway): what they receive then
 is the client side's capacity, to show it exceeds what the gateway delivers.
@@ -237,7 +234,6 @@ def main() -> None:
     p.add_argument(
         "--gateway-args", default="", help="extra gateway flags, e.g. --no-relay-coalesce"
     )
-    p.add_argument("--gateway-nice", type=int, default=0, help="the gateways' nice value")
     p.add_argument("--relay-cmd", help="run this relay instead of the gateway ({port}, {upstream})")
     p.add_argument("--py-spy", type=Path, help="record the gateway's stacks here (raw format)")
     p.add_argument("--threads", action="store_true", help="print the relay's CPU per thread")
@@ -258,7 +254,6 @@ def main() -> None:
             while subprocess.run(["true"]) and not _listening(address):
                 time.sleep(0.2)
             targets, key, pids = [address], "", [_child_pid(relay.pid)]
-            os.setpriority(os.PRIO_PROCESS, pids[0], args.gateway_nice)
         else:
             redis = RedisServer(tmp / "redis").start()
             key = "bench-key-0123456789abcdef"
@@ -279,8 +274,6 @@ def main() -> None:
             time.sleep(2.0)  # the gateways' first status check of their runtimes
             targets = [g.address for g in gateways]
             pids = [g.proc.pid for g in gateways]  # type: ignore[union-attr]
-            for pid in pids:
-                os.setpriority(os.PRIO_PROCESS, pid, args.gateway_nice)
         messages, tokens, seconds, gateway_cpu, client_cpu, errors = measure(
             args, targets, key, pids
         )
@@ -302,8 +295,6 @@ def main() -> None:
         path += f" ({args.gateway_args})"
     if args.relay_cmd:
         path = f"clients → {args.relay_cmd.split()[-3]} → upstream"
-    if args.gateway_nice and not args.direct:
-        path += f", nice {args.gateway_nice}"
     gw = "- | - | -"
     if gateway_cpu:
         gw = f"{gateway_cpu / seconds:.2f} | {messages / gateway_cpu:,.0f} | "
