@@ -12,9 +12,10 @@ system, all threads) and counts the messages the clients received and the tokens
 
 Each upstream chunk holds one token, so without coalescing the two are equal; a gateway that
 coalesces (--relay-coalesce, its default) sends fewer messages holding several tokens each when
-a stream's next chunks arrive while its previous one is still being written (a slow caller). Every call that ends is checked to have received exactly --max-tokens tokens
-("short calls" counts those that did not). --gateways N starts N gateway processes (each on its
-own port, the streams split evenly between them) and sums their CPU time: the scale-out check.
+a stream's next chunks arrive while its previous one is still being written (a slow caller).
+Every call that ends is checked to have received exactly --max-tokens tokens ("short calls"
+counts those that did not). --gateways N starts N gateway processes (each on its own port, the
+streams split evenly between them) and sums their CPU time: the scale-out check.
 
 With --direct, the clients call the upstreams themselves (no gateway): what they receive then
 is the client side's capacity, to show it exceeds what the gateway delivers.
