@@ -5,9 +5,17 @@ streaming one chunk per stream every --step-ms, no engine) and the real gateway 
 session-less Generate), then --clients load-generator processes holding --streams concurrent
 Generate calls in all, each asking for --max-tokens chunks and starting the next when it ends.
 Over a --duration window after --warmup, it reads the gateway's CPU time from /proc (user +
-system, all threads) and counts the chunks the clients received:
+system, all threads) and counts the messages the clients received and the tokens in them:
 
-  chunks/s per gateway core = chunks received / gateway CPU-seconds
+  messages/s per gateway core = messages received / gateway CPU-seconds
+  tokens/s per gateway core   = tokens received / gateway CPU-seconds
+
+Each upstream chunk holds one token, so without coalescing the two are equal; a gateway that
+coalesces (--relay-coalesce, its default) sends fewer messages holding several tokens each when
+a stream's next chunks arrive while its previous one is still being written (a slow caller).
+Every call that ends is checked to have received exactly --max-tokens tokens ("short calls"
+counts those that did not). --gateways N starts N gateway processes (each on its own port, the
+streams split evenly between them) and sums their CPU time: the scale-out check.
 
 With --direct, the clients call the upstreams themselves (no gateway): what they receive then
 is the client side's capacity, to show it exceeds what the gateway delivers.
@@ -45,6 +53,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of `pid`, by thread name (the main thread as "main";
+    other threads of one name summed)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = "main" if task.name == str(pid) else (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
 def _identity(b: bytes) -> bytes:
     return b
 
@@ -72,6 +94,7 @@ async def _client(
     process's CPU time within [start, end] (time.time() instants)."""
     if direct:
         method = "/llmserve.v1.Runtime/Generate"
+        parse = runtime_pb2.GenerateResponse.FromString
         request = runtime_pb2.GenerateRequest(
             request_id="bench",
             prompt=common_pb2.Prompt(text="hi"),
@@ -79,6 +102,7 @@ async def _client(
         ).SerializeToString()
     else:
         method = "/llmserve.v1.Gateway/Generate"
+        parse = gateway_pb2.GatewayGenerateResponse.FromString
         request = gateway_pb2.GatewayGenerateRequest(
             model=MODEL,
             prompt=common_pb2.Prompt(text="hi"),
@@ -86,33 +110,39 @@ async def _client(
         ).SerializeToString()
     metadata = (("authorization", f"Bearer {key}"),)
     channels = [grpc.aio.insecure_channel(t) for t in targets]
-    # Responses stay bytes: the load generator counts them and parses none.
+    # Responses are parsed only to count their tokens.
     calls = [c.unary_stream(method, _identity, _identity) for c in channels]
-    count = [0]
+    count = [0, 0]  # messages, tokens
     errors: dict[str, int] = {}
 
     async def stream(i: int) -> None:
         call = calls[i % len(calls)]
         while time.time() < end:
+            tokens = 0
             try:
-                async for _ in call(request, metadata=metadata, timeout=120):
+                async for raw in call(request, metadata=metadata, timeout=120):
+                    n = len(parse(raw).token_ids)
+                    tokens += n
                     count[0] += 1
+                    count[1] += n
+                if tokens != max_tokens:
+                    errors["short calls"] = errors.get("short calls", 0) + 1
             except grpc.aio.AioRpcError as e:
                 errors[e.code().name] = errors.get(e.code().name, 0) + 1
                 await asyncio.sleep(0.1)
 
     tasks = [asyncio.create_task(stream(i)) for i in range(streams)]
     await asyncio.sleep(max(0.0, start - time.time()))
-    first = (count[0], time.process_time())
+    first = (*count, time.process_time())
     await asyncio.sleep(max(0.0, end - time.time()))
-    last = (count[0], time.process_time())
+    last = (*count, time.process_time())
     await asyncio.sleep(1.0)  # calls cancelled only after the gateway's CPU time was read
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in channels:
         await c.close()
-    out.put((last[0] - first[0], last[1] - first[1], errors))
+    out.put((last[0] - first[0], last[1] - first[1], last[2] - first[2], errors))
 
 
 def _client_main(*args: object) -> None:
@@ -140,8 +170,9 @@ def start_upstreams(count: int, step_ms: float, logs: Path) -> tuple[list, list[
     return procs, addresses
 
 
-def measure(args: argparse.Namespace, targets: list[str], key: str, gateway_pid: int | None):
-    """Runs the clients; returns (chunks, window seconds, gateway CPU s, client CPU s, errors)."""
+def measure(args: argparse.Namespace, targets: list[str], key: str, gateway_pids: list[int]):
+    """Runs the clients; returns (messages, tokens, window seconds, gateway CPU s, client CPU s,
+    errors)."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     start = time.time() + args.warmup + 2.0  # spawned clients need a moment to start
@@ -158,28 +189,36 @@ def measure(args: argparse.Namespace, targets: list[str], key: str, gateway_pid:
     for p in procs:
         p.start()
     time.sleep(max(0.0, start - time.time()))
-    g0 = cpu_seconds(gateway_pid) if gateway_pid else 0.0
+    g0 = sum(cpu_seconds(pid) for pid in gateway_pids)
+    t0 = thread_cpu(gateway_pids[0]) if args.threads and gateway_pids else {}
     spy = None
-    if args.py_spy and gateway_pid:  # sampled without pausing it (--nonblocking)
+    if args.py_spy and gateway_pids:  # sampled without pausing it (--nonblocking)
         spy = subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-p",
-             str(gateway_pid), "-d", str(int(args.duration)), "-f", "raw", "-o", str(args.py_spy),
+             str(gateway_pids[0]), "-d", str(int(args.duration)), "-f", "raw", "-o",
+             str(args.py_spy),
              "-r", "100", *(["--native"] if os.environ.get("SPY_NATIVE") else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
     time.sleep(max(0.0, end - time.time()))
-    g1 = cpu_seconds(gateway_pid) if gateway_pid else 0.0
+    g1 = sum(cpu_seconds(pid) for pid in gateway_pids)
+    if t0:
+        t1 = thread_cpu(gateway_pids[0])
+        used = {k: v - t0.get(k, 0.0) for k, v in t1.items()}
+        print("relay threads, CPU s in the window:", ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v > 0
+        ))  # fmt: skip
     if spy is not None:
         spy.wait()
     results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join()
     errors: dict[str, int] = {}
-    for _, _, e in results:
+    for *_, e in results:
         for k, v in e.items():
             errors[k] = errors.get(k, 0) + v
-    chunks = sum(r[0] for r in results)
-    return chunks, args.duration, g1 - g0, sum(r[1] for r in results), errors
+    messages, tokens = sum(r[0] for r in results), sum(r[1] for r in results)
+    return messages, tokens, args.duration, g1 - g0, sum(r[2] for r in results), errors
 
 
 def main() -> None:
@@ -192,16 +231,22 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--direct", action="store_true", help="clients call the upstreams directly")
+    p.add_argument("--gateways", type=int, default=1, help="gateway processes (scale-out)")
+    p.add_argument(
+        "--gateway-args", default="", help="extra gateway flags, e.g. --no-relay-coalesce"
+    )
     p.add_argument("--relay-cmd", help="run this relay instead of the gateway ({port}, {upstream})")
     p.add_argument("--py-spy", type=Path, help="record the gateway's stacks here (raw format)")
+    p.add_argument("--threads", action="store_true", help="print the relay's CPU per thread")
     p.add_argument("--report", type=Path, help="append the markdown row to this file")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gateway-relay-"))
-    redis = gateway = relay = None
+    redis = relay = None
+    gateways: list[DaemonProcess] = []
     upstreams, addresses = start_upstreams(args.upstreams, args.step_ms, tmp)
     try:
         if args.direct:
-            targets, key, pid = addresses, "", None
+            targets, key, pids = addresses, "", []
         elif args.relay_cmd:  # another relay to compare with, e.g. a bare bytes relay
             port = free_port()
             cmd = args.relay_cmd.format(port=port, upstream=addresses[0], python=sys.executable)
@@ -209,24 +254,32 @@ def main() -> None:
             address = f"127.0.0.1:{port}"
             while subprocess.run(["true"]) and not _listening(address):
                 time.sleep(0.2)
-            targets, key, pid = [address], "", _child_pid(relay.pid)
+            targets, key, pids = [address], "", [_child_pid(relay.pid)]
         else:
             redis = RedisServer(tmp / "redis").start()
             key = "bench-key-0123456789abcdef"
             (tmp / "keys").write_text(f"bench:{key}\n")
-            gateway = DaemonProcess(
-                "gateway",
-                ["--redis", redis.url, "--runtime", ",".join(addresses),
-                 "--api-keys-file", str(tmp / "keys"), "--rate-limit-rps", "0",
-                 "--auth-failure-rps", "0", "--log-format", "text"],
-                log_path=tmp / "gateway.log",
-            ).start()  # fmt: skip
-            gateway.wait_serving()
-            time.sleep(2.0)  # the gateway's first status check of its runtimes
-            targets, pid = [gateway.address], gateway.proc.pid  # type: ignore[union-attr]
-        chunks, seconds, gateway_cpu, client_cpu, errors = measure(args, targets, key, pid)
+            for i in range(args.gateways):
+                gateways.append(DaemonProcess(
+                    "gateway",
+                    ["--redis", redis.url, "--runtime", ",".join(addresses),
+                     "--api-keys-file", str(tmp / "keys"), "--rate-limit-rps", "0",
+                     "--auth-failure-rps", "0", "--log-format", "text",
+                     # The upstream is overloaded by design: its health answers may be late.
+                     "--runtime-timeout-s", "30",
+                     *args.gateway_args.split()],
+                    log_path=tmp / f"gateway{i}.log",
+                ).start())  # fmt: skip
+            for gateway in gateways:
+                gateway.wait_serving()
+            time.sleep(2.0)  # the gateways' first status check of their runtimes
+            targets = [g.address for g in gateways]
+            pids = [g.proc.pid for g in gateways]  # type: ignore[union-attr]
+        messages, tokens, seconds, gateway_cpu, client_cpu, errors = measure(
+            args, targets, key, pids
+        )
     finally:
-        if gateway is not None:
+        for gateway in gateways:
             gateway.terminate()
         if relay is not None:
             relay.kill()
@@ -235,22 +288,30 @@ def main() -> None:
         for u in upstreams:
             u.terminate()
             u.wait()
-    rate = chunks / seconds
     offered = args.streams / (args.step_ms / 1000)
     path = "clients → upstream (direct)" if args.direct else "clients → gateway → upstream"
+    if args.gateways > 1 and not args.direct and not args.relay_cmd:
+        path = f"clients → {args.gateways} gateways → upstream"
+    if args.gateway_args and not args.direct and not args.relay_cmd:
+        path += f" ({args.gateway_args})"
     if args.relay_cmd:
         path = f"clients → {args.relay_cmd.split()[-3]} → upstream"
-    gw = f"{gateway_cpu / seconds:.2f} | {chunks / gateway_cpu:,.0f}" if gateway_cpu else "- | -"
+    gw = "- | - | -"
+    if gateway_cpu:
+        gw = f"{gateway_cpu / seconds:.2f} | {messages / gateway_cpu:,.0f} | "
+        gw += f"{tokens / gateway_cpu:,.0f}"
     row = (
         f"| {path} | {args.streams} | {args.clients} | {args.upstreams} | {offered:,.0f} | "
-        f"{rate:,.0f} | {gw} | {client_cpu / seconds:.2f} | {chunks / max(client_cpu, 1e-9):,.0f}"
-        f" | {', '.join(f'{k} x{v}' for k, v in errors.items()) or 'none'} |"
+        f"{messages / seconds:,.0f} | {tokens / seconds:,.0f} | "
+        f"{tokens / max(messages, 1):.2f} | {gw} | {client_cpu / seconds:.2f} | "
+        f"{', '.join(f'{k} x{v}' for k, v in errors.items()) or 'none'} |"
     )
     header = (
-        "| path | streams | client procs | upstreams | offered chunks/s | delivered chunks/s | "
-        "gateway cores used | chunks/s per gateway core | client cores used | "
-        "chunks/s per client core | errors |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| path | streams | client procs | upstreams | offered tokens/s | delivered messages/s |"
+        " delivered tokens/s | tokens/message | relay cores used | messages/s per relay core"
+        " | tokens/s per relay core | client cores used | errors |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        " --- |"
     )
     print(header + "\n" + row)
     if args.report:

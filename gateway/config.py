@@ -48,6 +48,11 @@ class GatewayConfig(ServerConfig):
         " the request moves to another runtime before its first token, ends UNAVAILABLE after;"
         " keep it above the longest wait in a runtime's queue",
     )
+    relay_coalesce: bool = setting(
+        True,
+        "Generate: runtime chunks that arrive while the caller is still being sent earlier ones"
+        " go out as one chunk (same tokens, text and usage; fewer messages for a slow caller)",
+    )
     runtime_token_file: Path | None = setting(
         None, "file holding the runtimes' service token (their service_token_file), sent on calls"
     )

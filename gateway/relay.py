@@ -7,6 +7,13 @@ its request_id — every chunk but the last — is therefore relayed as the runt
 with the request_id swapped for the caller's: no parse into Python objects, no new message, no
 encoding (~10 µs a chunk measured). Anything else (the last chunk, a runtime that encodes in
 another order or sends fields this gateway does not know) goes through pb.generate_chunk.
+
+Several chunks of one request that are ready at once (the caller reads slower than the runtime
+streams: coalesce.py) are relayed as one (`ChunkRelay.merge`): protobuf's own merge of the
+concatenated messages (one parse) appends the repeated fields (token_ids, logprobs) in order
+and keeps the later value of the others (a finish reason, usage and timings come on the last
+chunk only); only the text, a plain string that the merge would replace, is joined from each
+chunk's. ~3 µs a chunk merged, against a write (~30-40 µs) saved.
 """
 
 from __future__ import annotations
@@ -72,6 +79,16 @@ class ChunkRelay:
         if _plain_from(raw, pos):
             return self._prefix + raw[pos:]
         chunk = runtime_pb2.GenerateResponse.FromString(raw)
+        return pb.generate_chunk(self.request_id, chunk)
+
+    def merge(self, raws: list[bytes]) -> bytes | gateway_pb2.GatewayGenerateResponse:
+        """The caller's one chunk for the runtime's chunks `raws`, in order (see the module
+        docstring); one chunk is relayed as __call__ relays it."""
+        if len(raws) == 1:
+            return self(raws[0])
+        parse = runtime_pb2.GenerateResponse.FromString
+        chunk = parse(b"".join(raws))  # protobuf's merge: repeated fields appended in order
+        chunk.text = "".join([parse(raw).text for raw in raws])
         return pb.generate_chunk(self.request_id, chunk)
 
 

@@ -23,13 +23,13 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from functools import partial
 from typing import Any, TypeVar
 
 import grpc
 
 from gateway import metrics, pb, runtime_client
 from gateway.auth import ApiKeys, Caller, auth_failure_reason
+from gateway.coalesce import coalesced
 from gateway.config import GatewayConfig
 from gateway.ratelimit import FailedAuthLimiter, RateLimiter, peer_address
 from gateway.records import Message, Reply, Session, now_ms
@@ -152,24 +152,45 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return gateway_pb2.ListModelsResponse(models=[pb.model_pb(m) for m in self.pool.models()])
 
     async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """Chunks that need no change but their request id are relayed as bytes (relay.py:
+        the method's serializer passes them on); with relay_coalesce, the runtime chunks that
+        arrive while the caller is still being sent earlier ones go out as one."""
         caller = await self._caller(context)
-        # aclosing: a cancelled call closes the inner stream now (its runtime call with it).
-        stream = self._generate(caller, request, _deadline(context), relay=True)
+        request_id, chunks = self._runtime_call(caller, request, _deadline(context), raw=True)
+        relay = ChunkRelay(request_id)
+        # aclosing: a cancelled call closes the runtime call now, not when collected.
         with metrics.ACTIVE_STREAMS.labels("Generate").track_inprogress():
-            async with contextlib.aclosing(stream) as stream:
-                async for chunk in stream:
-                    yield chunk
+            if not self.config.relay_coalesce:
+                async with contextlib.aclosing(chunks):
+                    async for chunk, _ in chunks:
+                        out = relay(chunk)
+                        if not isinstance(out, bytes):  # bytes never carry usage (relay.py)
+                            metrics.annotate_usage(out)
+                        yield out
+                return
+            async with contextlib.aclosing(coalesced(chunks)) as batches:
+                async for batch in batches:
+                    out = relay.merge([chunk for chunk, _ in batch])
+                    if not isinstance(out, bytes):
+                        metrics.annotate_usage(out)
+                    yield out
 
-    def generate(self, caller: Caller, request: Any, deadline: float | None) -> AsyncIterator[Any]:
+    async def generate(
+        self, caller: Caller, request: Any, deadline: float | None
+    ) -> AsyncIterator[Any]:
         """Generate's stream for an authorized caller (shared with the HTTP API), as protobuf
         messages; `deadline` is a time.monotonic() instant or None."""
-        return self._generate(caller, request, deadline)
+        request_id, chunks = self._runtime_call(caller, request, deadline, raw=False)
+        async with contextlib.aclosing(chunks):
+            async for chunk, _ in chunks:
+                out = pb.generate_chunk(request_id, chunk)
+                metrics.annotate_usage(out)
+                yield out
 
-    async def _generate(
-        self, caller: Caller, request: Any, deadline: float | None, relay: bool = False
-    ) -> AsyncIterator[Any]:
-        """`generate`; with `relay`, chunks that need no change but their request id are
-        relayed as bytes (relay.py: the gRPC method's serializer passes them on)."""
+    def _runtime_call(
+        self, caller: Caller, request: Any, deadline: float | None, raw: bool
+    ) -> tuple[str, AsyncIterator[tuple[Any, str]]]:
+        """The request id and the (not yet started) runtime stream of a Generate request."""
         check_model(self.pool.models(), request.model, request.adapter)
         request_id = check_request_id("request_id", request.request_id) or uuid.uuid4().hex
         annotate(request_id=request_id, model=request.model, adapter=request.adapter)
@@ -186,8 +207,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             adapter=request.adapter,
             final_only=request.final_only,
         )
-        convert = ChunkRelay(request_id) if relay else partial(pb.generate_chunk, request_id)
-        async for chunk, _ in runtime_client.generate(
+        return request_id, runtime_client.generate(
             self.pool,
             runtime_request,
             model=request.model,
@@ -195,12 +215,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             deadline=deadline,
             max_attempts=self.config.max_route_attempts,
             idle_timeout_s=self.config.runtime_idle_timeout_s,
-            raw=relay,
-        ):
-            out = convert(chunk)
-            if not isinstance(out, bytes):  # relayed bytes never carry usage (relay.py)
-                metrics.annotate_usage(out)
-            yield out
+            raw=raw,
+        )
 
     async def Chat(self, request: Any, context: Any) -> AsyncIterator[Any]:
         caller = await self._caller(context)

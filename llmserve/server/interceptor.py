@@ -201,11 +201,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     request = decode_request(method, raw, decode)
                     stream = behavior(request, context)
                 while True:
-                    with call.active():
-                        try:
-                            response = await anext(stream)
-                        except StopAsyncIteration:
-                            break
+                    # call.active() inlined: a contextlib manager costs ~4 µs more per chunk.
+                    otel_token = otel_context.attach(call.context)
+                    record_token = activate(call.record)
+                    try:
+                        response = await anext(stream)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        deactivate(record_token)
+                        otel_context.detach(otel_token)
                     yield response
             except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit) as e:
                 code = outcome(e, context)

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from llmserve.processes import DaemonProcess, RedisServer
-from llmserve.v1 import common_pb2, gateway_pb2
+from llmserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.gateway.gateway_harness import (
     MAX_MODEL_LEN,
     MODEL,
@@ -311,6 +312,43 @@ def test_stateless_generate_and_list_models(stack: Stack) -> None:
     )
     engine_ids = {runtime_status(r).engine.engine_id for r in stack.runtimes} - {""}
     assert list(model.engine_ids) == sorted(engine_ids)
+
+
+def test_a_slow_caller_gets_every_token_once_in_fewer_chunks(stack: Stack) -> None:
+    """A caller that reads nothing more until the runtime has finished (its HTTP/2 window is
+    small, so the gateway cannot send far ahead of it) gets what a fast caller gets: the same
+    tokens and logprobs in order, the same text, finish reason and usage, in fewer chunks than
+    tokens (the chunks that waited at the gateway went out merged)."""
+    alice = stack.client()
+    request = gateway_pb2.GatewayGenerateRequest(
+        model=MODEL,
+        prompt=common_pb2.Prompt(text="Count from one to a hundred."),
+        sampling=greedy(96, ignore_eos=True, logprobs=1),
+    )
+    fast = list(alice.stub.Generate(request, metadata=alice.metadata, timeout=120))
+    small_window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1)]
+    with grpc.insecure_channel(stack.gateway.address, options=small_window) as channel:
+        call = gateway_pb2_grpc.GatewayStub(channel).Generate(
+            request, metadata=alice.metadata, timeout=120
+        )
+        first = next(call)
+        wait_idle(stack.runtimes, within_s=120)  # every later token is at the gateway now
+        slow = [first, *call]
+
+    def reply(chunks: list[Any]) -> tuple[Any, ...]:
+        return (
+            [t for c in chunks for t in c.token_ids],
+            [lp for c in chunks for lp in c.logprobs],
+            "".join(c.text for c in chunks),
+            len({c.request_id for c in chunks}),
+            any(c.finish_reason for c in chunks[:-1]),
+            chunks[-1].finish_reason,
+            chunks[-1].usage,
+        )
+
+    assert reply(slow) == reply(fast)
+    assert len(reply(fast)[0]) == 96 and len(reply(fast)[1]) == 96
+    assert len(slow) < 96, [len(c.token_ids) for c in slow]
 
 
 def test_the_callers_deadline_reaches_the_runtime(stack: Stack) -> None:

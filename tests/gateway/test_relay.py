@@ -59,3 +59,33 @@ def test_a_chunk_encoded_out_of_order_is_converted() -> None:
     assert relayed == pb.generate_chunk("r", chunk)
     unknown = ChunkRelay("r")(chunk.SerializeToString() + b"\x50\x01")  # field 10, varint
     assert not isinstance(unknown, bytes)
+
+
+def _merged_reference(chunks: list[runtime_pb2.GenerateResponse]) -> runtime_pb2.GenerateResponse:
+    """protobuf's own merge of the chunks (repeated fields appended, the rest from the last
+    chunk that sets it), with the texts joined."""
+    merged = runtime_pb2.GenerateResponse()
+    for chunk in chunks:
+        merged.MergeFrom(chunk)
+    merged.text = "".join(c.text for c in chunks)
+    return merged
+
+
+SEQUENCES = {
+    "plain": ["tokens and text", "no request id", "logprobs", "empty", "tokens and text"],
+    "up to the last": ["tokens and text", "logprobs", "last, stop string"],
+    "last only in two": ["empty", "last, length"],
+    "long ids": ["long request id", "tokens and text"],
+}
+
+
+@pytest.mark.parametrize("request_id", ["r1", "ü" * 100])
+@pytest.mark.parametrize("name", list(SEQUENCES))
+def test_merged_chunks_are_the_chunks_merged(name: str, request_id: str) -> None:
+    chunks = [CHUNKS[n] for n in SEQUENCES[name]]
+    merged = ChunkRelay(request_id).merge([c.SerializeToString() for c in chunks])
+    got = gateway_pb2.GatewayGenerateResponse.FromString(encode_generate(merged))
+    assert got == pb.generate_chunk(request_id, _merged_reference(chunks))
+    # One chunk is relayed as it always was.
+    one = ChunkRelay(request_id).merge([chunks[0].SerializeToString()])
+    assert one == ChunkRelay(request_id)(chunks[0].SerializeToString())

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The gateway's relay on an idle many-core host (issue 13; no GPU used): chunks per gateway
+# CPU-second against the bare grpc.aio relay, coalescing off/on, and one vs two gateway
+# processes, with enough upstreams and client processes that the load side is not the limit.
+# redis-server travels in .device-wheels/redis (with its libraries), as for serve_session3.sh.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+pip install -q --no-deps --target /tmp/pylib .device-wheels/*.whl > "$OUT/pip.txt" 2>&1
+export PYTHONPATH=/tmp/pylib:$PWD PATH=$PWD/.device-wheels/redis:$PATH
+export LD_LIBRARY_PATH=$PWD/.device-wheels/redis:${LD_LIBRARY_PATH:-}
+echo "cores $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg)"
+timeout 60 python3 -m pytest -q tests/gateway/test_relay.py tests/gateway/test_coalesce.py \
+  tests/gateway/test_idle.py 2>&1 | tail -2
+# 1,024 streams, one chunk each every 20 ms: 51,200 tokens/s offered, more than one gateway
+# process relays; 4 upstreams and 4 client processes so that they are not the limit.
+PY=python3 CLIENTS=4 UPSTREAMS=4 OUT=$OUT timeout 200 bash bench/gateway_relay_compare.sh 1 1024 20 \
+  > "$OUT/compare.txt" 2>&1
+echo "compare rc $?"
+grep -E "^\|" "$OUT/gateway_relay.md"
