@@ -53,11 +53,13 @@ CONSTRAINTS = [
 ]
 
 
-def engine(path: Path, async_scheduling: bool, **settings: object) -> LLMEngine:
+def engine(
+    path: Path, async_scheduling: bool, device: str = "cpu", **settings: object
+) -> LLMEngine:
     base: dict = dict(
         model=path,
         dtype="float32",
-        device="cpu",
+        device=device,
         max_num_batched_tokens=64,
         num_kv_blocks=128,
         max_model_len=256,
@@ -112,7 +114,9 @@ def check_constraint(c: Constraint, text: str) -> None:
 
 
 @pytest.mark.parametrize("num_kv_blocks", [128, 20])  # 20: the pool runs out, preempting
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_async_equals_sync_for_constrained_and_free_rows(
+    device: str,
     num_kv_blocks: int,
     tiny_model_dir: Callable[[str], Path],
     caplog: pytest.LogCaptureFixture,
@@ -122,8 +126,8 @@ def test_async_equals_sync_for_constrained_and_free_rows(
     stop_token = hf_greedy(path, prompts[8], 24)[3]  # lands while the next step is queued
     params = mixed_params(stop_token)
     caplog.set_level(logging.WARNING, logger="runtime_service.engine.structured.manager")
-    sync = run(engine(path, False, num_kv_blocks=num_kv_blocks), prompts, params, "r11")
-    asyn_engine = engine(path, True, num_kv_blocks=num_kv_blocks)
+    sync = run(engine(path, False, device, num_kv_blocks=num_kv_blocks), prompts, params, "r11")
+    asyn_engine = engine(path, True, device, num_kv_blocks=num_kv_blocks)
     assert asyn_engine.core.async_scheduling
     asyn = run(asyn_engine, prompts, params, "r11")
     if num_kv_blocks == 20:

@@ -5,8 +5,9 @@
   GrammarMatcher. Requests without a constraint never wait here, so a slow schema stalls only
   the requests that use it.
 - `mask(logits, reqs)` is the sampler's hook: one bitmask fill for the batch's constrained
-  rows (xgrammar's batch filler, on the host, while the device may still be busy), one copy to
-  the device and one `apply_token_bitmask_inplace` on the logits.
+  rows (xgrammar's batch filler, on the host, while the device runs the forward: with async
+  scheduling the core queues the forward first, docs/structured_output.md), one copy to the
+  device and one `apply_token_bitmask_inplace` on the logits.
 - `accept(reqs, tokens)` advances the requests' matchers (one batched call); the core finishes
   a request when its matcher has terminated (an accepting state and one of the request's stop
   tokens) or cannot go on.
@@ -146,8 +147,12 @@ class StructuredOutput:
         n = max(rows) + 1
         if device_mask is not host:
             device_mask[:n].copy_(host[:n], non_blocking=True)
+        every_row = len(rows) == len(reqs)  # then no row list to copy to the device
         xgr.apply_token_bitmask_inplace(
-            logits, device_mask[:n], vocab_size=min(logits.shape[1], self.vocab_size), indices=rows
+            logits,
+            device_mask[:n],
+            vocab_size=min(logits.shape[1], self.vocab_size),
+            indices=None if every_row else rows,
         )
 
     def accept(self, reqs: list[Request], tokens: list[int]) -> list[bool]:
