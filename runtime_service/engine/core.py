@@ -23,7 +23,12 @@ from runtime_service.engine.lora import AdapterInfo, LoRAAdapter, LoRAManager
 from runtime_service.engine.lora.adapter import AdapterReader
 from runtime_service.engine.model_runner import LaunchedStep, ModelRunner
 from runtime_service.engine.outputs import CoreOutput
-from runtime_service.engine.request import EngineRequest, Request, RequestStatus
+from runtime_service.engine.request import (
+    EngineRequest,
+    Request,
+    RequestStatus,
+    TokenLogprobs,
+)
 from runtime_service.engine.scheduler import Scheduler
 from runtime_service.engine.structured.manager import StructuredOutput
 from runtime_service.models.loader import parse_dtype
@@ -225,7 +230,7 @@ class EngineCore:
             self._lora(req.adapter).bind(req)
         self.requests[er.request_id] = req
         if req.params.constraint is not None:  # waits for its grammar, then is scheduled
-            self.structured.add(req)
+            self.structured.add(req, er.eos_token_ids)
         else:
             self.scheduler.add(req)
 
@@ -315,16 +320,20 @@ class EngineCore:
         outputs = [self._output(r, None, None) for r in self._aborted]
         self._aborted.clear()
         outputs += self._admit_constrained()
-        # A constrained request's next mask needs its last token on the host: while any runs,
-        # steps are synchronous.
-        sync = not self.async_scheduling or self.structured.num_active > 0
+        sync = not self.async_scheduling
         if self._pending is not None and sync:
             outputs += self._resolve(self._pending)
             self._pending = None
         sched = self.scheduler.schedule()
-        launched = self.runner.launch(sched) if sched.requests else None
+        # Async: a constrained row's mask needs the token its request gets from the step in
+        # flight, so a batch with such rows has only its forward queued here; the previous
+        # step is resolved (advancing the matchers) while the device runs it, then the masked
+        # sampling is queued behind it.
+        launched = self.runner.launch(sched, defer_sampling=not sync) if sched.requests else None
         if self._pending is not None:
             outputs += self._resolve(self._pending)
+        if launched is not None and launched.logits is not None:
+            self.runner.sample(launched)
         self._pending = launched
         if launched is not None:
             self.scheduler.update(sched)
@@ -339,18 +348,22 @@ class EngineCore:
         return outputs
 
     def _resolve(self, launched: LaunchedStep) -> list[CoreOutput]:
-        """Writes a launched step's tokens over their placeholders and applies stops."""
+        """Writes a launched step's tokens over their placeholders, advances the matchers of
+        constrained requests and applies stops."""
         result = self.runner.fetch(launched)
-        outputs = []
+        kept: list[tuple[Request, int, TokenLogprobs | None, RequestStatus | None]] = []
         for req, token, logprobs in zip(
             result.requests, result.token_ids, result.logprobs, strict=True
         ):
-            if req.is_finished:  # aborted, or stopped by its previous token
-                continue
+            if req.is_finished:  # aborted, or stopped by its previous token: dropped (its
+                continue  # matcher never sees it)
             req.resolve_placeholder(token, logprobs)  # computed by the next step: its
             # block is published by that step's `scheduler.update`
-            status = req.check_token_stop()
-            if req.params.constraint is not None and self.structured.accept(req, token):
+            kept.append((req, token, logprobs, req.check_token_stop()))
+        ends = self.structured.accept([k[0] for k in kept], [k[1] for k in kept])
+        outputs = []
+        for (req, token, logprobs, status), grammar_ends in zip(kept, ends, strict=True):
+            if grammar_ends:
                 status = RequestStatus.FINISHED_STOPPED  # the grammar is complete
             if status is not None:
                 self.scheduler.finish([req], status)

@@ -41,11 +41,16 @@ class RunnerOutput:
 @dataclass(slots=True)
 class LaunchedStep:
     """A step queued on the device: its sampled tokens arrive on the host when `done` has
-    fired (CUDA) or at once (CPU). `fetch` waits for them."""
+    fired (CUDA) or at once (CPU). `fetch` waits for them.
+
+    A step launched with `defer_sampling` whose batch holds constrained rows has only its
+    forward and logits queued (`logits` set, `host` None): `sample` queues the rest once the
+    tokens its masks depend on are known."""
 
     requests: list[Request]  # those that get a token, in sample-row order
     host: DeviceSample | None
     done: torch.cuda.Event | None
+    logits: torch.Tensor | None = None  # [S, vocab], while the sampling waits
 
 
 class ModelRunner:
@@ -101,10 +106,15 @@ class ModelRunner:
         return self.model(ids, positions, self.kv_caches, meta)
 
     @torch.inference_mode()
-    def launch(self, sched: SchedulerOutput) -> LaunchedStep:
+    def launch(self, sched: SchedulerOutput, defer_sampling: bool = False) -> LaunchedStep:
         """Queues the step's forward and sampling on the device, and the copy of its tokens
         to the host, without waiting for any of it. Placeholders among the inputs take the
-        tokens of the previous launch."""
+        tokens of the previous launch.
+
+        defer_sampling: when constrained rows are in the batch, only the forward and the
+        logits are queued; the caller resolves the previous step (its tokens advance the
+        matchers these rows' masks come from) and then calls `sample`, while the device is
+        still busy with the forward."""
         size = tokens = None
         if self.graphs is not None:
             num_tokens = sched.total_num_scheduled_tokens
@@ -127,21 +137,32 @@ class ModelRunner:
         if not reqs:
             return LaunchedStep([], None, None)
         logits = self.model.compute_logits(hidden[batch.logits_rows])
+        step = LaunchedStep(reqs, None, None, logits)
+        if not (defer_sampling and self.structured is not None and self.structured.any_in(reqs)):
+            self.sample(step)
+        return step
+
+    @torch.inference_mode()
+    def sample(self, step: LaunchedStep) -> None:
+        """Queues a launched step's sampling (masks first) and the copy of its tokens to the
+        host. Rows of requests that finished meanwhile are sampled too (their tokens are
+        dropped on resolve); a finished request has no mask."""
+        assert step.logits is not None, "sampled twice"
         mask = self.structured.mask if self.structured is not None else None
-        sampled = sample_on_device(logits, reqs, self.penalties, mask)
+        sampled = sample_on_device(step.logits, step.requests, self.penalties, mask)
+        step.logits = None
         self._last_tokens = sampled.tokens
-        done = None
         if self.device.type == "cuda":
-            done = torch.cuda.Event()
-            host = sampled.copy_to_host()
-            done.record()
+            step.done = torch.cuda.Event()
+            step.host = sampled.copy_to_host()
+            step.done.record()
         else:
-            host = sampled
-        return LaunchedStep(reqs, host, done)
+            step.host = sampled
 
     @staticmethod
     def fetch(step: LaunchedStep) -> RunnerOutput:
         """Waits for a launched step's tokens and returns them on the host."""
+        assert step.logits is None, "fetched before it was sampled"
         if step.host is None:
             return RunnerOutput([], [], [])
         if step.done is not None:

@@ -30,11 +30,18 @@ MAX_CACHED_GRAMMARS = 256
 
 def tokenizer_info(tokenizer: Any, vocab_size: int, stop_token_ids: tuple[int, ...]) -> Any:
     """xgrammar's view of a Hugging Face tokenizer, padded to the model's vocabulary (logits
-    have the model's width; ids past the tokenizer's are never allowed)."""
+    have the model's width; ids past the tokenizer's are never allowed). Its stop tokens are
+    the config's EOS ids and the tokenizer's, as the frontend's (processor.py): a stop token
+    is never allowed as text inside a match (each request's matcher then ends only at that
+    request's stop tokens, manager.py)."""
     import xgrammar as xgr
 
+    stops = set(stop_token_ids)
+    if tokenizer.eos_token_id is not None:
+        stops.add(tokenizer.eos_token_id)
+    stops = {t for t in stops if 0 <= t < vocab_size}
     return xgr.TokenizerInfo.from_huggingface(
-        tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids) or None
+        tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stops) or None
     )
 
 

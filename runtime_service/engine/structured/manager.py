@@ -5,10 +5,12 @@
   GrammarMatcher. Requests without a constraint never wait here, so a slow schema stalls only
   the requests that use it.
 - `mask(logits, reqs)` is the sampler's hook: one bitmask fill for the batch's constrained
-  rows (xgrammar's batch filler, on the host, while the device may still be busy), one copy to
-  the device and one `apply_token_bitmask_inplace` on the logits.
-- `accept(req, token)` advances the request's matcher; the core finishes the request when its
-  matcher has terminated (an accepting state and a stop token) or cannot go on.
+  rows (xgrammar's batch filler, on the host, while the device runs the forward: with async
+  scheduling the core queues the forward first, docs/structured_output.md), one copy to the
+  device and one `apply_token_bitmask_inplace` on the logits.
+- `accept(reqs, tokens)` advances the requests' matchers (one batched call); the core finishes
+  a request when its matcher has terminated (an accepting state and one of the request's stop
+  tokens) or cannot go on.
 
 NOTE: a matcher has accepted exactly the request's output tokens. Preemption recomputes the KV
 of tokens the request already has and keeps them, so the matcher stays valid; `_sync` rolls it
@@ -37,6 +39,7 @@ IDLE_WAIT_S = 0.05
 class _State:
     compiled: Any
     matcher: Any
+    stop_token_ids: list[int]  # where the grammar may end: the request's stop tokens
     num_accepted: int = 0
 
 
@@ -52,7 +55,7 @@ class StructuredOutput:
         self.vocab_size = vocab_size
         self.device = device
         self.cache = GrammarCache(tokenizer_path, vocab_size, stop_token_ids)
-        self._pending: dict[str, tuple[Request, concurrent.futures.Future]] = {}
+        self._pending: dict[str, tuple[Request, concurrent.futures.Future, list[int]]] = {}
         self._states: dict[str, _State] = {}
         self._max_rows = max_num_seqs
         self._host_mask: torch.Tensor | None = None
@@ -69,15 +72,26 @@ class StructuredOutput:
         """Constrained requests admitted to the scheduler and not yet finished."""
         return len(self._states)
 
-    def add(self, req: Request) -> None:
+    def add(self, req: Request, eos_token_ids: tuple[int, ...]) -> None:
+        """Holds `req` until its grammar is compiled. Its matcher ends the grammar only at the
+        request's real stop tokens: its EOS ids (config and tokenizer, also with ignore_eos)
+        and its stop_token_ids."""
         assert req.params.constraint is not None
-        self._pending[req.request_id] = (req, self.cache.submit(req.params.constraint))
+        stops = set(eos_token_ids) | set(req.params.stop_token_ids)
+        stop_ids = sorted(t for t in stops if 0 <= t < self.vocab_size)
+        future = self.cache.submit(req.params.constraint)
+        self._pending[req.request_id] = (req, future, stop_ids)
+
+    def any_in(self, reqs: list[Request]) -> bool:
+        """Whether any of `reqs` is constrained (and still running)."""
+        states = self._states
+        return bool(states) and any(r.request_id in states for r in reqs)
 
     def take_ready(self) -> tuple[list[Request], list[Request]]:
         """(requests whose grammar is compiled, now with a matcher; requests whose grammar
         failed to compile), in arrival order."""
         ready, failed = [], []
-        for rid, (req, future) in list(self._pending.items()):
+        for rid, (req, future, stop_ids) in list(self._pending.items()):
             if not future.done():
                 continue
             del self._pending[rid]
@@ -86,13 +100,14 @@ class StructuredOutput:
                 log.error("request %s: constraint failed to compile: %s", rid, error)
                 failed.append(req)
                 continue
-            self._states[rid] = _State(future.result(), self._new_matcher(future.result()))
+            compiled = future.result()
+            self._states[rid] = _State(compiled, self._new_matcher(compiled, stop_ids), stop_ids)
             ready.append(req)
         return ready, failed
 
     def wait(self, timeout: float = IDLE_WAIT_S) -> None:
         """Blocks until a pending grammar is compiled or the timeout passes."""
-        futures = [f for _, f in self._pending.values()]
+        futures = [f for _, f, _ in self._pending.values()]
         if futures:
             concurrent.futures.wait(
                 futures, timeout, return_when=concurrent.futures.FIRST_COMPLETED
@@ -113,7 +128,7 @@ class StructuredOutput:
         rows, matchers = [], []
         for row, req in enumerate(reqs):
             state = self._states.get(req.request_id)
-            if state is not None:
+            if state is not None and not req.is_finished:
                 self._sync(req, state)
                 rows.append(row)
                 matchers.append(state.matcher)
@@ -122,8 +137,9 @@ class StructuredOutput:
         import xgrammar as xgr
 
         host, device_mask = self._buffers(len(reqs))
-        # NOTE: the host buffer is reused next step; the copy below has finished by then
-        # because the sampler reads its tokens back to the host every step.
+        # NOTE: the host buffer is reused next step; the copy below has finished by then:
+        # the next fill comes after the host has waited for this step's tokens, which the
+        # device copies after it.
         if len(matchers) == 1:
             matchers[0].fill_next_token_bitmask(host, rows[0])
         else:
@@ -131,35 +147,58 @@ class StructuredOutput:
         n = max(rows) + 1
         if device_mask is not host:
             device_mask[:n].copy_(host[:n], non_blocking=True)
+        every_row = len(rows) == len(reqs)  # then no row list to copy to the device
         xgr.apply_token_bitmask_inplace(
-            logits, device_mask[:n], vocab_size=min(logits.shape[1], self.vocab_size), indices=rows
+            logits,
+            device_mask[:n],
+            vocab_size=min(logits.shape[1], self.vocab_size),
+            indices=None if every_row else rows,
         )
 
-    def accept(self, req: Request, token: int) -> bool:
-        """Advances the request's matcher by its new token; True when the request must end:
-        its grammar has terminated, or the token does not fit (never, unless every token of
-        the vocabulary was masked: a constraint the tokenizer cannot satisfy)."""
-        state = self._states.get(req.request_id)
-        if state is None:
-            return False
-        if not state.matcher.accept_token(token):
-            log.warning(
-                "request %s: token %d does not fit its constraint; ending it",
-                req.request_id,
-                token,
-            )
-            return True
-        state.num_accepted += 1
-        return bool(state.matcher.is_terminated())
+    def accept(self, reqs: list[Request], tokens: list[int]) -> list[bool]:
+        """Advances each request's matcher by its new token (one batched call); per request,
+        True when it must end: its grammar has terminated, or the token does not fit (never,
+        unless every token of the vocabulary was masked: a constraint the tokenizer cannot
+        satisfy). Requests without a matcher are passed over (False)."""
+        ends = [False] * len(reqs)
+        rows, states, accepted_tokens = [], [], []
+        for i, (req, token) in enumerate(zip(reqs, tokens, strict=True)):
+            state = self._states.get(req.request_id)
+            if state is not None:
+                rows.append(i)
+                states.append(state)
+                accepted_tokens.append(token)
+        if not rows:
+            return ends
+        import xgrammar as xgr
+
+        matchers = [s.matcher for s in states]
+        if len(matchers) == 1:
+            fits = [matchers[0].accept_token(accepted_tokens[0])]
+        else:
+            fits = xgr.BatchGrammarMatcher.batch_accept_token(matchers, accepted_tokens)
+        for i, state, token, fit in zip(rows, states, accepted_tokens, fits, strict=True):
+            if not fit:
+                log.warning(
+                    "request %s: token %d does not fit its constraint; ending it",
+                    reqs[i].request_id,
+                    token,
+                )
+                ends[i] = True
+                continue
+            state.num_accepted += 1
+            ends[i] = bool(state.matcher.is_terminated())
+        return ends
 
     def shutdown(self) -> None:
         self.cache.shutdown()
 
     # Internals.
-    def _new_matcher(self, compiled: Any) -> Any:
+    @staticmethod
+    def _new_matcher(compiled: Any, stop_token_ids: list[int]) -> Any:
         import xgrammar as xgr
 
-        return xgr.GrammarMatcher(compiled)
+        return xgr.GrammarMatcher(compiled, override_stop_tokens=stop_token_ids or None)
 
     def _sync(self, req: Request, state: _State) -> None:
         behind = req.num_output_tokens - state.num_accepted
@@ -170,7 +209,7 @@ class StructuredOutput:
         else:
             for token in req.output_token_ids[state.num_accepted :]:
                 if not state.matcher.accept_token(token):  # cannot happen: rebuild and replay
-                    state.matcher = self._new_matcher(state.compiled)
+                    state.matcher = self._new_matcher(state.compiled, state.stop_token_ids)
                     for t in req.output_token_ids:
                         state.matcher.accept_token(t)
                     break
