@@ -6,7 +6,7 @@ that the compiler refuses), and a relative estimate of a tile's cost before GPU 
 spent (relative only: the loop's length is not the count executed per step).
 
   python bench/lowbit_compile.py            # the engine's CONFIGS
-  python bench/lowbit_compile.py --bn 128   # int4 with 128-row tiles
+  python bench/lowbit_compile.py --bn 64    # int4 with 64-row tiles
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from runtime_service.kernels.int4_gemv import CONFIG as INT4_CONFIG
 from runtime_service.kernels.int4_gemv import int4_gemv_kernel
 from runtime_service.kernels.lowbit_gemv import CONFIGS, _gemv_kernel
 
@@ -59,19 +60,17 @@ def compile_sm90(fn: triton.JITFunction, consts: dict, warps: int, stages: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bn", type=int, help="int4 tile rows (default CONFIGS)")
+    parser.add_argument("--bn", type=int, help="int4 tile rows (default its CONFIG)")
     parser.add_argument("--splits", type=int, default=1)
     args = parser.parse_args()
     k, group = 4096, 128
-    bn, bk, warps, stages, *_ = CONFIGS["int4"]
+    bn, bk, warps, stages = INT4_CONFIG
     bn = args.bn or bn
-    gpi = max(bk // group, 1)
     consts = dict(
-        K=k, CHUNKS=k // group // gpi // args.splits, SPLITS=args.splits, HAS_BIAS=False,
-        COMPUTE=tl.bfloat16, MAGIC_BITS=0x4300, MAGIC_VALUE=128.0, GROUP=group, PLANES=8,
-        GPI=gpi, BLOCK_M=16, BLOCK_N=bn, _types={"w_ptr": "*i32"},
+        K=k, HAS_BIAS=False, COMPUTE=tl.bfloat16, GROUP=group, BLOCK_M=16, BLOCK_N=bn,
+        BLOCK_K=bk, _types={"w_ptr": "*u8"},
     )  # fmt: skip
-    print(f"int4 {bn}x{gpi * group}:", compile_sm90(int4_gemv_kernel, consts, warps, stages))
+    print(f"int4 {bn}x{bk}:", compile_sm90(int4_gemv_kernel, consts, warps, stages))
     for kind, w_type, x_type, quant in (
         ("int8", "*i8", "*bf16", False),
         ("fp8", "*fp8e4nv", "*fp8e4nv", False),

@@ -5,11 +5,12 @@ bandwidth. CUDA only.
   python bench/lowbit_gemv.py [--rows 1,8,16]
   python bench/lowbit_gemv.py --sweep [--budget-s 150]   # old kernel vs new, per layer
 
-The sweep times, per kind and layer at one token: the kernel before the int4 planes and
-split-K (bench/lowbit_gemv_v1.py, its tuned tiles), the current one with CONFIGS, and the
-best of a one-parameter-at-a-time search around CONFIGS (tile rows, tile inputs, warps,
-stages, programs per SM for split-K, int4's nibbles per word); then the four layers' sums
-and the config with the most gain.
+The sweep times, per kind and layer at one token: the kernel before split-K and the fused
+fp8 quantization (bench/lowbit_gemv_v1.py, its tuned tiles), the current one with CONFIGS,
+and the best of a one-parameter-at-a-time search around CONFIGS (tile rows, tile inputs,
+warps, stages, programs per SM for split-K); then the four layers' sums and the config with
+the most gain. int4 runs the same kernel as before (kernels/int4_gemv.py): its search is
+over tiles only.
 """
 
 from __future__ import annotations
@@ -120,7 +121,10 @@ def sweep(budget_s: float, kinds: tuple[str, ...] = KINDS) -> None:
     shared equally by each kind and layer)."""
     import time
 
+    from runtime_service.kernels.int4_gemv import CONFIG as INT4_CONFIG
     from runtime_service.kernels.lowbit_gemv import CONFIGS
+
+    starts = {**CONFIGS, "int4": INT4_CONFIG}  # int4: (BLOCK_N, BLOCK_K, warps, stages)
 
     print("| kind | layer | old us | new us | best us | best config |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
@@ -132,7 +136,7 @@ def sweep(budget_s: float, kinds: tuple[str, ...] = KINDS) -> None:
             old_fn, new_fn = sweep_fns(kind, n, k)
             old = try_time(old_fn, show=True)
             new = try_time(new_fn, show=True)
-            best, best_c = new, CONFIGS[kind.split("-")[0]] + ((8,) if kind == "int4" else ())
+            best, best_c = new, starts[kind.split("-")[0]]
             for axis in [a for a in SEARCH_ORDER if a < len(best_c)]:  # one at a time
                 for v in AXES[axis]:
                     if time.monotonic() > deadline or v == best_c[axis]:

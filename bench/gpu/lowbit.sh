@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Low-bit GEMV, int4 planes + split-K (issue 11): GPU correctness, old vs new kernel per layer,
+# Low-bit GEMV, split-K for int8/fp8 (issue 11): GPU correctness, old vs new kernel per layer,
 # then single stream per quantization with the ratio to bf16. About 5 minutes on one H200.
 set -u
 OUT=${OUT:-/tmp/out}

@@ -9,7 +9,7 @@ batches are compute-bound and take the dense paths (`torch._scaled_mm` for fp8).
 
 Layouts are models/linear.py's: int8 and fp8 weights [N, K] with one float32 scale per
 output channel; int4 [N, K/2] bytes (channel 2j low nibble, 2j+1 high) with per-group
-scales and zeros [N, K/group] (group >= 32; its tile is kernels/int4_gemv.py). fp8 engines
+scales and zeros [N, K/group] (group >= 16; its kernel is kernels/int4_gemv.py). fp8 engines
 quantize activations per token (kernels/fp8.py; for one token inside this kernel, with the
 same arithmetic), so the product sees the rounded activations `_scaled_mm` and the CPU see.
 Layers with too few output tiles to occupy every SM split their K loop (kernels/splitk.py).
@@ -21,23 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime_service.kernels.int4_gemv import MAGIC, int4_gemv_kernel
+from runtime_service.kernels.int4_gemv import CONFIG as INT4_CONFIG
+from runtime_service.kernels.int4_gemv import int4_gemv_kernel
 from runtime_service.kernels.splitk import num_splits, reduce_splits, workspace
 
 MAX_ROWS = 16  # tokens per call that these kernels serve; beyond, the dense paths
-# (BLOCK_N, BLOCK_K, warps, stages, programs per SM[, int4 planes]) per weight kind: BLOCK_K
-# counts input channels (int4: a multiple of its group); the K loop splits when the output
-# tiles are fewer than programs-per-SM x SMs (0: never); int4 planes: nibbles per loaded word
-# (2, 4 or 8; default 8, fewer for groups under 128). int8 and fp8 tiles: from
-# bench/lowbit_gemv.py --sweep on an H200 (docs/engine_speed.md); programs per SM (split-K)
-# and int4's tiles are not measured yet (bench/gpu/lowbit.sh searches them). int4: 64
-# rows and one group per step because the compiled loop (sm_90 SASS, no GPU here) costs ~410
-# instructions per thread and group at 64 rows, ~316 at 32: half the work per weight is the
-# per-group overhead (x staging, barriers), which more rows amortize.
+# (BLOCK_N, BLOCK_K, warps, stages, programs per SM) per weight kind, from
+# bench/lowbit_gemv.py --sweep on an H200 (docs/engine_speed.md): the K loop splits when the
+# output tiles are fewer than programs-per-SM x SMs (0: never). int4: kernels/int4_gemv.py.
 Config = tuple[int, ...]
 CONFIGS: dict[str, Config] = {
     "int8": (32, 256, 4, 4, 3),
-    "int4": (64, 128, 4, 4, 3),
     "fp8": (32, 512, 4, 3, 3),
 }
 
@@ -160,38 +154,19 @@ def lowbit_gemv(
         compute = tl.float16
     else:
         compute = {torch.float32: tl.float32, torch.float16: tl.float16}.get(x.dtype, tl.bfloat16)
-    kind = "int4" if int4 else ("fp8" if fp8 else "int8")
-    block_n, block_k, warps, stages, per_sm, *planes = config or CONFIGS[kind]
-    tiles = triton.cdiv(n, block_n)
     if int4:
-        group = k // scales.shape[1]
-        assert group >= 32 and group & (group - 1) == 0, group
-        gpi = max(block_k // group, 1)
-        while (k // group) % gpi:
-            gpi //= 2
-        steps = k // group // gpi
-    else:
-        block_k = min(block_k, max(triton.next_power_of_2(k), 16))
-        steps = triton.cdiv(k, block_k)
+        return _int4(x, weight, scales, zeros, bias, y, compute, config)
+    kind = "fp8" if fp8 else "int8"
+    block_n, block_k, warps, stages, per_sm = config or CONFIGS[kind]
+    tiles = triton.cdiv(n, block_n)
+    block_k = min(block_k, max(triton.next_power_of_2(k), 16))
+    steps = triton.cdiv(k, block_k)
     splits = num_splits(x.device, tiles, steps, per_sm)
     space = workspace(x.device, splits * m * n) if splits > 1 else None
     if space is None:
         splits = 1
     part, counters = space or (y, y)
     per_split = steps // splits
-    if int4:
-        planes = min(planes[0] if planes else 8, group // 16)
-        words = {2: torch.uint8, 4: torch.int16, 8: torch.int32}[planes]
-        bits, value = MAGIC[compute.name]
-        int4_gemv_kernel[(tiles, splits)](
-            x, weight.contiguous().view(words), scales, zeros,
-            bias if bias is not None else scales, y, part, counters,
-            m, n, k, x.stride(0), k // planes, scales.stride(0), y.stride(0),
-            CHUNKS=per_split, SPLITS=splits, HAS_BIAS=bias is not None, COMPUTE=compute,
-            MAGIC_BITS=bits, MAGIC_VALUE=value, GROUP=group, PLANES=planes, GPI=gpi,
-            BLOCK_M=16, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
-        )  # fmt: skip
-        return y
     _gemv_kernel[(tiles, splits)](
         x, weight, scales, x_scales if x_scales is not None else scales,
         bias if bias is not None else scales, y, part, counters,
@@ -200,5 +175,30 @@ def lowbit_gemv(
         X_ROWS=1 if m == 1 else 16,
         HAS_BIAS=bias is not None, COMPUTE=compute, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return y
+
+
+def _int4(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bias: torch.Tensor | None,
+    y: torch.Tensor,
+    compute: tl.dtype,
+    config: Config | None,
+) -> torch.Tensor:
+    m, k = x.shape
+    n = weight.shape[0]
+    group = k // scales.shape[1]
+    assert group >= 16 and group & (group - 1) == 0, group
+    block_n, block_k, warps, stages = config or INT4_CONFIG
+    block_k = max(min(block_k, max(triton.next_power_of_2(k), 16)) // group, 1) * group
+    int4_gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, weight, scales, zeros, bias if bias is not None else scales, y,
+        m, n, k, x.stride(0), weight.stride(0), scales.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, COMPUTE=compute, GROUP=group,
+        BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return y

@@ -56,9 +56,9 @@ class Linear(nn.Module):
             self.in_features = half_in * 2
         else:
             self.out_features, self.in_features = self.weight.shape
-        # kernels/lowbit_gemv.py tiles int4 by its groups: powers of two, >= 32 channels each.
-        group = self.in_features // self.scales.shape[1] if quantization == "int4" else 32
-        self._gemv_ok = group >= 32 and group & (group - 1) == 0
+        # kernels/int4_gemv.py tiles int4 by its groups: powers of two, >= 16 channels each.
+        group = self.in_features // self.scales.shape[1] if quantization == "int4" else 16
+        self._gemv_ok = group >= 16 and group & (group - 1) == 0
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight as a dense [out, in] tensor of `dtype`."""
