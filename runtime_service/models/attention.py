@@ -59,10 +59,16 @@ def paged_attention(
     meta: AttentionMetadata,
     scale: float,
     sliding_window: int | None,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal attention of q [T, num_heads, head_dim] over each request's cached K/V."""
+    """Causal attention of q [T, num_heads, head_dim] over each request's cached K/V.
+    k, v: this step's keys and values as written to the cache (the torch path reads a fresh
+    prompt's from them instead of the cache; used only when they equal what the cache holds)."""
     if q.is_cuda:
         from runtime_service.kernels.triton_attention import paged_attention_triton
 
         return paged_attention_triton(q, kv_cache, meta, scale, sliding_window)
-    return paged_attention_reference(q, kv_cache, meta, scale, sliding_window)
+    if k is None or v is None or k.dtype != kv_cache.dtype:
+        k = v = None
+    return paged_attention_reference(q, kv_cache, meta, scale, sliding_window, k, v)

@@ -85,10 +85,11 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if q.is_cuda:  # q rotated in place, k rotated into the cache, v copied there
             rope_write_kv(q, k, v, positions, rope.cos, rope.sin, kv_cache, meta.slot_mapping)
+            out = paged_attention(q, kv_cache, meta, self.scale, c.sliding_window)
         else:
-            q, k = rope(positions, q, k)
+            q, k = rope(positions, q, k, meta.backend_cache)
             write_kv(kv_cache, k, v, meta.slot_mapping)
-        out = paged_attention(q, kv_cache, meta, self.scale, c.sliding_window)
+            out = paged_attention(q, kv_cache, meta, self.scale, c.sliding_window, k, v)
         return self.o(out.reshape(-1, c.q_size))
 
 

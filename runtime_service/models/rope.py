@@ -7,6 +7,7 @@ up by position; the rotation is the rotate-half (GPT-NeoX) form the Llama family
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -89,11 +90,25 @@ class RotaryEmbedding(torch.nn.Module):
         self.register_buffer("sin", (emb.sin() * scaling).to(device), persistent=False)
 
     def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        cache: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [T, nq, d], k [T, nkv, d] rotated for positions [T]."""
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        """q [T, nq, d], k [T, nkv, d] rotated for positions [T]. `cache`: a per-step dict
+        (AttentionMetadata.backend_cache) where the positions' cos/sin are looked up once
+        for every layer of the step."""
+        key = f"rope/{q.dtype}"
+        cos_sin = None if cache is None else cache.get(key)
+        if cos_sin is None:
+            cos_sin = (
+                self.cos[positions].unsqueeze(1).to(q.dtype),
+                self.sin[positions].unsqueeze(1).to(q.dtype),
+            )
+            if cache is not None:
+                cache[key] = cos_sin
+        cos, sin = cos_sin
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 

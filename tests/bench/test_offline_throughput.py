@@ -30,6 +30,8 @@ def test_offline_throughput_runs(tiny_model_dir: Callable[[str], Path], tmp_path
             "2",
             "--device",
             "cpu",
+            "--dtypes",
+            "float32,bfloat16",
             "--report",
             str(report),
         ],
@@ -40,6 +42,8 @@ def test_offline_throughput_runs(tiny_model_dir: Callable[[str], Path], tmp_path
     )
     assert out.returncode == 0, out.stderr[-2000:]
     text = report.read_text()
-    assert "| llmserve | 16 |" in text
-    assert "| transformers generate (static, batch 2) | 16 |" in text
+    for dtype in ("float32", "bfloat16"):
+        assert f"| llmserve | {dtype} | 16 |" in text
+        assert f"| transformers generate (static, batch 2) | {dtype} | 16 |" in text
+    assert "- llmserve bfloat16 / transformers generate (static, batch 2) float32: " in text
     assert "Workload: 4 requests x 8 prompt tokens" in text

@@ -1,4 +1,5 @@
 """bfloat16 on CUDA against transformers' bfloat16: teacher-forced logits within 2e-2.
+(test_cpu_bf16.py runs the same check on the CPU.)
 
 The measure is ||ours - ref|| / ||ref|| over the logits of every position (prefill, eager
 path) and over the top-20 log-probabilities of every decoded token (decode steps replayed
@@ -32,13 +33,17 @@ def relative(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_bf16_logits_match_transformers(arch: str, tiny_model_dir: Callable[[str], Path]) -> None:
-    path = tiny_model_dir(arch)
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
+    check_bf16_logits(tiny_model_dir(arch), "cuda")
+
+
+def check_bf16_logits(path: Path, device: str) -> None:
+    """The engine in bfloat16 on `device` against transformers' bfloat16 there (see above)."""
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
     engine = LLMEngine(
         EngineConfig(
             model=path,
             dtype="bfloat16",
-            device="cuda",
+            device=device,
             num_kv_blocks=256,
             max_model_len=512,
             max_num_seqs=16,
@@ -48,7 +53,7 @@ def test_bf16_logits_match_transformers(arch: str, tiny_model_dir: Callable[[str
     for p in prompts[:3]:  # prefill: every position
         ours = sequence_logits(engine.model, p)
         with torch.no_grad():
-            ref = hf(torch.tensor([p], device="cuda")).logits[0].float()
+            ref = hf(torch.tensor([p], device=device)).logits[0].float()
         assert relative(ours, ref) <= BOUND
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=20)
     for i, p in enumerate(prompts):
@@ -58,10 +63,10 @@ def test_bf16_logits_match_transformers(arch: str, tiny_model_dir: Callable[[str
     for i, p in enumerate(prompts):
         out = outputs[f"r{i}"]
         with torch.no_grad():
-            full = torch.tensor([p + out.token_ids], device="cuda")
+            full = torch.tensor([p + out.token_ids], device=device)
             ref = hf(full).logits[0, len(p) - 1 : -1].float().log_softmax(-1)
         for step, entry in enumerate(out.logprobs):
-            ids = torch.tensor([t for t, _ in entry.top], device="cuda")
+            ids = torch.tensor([t for t, _ in entry.top], device=device)
             ours_all.append(torch.tensor([v for _, v in entry.top]))
             ref_all.append(ref[step, ids].cpu())
     assert relative(torch.cat(ours_all), torch.cat(ref_all)) <= BOUND
