@@ -107,12 +107,9 @@ def _truncate(
     use_top_k = any(r.params.top_k > 0 for r in reqs)
     use_top_p = any(r.params.top_p < 1.0 for r in reqs)
     use_min_p = any(r.params.min_p > 0 for r in reqs)
-    # NOTE: the draw's top-p by rejection is not used: on the H200 it gave other tokens than
-    # the masked draw on 2 of 256 full-vocabulary rows (tests/runtime_service/
-    # test_sample_kernel.py, xfail), so top-p rows keep the threshold search below.
-    if defer and _fused(logits) and not use_min_p and not use_top_p:  # top-k as a floor
+    if defer and _fused(logits) and not use_min_p:  # top-p by rejection in the draw
         floor = _kth(logits, reqs, top_k)[:, 0] if use_top_k else None
-        return logits, None, floor
+        return logits, (top_p[:, 0] if use_top_p else None), floor
     every_row_top_k = all(r.params.top_k > 0 for r in reqs)  # then a small topk finds all
     if use_top_p and logits.is_cuda and not every_row_top_k:  # the nucleus by threshold search
         if use_top_k:

@@ -85,7 +85,7 @@ def _gumbel_argmax_kernel(
         logits = tl.load(logits_ptr + row * stride + cols, mask=ok, other=float("-inf"))
         x = _mix(key ^ (cols.to(tl.uint32) * 0x9E3779B1))
         x = _mix(x ^ (key >> 7))
-        u = ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        u = ((x >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # in (0, 1): seeded_noise.py
         score = logits - tl.log(-tl.log(u))
         better = score > best
         best = tl.where(better, score, best)

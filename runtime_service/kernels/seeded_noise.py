@@ -7,7 +7,13 @@ depend on the batch, and it does not depend on how many times the step ran befor
 preempted request that recomputes draws the same tokens again).
 
 The hash is 32-bit integer mixing (xorshift-multiply rounds with the "lowbias32" constants);
-u = (24 bits + 0.5) / 2^24 is uniform in (0, 1) and q = -log(u). The torch version below runs
+u = (23 bits + 0.5) / 2^23 is uniform in [2^-24, 1 - 2^-24] and q = -log(u) > 0.
+
+NOTE: 23 bits, not 24: (2^24 - 1 + 0.5) is not a float32, it rounds to 2^24, so a 24-bit u
+was exactly 1.0 once in 2^24 draws and q exactly 0. The token there then won the race
+whatever its probability (x - log q = +inf), and a masked token (-inf) gave NaN, which
+torch's argmax takes as the maximum: top-k, top-p and grammar masks were broken for that row
+(at a 128k vocabulary, ~0.8% of rows per step). The torch version below runs
 everywhere and is the reference; on CUDA the same arithmetic runs as one Triton kernel.
 """
 
@@ -45,8 +51,12 @@ def seeded_exponential_reference(keys: torch.Tensor, vocab: int) -> torch.Tensor
     cols = torch.arange(vocab, device=keys.device, dtype=torch.int64)
     x = _mix(keys[:, None] ^ _mul32(cols, _GOLDEN)[None, :])
     x = _mix(x ^ (keys[:, None] >> 7))
-    u = ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
-    return -torch.log(u)
+    return -torch.log(uniform(x))
+
+
+def uniform(bits: torch.Tensor) -> torch.Tensor:
+    """float32 uniforms in [2^-24, 1 - 2^-24] from 32-bit hashes (int64 in [0, 2^32))."""
+    return ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 def seeded_exponential(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ def _scores(x, cols, key):
     """x - log(q), q the row's Exp(1) noise at cols (as sampling_triton's draw)."""
     h = _mix(key ^ (cols.to(tl.uint32) * 0x9E3779B1))
     h = _mix(h ^ (key >> 7))
-    u = ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    u = ((h >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # in (0, 1): seeded_noise.py
     return x - tl.log(-tl.log(u))
 
 
@@ -45,7 +45,7 @@ def _noise_kernel(keys_ptr, out_ptr, vocab, stride_out, BLOCK: tl.constexpr):
     key = tl.load(keys_ptr + row).to(tl.uint32)
     x = _mix(key ^ (cols.to(tl.uint32) * 0x9E3779B1))
     x = _mix(x ^ (key >> 7))
-    u = ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    u = ((x >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # in (0, 1): seeded_noise.py
     tl.store(out_ptr + row * stride_out + cols, -tl.log(u), mask=cols < vocab)
 
 

@@ -40,3 +40,18 @@ def test_noise_is_exponential() -> None:
     assert noise.min() > 0
     assert abs(noise.mean().item() - 1.0) < 0.01  # mean and variance of Exp(1) are 1
     assert abs(noise.var().item() - 1.0) < 0.03
+
+
+def test_noise_is_never_zero_or_infinite() -> None:
+    """The extreme hashes give uniforms strictly inside (0, 1), so q = -log(u) is finite and
+    positive: a q of 0 made its token win whatever its logit, and a masked token NaN (which
+    argmax takes as the maximum). 24-bit uniforms had u == 1.0 for the largest hash."""
+    from runtime_service.kernels.seeded_noise import uniform
+
+    bits = torch.tensor([0, 1, 511, 512, (1 << 32) - 512, (1 << 32) - 1], dtype=torch.int64)
+    u = uniform(bits)
+    assert (u > 0).all() and (u < 1).all()
+    q = -torch.log(u)
+    assert torch.isfinite(q).all() and (q > 0).all()
+    masked = torch.full_like(q, float("-inf"))
+    assert not torch.isnan(masked - q.log()).any()
