@@ -10,7 +10,8 @@ export LD_LIBRARY_PATH=$PWD/.device-wheels/redis:${LD_LIBRARY_PATH:-}
 python3 -c "import uvicorn, starlette, botocore; print('imports ok')"
 SEQS=1024 RATE=60 LOW="" OUT=$OUT/serve timeout 165 bash bench/serve_vs_offline.sh 1024 128 128 \
   > "$OUT/serve.txt" 2>&1
-echo "serve rc $?"; grep -v "^|\|^$\|Writing" "$OUT/serve.txt" | tail -3
+rc=$?; echo "serve rc $rc"; grep -v "^|\|^$\|Writing" "$OUT/serve.txt" | tail -3
+[ $rc -ne 0 ] && tail -25 "$OUT/serve/runtime.log" "$OUT/serve/gateway.log" 2>/dev/null
 for f in serve gateway offline; do
   echo "-- $f"; grep -E "^\| [0-9]|^\| llmserve" "$OUT/serve/$f.md" 2>/dev/null
 done
