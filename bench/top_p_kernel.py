@@ -1,9 +1,8 @@
 """Times top-p sampling of 256 rows x 128,256 logits three ways, kernels only (no sampler
 host code): a sort reference (torch.sort, softmax, cumsum, mask, then the Gumbel draw), the
-threshold-search mask (kernels/top_p_triton.py) then the one-program-a-row draw
-(sampling_triton.py), and the fused draw with top-p by rejection (kernels/sample_triton.py),
-which it checks gives the same tokens. Also the plain draw (seeds, no top-p) and top-k 50 as a
-floor. CUDA only.
+threshold-search mask (kernels/top_p_triton.py) then the plain fused draw, and the fused draw
+with top-p by rejection (kernels/sample_triton.py), which it checks gives the same tokens.
+Also the plain draw (seeds, no top-p) and top-k 50 as a floor. CUDA only.
 
   python bench/top_p_kernel.py [--sweep]
 """
@@ -16,8 +15,6 @@ import torch
 
 from runtime_service.engine.top_k import largest
 from runtime_service.kernels.sample_triton import checks_for, sample_triton
-from runtime_service.kernels.sampling_triton import gumbel_argmax_triton
-from runtime_service.kernels.seeded_noise import row_keys
 from runtime_service.kernels.top_p_triton import top_p_mask_
 
 DEVICE = "cuda"
@@ -38,13 +35,13 @@ def time_ms(fn, iters: int = 20) -> float:
     return start.elapsed_time(end) / iters
 
 
-def sort_top_p(logits: torch.Tensor, top_p: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+def sort_top_p(logits: torch.Tensor, top_p: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
     values, order = logits.sort(dim=-1, descending=True)
     probs = values.softmax(dim=-1)
     drop = (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
     drop[:, 0] = False
     masked = torch.empty_like(logits).scatter_(1, order, values.masked_fill(drop, float("-inf")))
-    return gumbel_argmax_triton(masked, keys)
+    return sample_triton(masked, info)
 
 
 def main() -> None:
@@ -61,7 +58,6 @@ def main() -> None:
     seeds = torch.arange(rows, device=DEVICE) * 7 + 1
     steps = torch.full((rows,), 5, device=DEVICE)
     info = torch.stack([seeds, steps, torch.ones_like(seeds)], dim=1)
-    keys = row_keys(seeds, steps)
     top_p = torch.full((rows,), 0.9, device=DEVICE)
     checks = checks_for(0.9)
     # engine_speed's sampler row: randn / temperature 0.8 (flat: the nucleus is ~half the
@@ -72,19 +68,17 @@ def main() -> None:
         print(f"## {name}, {rows} x {vocab}, top_p 0.9 (a clone of the logits: {clone:.3f} ms)")
         print("| path | ms | same tokens as the mask + draw |")
         print("| --- | ---: | --- |")
-        old = gumbel_argmax_triton(top_p_mask_(logits.clone(), top_p), keys)
+        old = sample_triton(top_p_mask_(logits.clone(), top_p), info)
         new = sample_triton(logits.clone(), info, top_p, checks=checks)
-        ref = sort_top_p(logits, top_p, keys)
+        ref = sort_top_p(logits, top_p, info)
         same = f"{int((new == old).sum())}/{rows}"
         ref_same = f"{int((ref == old).sum())}/{rows}"
-        ms = time_ms(lambda x=logits: sort_top_p(x, top_p, keys))
+        ms = time_ms(lambda x=logits: sort_top_p(x, top_p, info))
         print(f"| sort + cumsum + draw (torch) | {ms:.3f} | {ref_same} (sort) |")
-        ms = time_ms(lambda x=logits: gumbel_argmax_triton(top_p_mask_(x.clone(), top_p), keys))
+        ms = time_ms(lambda x=logits: sample_triton(top_p_mask_(x.clone(), top_p), info))
         print(f"| threshold search + draw, with a clone | {ms:.3f} | - |")
         ms = time_ms(lambda x=logits: top_p_mask_(x.clone(), top_p))
         print(f"|   threshold search alone, with a clone | {ms:.3f} | - |")
-        ms = time_ms(lambda x=logits: gumbel_argmax_triton(x, keys))
-        print(f"|   draw alone, a program a row (sampling_triton) | {ms:.3f} | - |")
         ms = time_ms(lambda x=logits: sample_triton(x, info, top_p, checks=checks))
         print(f"| fused draw, top-p by rejection ({checks} checks) | {ms:.3f} | {same} |")
         ms = time_ms(lambda x=logits: sample_triton(x, info))

@@ -30,12 +30,17 @@ def _row_key(info_ptr, row):
 
 
 @triton.jit
-def _scores(x, cols, key):
-    """x - log(q), q the row's Exp(1) noise at cols (as sampling_triton's draw)."""
+def _uniform(key, cols):
+    """The row's uniforms at cols, in [2^-24, 1 - 2^-24] (uniform() of seeded_noise.py)."""
     h = _mix(key ^ (cols.to(tl.uint32) * 0x9E3779B1))
     h = _mix(h ^ (key >> 7))
-    u = ((h >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # in (0, 1): seeded_noise.py
-    return x - tl.log(-tl.log(u))
+    return ((h >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
+
+
+@triton.jit
+def _scores(x, cols, key):
+    """x - log(q), q = -log(u) the row's Exp(1) noise at cols: the Gumbel-max score."""
+    return x - tl.log(-tl.log(_uniform(key, cols)))
 
 
 @triton.jit
@@ -43,10 +48,7 @@ def _noise_kernel(keys_ptr, out_ptr, vocab, stride_out, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     key = tl.load(keys_ptr + row).to(tl.uint32)
-    x = _mix(key ^ (cols.to(tl.uint32) * 0x9E3779B1))
-    x = _mix(x ^ (key >> 7))
-    u = ((x >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # in (0, 1): seeded_noise.py
-    tl.store(out_ptr + row * stride_out + cols, -tl.log(u), mask=cols < vocab)
+    tl.store(out_ptr + row * stride_out + cols, -tl.log(_uniform(key, cols)), mask=cols < vocab)
 
 
 def seeded_exponential_triton(keys: torch.Tensor, vocab: int) -> torch.Tensor:
