@@ -60,15 +60,20 @@ def hf_step_logprobs(path: Path, prompt: list[int], max_new_tokens: int) -> list
     return _greedy(path, tuple(prompt), max_new_tokens, False)[1]
 
 
+def merge_outputs(merged: dict[str, RequestOutput], outputs: list[RequestOutput]) -> None:
+    """Adds one step's outputs to each request's merged output."""
+    for out in outputs:
+        if out.request_id in merged:
+            merged[out.request_id].merge(out)
+        else:
+            merged[out.request_id] = out
+
+
 def run_to_completion(engine: LLMEngine) -> dict[str, RequestOutput]:
     """Steps until idle; returns each request's merged output."""
     merged: dict[str, RequestOutput] = {}
     while engine.has_unfinished_requests:
-        for out in engine.step():
-            if out.request_id in merged:
-                merged[out.request_id].merge(out)
-            else:
-                merged[out.request_id] = out
+        merge_outputs(merged, engine.step())
     return merged
 
 

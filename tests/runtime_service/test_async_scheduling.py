@@ -16,7 +16,12 @@ import pytest
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.engine import LLMEngine
 from runtime_service.engine.params import SamplingParams
-from tests.runtime_service.reference import assert_pool_idle, hf_greedy, run_to_completion
+from tests.runtime_service.reference import (
+    assert_pool_idle,
+    hf_greedy,
+    merge_outputs,
+    run_to_completion,
+)
 from tests.runtime_service.test_engine_parity import mixed_prompts
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
@@ -84,11 +89,7 @@ def run(llm: LLMEngine, prompts: list[list[int]], params: list[SamplingParams], 
     merged: dict = {}
     steps = 0
     while llm.has_unfinished_requests:
-        for out in llm.step():
-            if out.request_id in merged:
-                merged[out.request_id].merge(out)
-            else:
-                merged[out.request_id] = out
+        merge_outputs(merged, llm.step())
         steps += 1
         if steps == 5 and abort:
             llm.abort([abort])

@@ -17,7 +17,7 @@ from runtime_service.engine.params import SamplingParams
 from runtime_service.engine.request import Request
 from runtime_service.engine.scheduler import SchedulerOutput
 from runtime_service.engine.step_inputs import StepInputs
-from tests.runtime_service.reference import assert_pool_idle, hf_greedy
+from tests.runtime_service.reference import assert_pool_idle, hf_greedy, merge_outputs
 from tests.runtime_service.test_engine_parity import engine_for, mixed_prompts
 
 
@@ -70,11 +70,7 @@ def test_mixed_graphs_match_eager_and_transformers(
                 for i, p in pending[:2]:
                     engine.add_request(f"r{i}", p, params)
                 pending = pending[2:]
-            for out in engine.step():
-                if out.request_id in merged:
-                    merged[out.request_id].merge(out)
-                else:
-                    merged[out.request_id] = out
+            merge_outputs(merged, engine.step())
             step += 1
         if graphs:
             replays = engine.runner.graphs.replays

@@ -31,6 +31,7 @@ from tests.runtime_service.reference import (
     hf_greedy,
     hf_model,
     hf_tokenizer,
+    merge_outputs,
     run_to_completion,
 )
 from tests.runtime_service.test_engine_parity import mixed_prompts
@@ -91,11 +92,7 @@ def run(llm: LLMEngine, prompts: list[list[int]], params: list[SamplingParams], 
     merged: dict = {}
     steps = 0
     while llm.has_unfinished_requests:
-        for out in llm.step():
-            if out.request_id in merged:
-                merged[out.request_id].merge(out)
-            else:
-                merged[out.request_id] = out
+        merge_outputs(merged, llm.step())
         steps += 1
         if steps == 6:
             llm.abort([abort])

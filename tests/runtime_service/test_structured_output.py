@@ -25,7 +25,7 @@ from runtime_service.engine.outputs import Completion
 from runtime_service.engine.params import SamplingParams
 from runtime_service.engine.structured import Constraint
 from tests.runtime_service.lora_reference import lora_engine, make_adapters, peft_greedy
-from tests.runtime_service.reference import assert_pool_idle, run_to_completion
+from tests.runtime_service.reference import assert_pool_idle, merge_outputs, run_to_completion
 from tests.runtime_service.structured_cases import (
     CHOICES,
     GRAMMAR,
@@ -248,13 +248,9 @@ def test_a_compiling_grammar_does_not_hold_up_other_requests(llm: LLM) -> None:
         slow = Constraint("regex", "[a-z]{3}-slow")  # a key no other test compiled
         engine.add_request("slow", chat("Say abc."), greedy(slow, 16))
         engine.add_request("free", chat("Say hello."), greedy(None, 8))
-        outputs = {}
+        outputs: dict = {}
         while "free" not in outputs or not outputs["free"].finished:
-            for out in engine.step():
-                if out.request_id in outputs:
-                    outputs[out.request_id].merge(out)
-                else:
-                    outputs[out.request_id] = out
+            merge_outputs(outputs, engine.step())
         assert "slow" not in outputs and engine.core.structured.is_pending("slow")
         release.set()
         rest = run_to_completion(engine)
