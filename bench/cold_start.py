@@ -24,7 +24,6 @@ daemon's log lines (their own durations, and the arrival time of each line here)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -39,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.offline_throughput import SHAPES  # noqa: E402
+from bench.offline_throughput import SHAPES, shaped_model_dir  # noqa: E402
 
 STARTS = ("first-cold", "restart-cold", "restart-warm")
 # A small shape of the same family, to run the whole path on a CPU in seconds.
@@ -59,28 +58,18 @@ PATTERNS = {
     "fetch": re.compile(r"fetched and verified .* in ([\d.]+) s"),
     "load": re.compile(r"engine weights loaded: (\d+) bytes in ([\d.]+) s"),
     "kv": re.compile(r"KV cache: .*profiled in ([\d.]+) s"),
-    "graphs": re.compile(r"captured (\d+) decode graphs .* in ([\d.]+) s"),
+    "graphs": re.compile(r"captured (\d+) graphs in ([\d.]+) s"),
     "core": re.compile(r"engine core ready"),
     "warmup": re.compile(r"warm-up generation in ([\d.]+) s"),
     "serving": re.compile(r"runtime serving"),
 }
 
 
-def shaped_source(shape: str, out: Path) -> Path:
-    """config.json of the shape and a tiny tokenizer (bench/offline_throughput.py's way)."""
-    from llmserve.testing.tiny_models import tiny_model
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(ALL_SHAPES[shape]))
-    tok_src = tiny_model("llama", REPO / ".cache" / "models")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (out / name).write_bytes((tok_src / name).read_bytes())
-    return out
-
-
 def build(args: argparse.Namespace, store: Path) -> tuple[str, float]:
     """The engine id (built now, or already in the store) and the build's seconds."""
-    source = shaped_source(args.shape, args.work / f"source-{args.shape}")
+    source = shaped_model_dir(
+        args.shape, args.work / f"source-{args.shape}", ALL_SHAPES[args.shape]
+    )
     cmd = [sys.executable, "-m", "llmserve", "build", str(source), "--random-weights"]
     cmd += ["--store", str(store), "--work-dir", str(args.work / "build-work")]
     cmd += ["--dtype", args.dtype, "--model-name", f"{args.shape}-random"]
@@ -204,7 +193,7 @@ def phase_rows(s: Start) -> list[tuple[str, str, str]]:
             fmt(None if graphs is None else float(graphs[1].group(2))),
             ""
             if graphs is None
-            else f"{graphs[1].group(1)} batch sizes, "
+            else f"{graphs[1].group(1)} graphs, "
             f"{float(graphs[1].group(2)) / max(int(graphs[1].group(1)), 1):.3f} s each",
         )
     )

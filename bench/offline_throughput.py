@@ -73,12 +73,14 @@ class Result:
         return self.tokens / self.seconds
 
 
-def shaped_model_dir(shape: str) -> Path:
-    """A directory with the shape's config.json and a (tiny) tokenizer; weights are dummy."""
+def shaped_model_dir(shape: str, out: Path | None = None, config: dict | None = None) -> Path:
+    """A directory (`out`, default a new temporary one) with the shape's config.json (or
+    `config`) and a (tiny) tokenizer; weights are dummy."""
     from llmserve.testing.tiny_models import tiny_model
 
-    out = Path(tempfile.mkdtemp(prefix=f"{shape}-"))
-    (out / "config.json").write_text(json.dumps(SHAPES[shape]))
+    out = out or Path(tempfile.mkdtemp(prefix=f"{shape}-"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config or SHAPES[shape]))
     tok_src = tiny_model("llama", REPO / ".cache" / "models")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (out / name).write_bytes((tok_src / name).read_bytes())
