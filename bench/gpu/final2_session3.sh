@@ -3,10 +3,7 @@
 # builder's S3 modules carried as well: served vs offline with the gateway at concurrency
 # 1,024 (issue 13), then the cold start of an 8B engine from a local store (issue 11).
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-pip install -q --no-deps --target /tmp/pylib .device-wheels/*.whl > "$OUT/pip.txt" 2>&1
-export PYTHONPATH=/tmp/pylib:$PWD PATH=$PWD/.device-wheels/redis:$PATH
-export LD_LIBRARY_PATH=$PWD/.device-wheels/redis:${LD_LIBRARY_PATH:-}
+source bench/gpu/carried.sh
 python3 -c "import uvicorn, starlette, botocore; print('imports ok')"
 SEQS=1024 RATE=60 LOW="" OUT=$OUT/serve timeout 165 bash bench/serve_vs_offline.sh 1024 128 128 \
   > "$OUT/serve.txt" 2>&1

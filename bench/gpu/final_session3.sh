@@ -5,10 +5,7 @@
 # 8B engine from a local store (issue 11); a short int4 tile search. Each part has its own
 # timeout and writes to $OUT as it goes.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-pip install -q --no-deps --target /tmp/pylib .device-wheels/*.whl > "$OUT/pip.txt" 2>&1
-export PYTHONPATH=/tmp/pylib:$PWD PATH=$PWD/.device-wheels/redis:$PATH
-export LD_LIBRARY_PATH=$PWD/.device-wheels/redis:${LD_LIBRARY_PATH:-}
+source bench/gpu/carried.sh
 timeout 70 python3 -m pytest -q -p no:cacheprovider --tb=short \
   tests/runtime_service/test_sample_kernel.py::test_full_vocabulary_batch_on_cuda \
   tests/runtime_service/test_structured_async.py > "$OUT/tests.txt" 2>&1

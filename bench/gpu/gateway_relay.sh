@@ -4,10 +4,7 @@
 # processes, with enough upstreams and client processes that the load side is not the limit.
 # redis-server travels in .device-wheels/redis (with its libraries), as for serve_session3.sh.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-pip install -q --no-deps --target /tmp/pylib .device-wheels/*.whl > "$OUT/pip.txt" 2>&1
-export PYTHONPATH=/tmp/pylib:$PWD PATH=$PWD/.device-wheels/redis:$PATH
-export LD_LIBRARY_PATH=$PWD/.device-wheels/redis:${LD_LIBRARY_PATH:-}
+source bench/gpu/carried.sh
 echo "cores $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg)"
 timeout 60 python3 -m pytest -q tests/gateway/test_relay.py tests/gateway/test_coalesce.py \
   tests/gateway/test_idle.py 2>&1 | tail -2

@@ -4,10 +4,7 @@
 # each with a Poisson load near half its saturating rate, then the offline engine on the same
 # requests. redis-server travels in .device-wheels/redis (with its libraries).
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-pip install -q --no-deps --target /tmp/pylib .device-wheels/*.whl > "$OUT/pip.txt" 2>&1
-export PYTHONPATH=/tmp/pylib:$PWD PATH=$PWD/.device-wheels/redis:$PATH
-export LD_LIBRARY_PATH=$PWD/.device-wheels/redis:${LD_LIBRARY_PATH:-}
+source bench/gpu/carried.sh
 python3 -c "import opentelemetry.sdk, grpc_health, uvloop, redis; print('imports ok')"
 for spec in "256 40" "1024 60"; do
   set -- $spec

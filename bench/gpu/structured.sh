@@ -8,9 +8,7 @@
 #    default). Success: "JSON Schema throughput" >= 90% and 256/256 outputs accepted whole.
 # Both parts together stay under 4 minutes (pytest 130 s, bench 110 s at most).
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-pip install -q --no-deps --target /tmp/pylib .device-wheels/*.whl > "$OUT/pip.txt" 2>&1
-export PYTHONPATH=/tmp/pylib:$PWD
+source bench/gpu/carried.sh
 timeout 130 python3 -m pytest tests/runtime_service/test_structured_async.py \
   tests/runtime_service/test_structured_output.py -k "async or stop_tokens or lora or shape_errors" \
   -q -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
