@@ -13,6 +13,16 @@ OUT=${OUT:-bench-out}
 N=${1:-256} IN=${2:-128} OUTLEN=${3:-128} CLIENTS=${CLIENTS:-4} SEQS=${SEQS:-256}
 RATE=${RATE:-20} LOW=${LOW-64}  # the Poisson rate (req/s) and the low concurrency ("" skips it)
 mkdir -p "$OUT"
+wait_serving() {  # NAME PORT SECONDS: until health SERVING, else the log's tail and exit
+  python3 -c "
+import time, sys
+from llmserve.processes import health_status
+deadline = time.time() + $3
+while health_status('127.0.0.1:$2') != 1:
+    if time.time() > deadline:
+        print(open('$OUT/$1.log').read()[-3000:]); sys.exit('$1 not SERVING')
+    time.sleep(1)"
+}
 MODEL=$(python3 -c "import sys; sys.path.insert(0, 'bench'); \
 from offline_throughput import shaped_model_dir; print(shaped_model_dir('llama3-8b'))")
 PORT=50052
@@ -21,14 +31,7 @@ python3 -m runtime_service --model-path "$MODEL" --load-format dummy --port $POR
   --log-format text > "$OUT/runtime.log" 2>&1 &
 RUNTIME=$! GATEWAY="" REDIS=""
 trap 'kill $RUNTIME $GATEWAY $REDIS 2>/dev/null || true' EXIT
-python3 -c "
-import time, sys
-from llmserve.processes import health_status
-deadline = time.time() + 300
-while health_status('127.0.0.1:$PORT') != 1:
-    if time.time() > deadline:
-        print(open('$OUT/runtime.log').read()[-3000:]); sys.exit('runtime not SERVING')
-    time.sleep(1)"
+wait_serving runtime $PORT 300
 LOAD="--num-requests $N --input-len $IN --output-len $OUTLEN --vocab 128000 --processes $CLIENTS"
 COMMON="--target 127.0.0.1:$PORT $LOAD --report $OUT/serve.md"
 python3 bench/serve_load.py $COMMON --concurrency "$N"
@@ -43,14 +46,7 @@ if command -v redis-server > /dev/null; then
     --runtime 127.0.0.1:$PORT --api-keys-file "$OUT/api-keys" --rate-limit-rps 0 \
     --auth-failure-rps 0 --log-format text > "$OUT/gateway.log" 2>&1 &
   GATEWAY=$!
-  python3 -c "
-import time, sys
-from llmserve.processes import health_status
-deadline = time.time() + 60
-while health_status('127.0.0.1:$GW_PORT') != 1:
-    if time.time() > deadline:
-        print(open('$OUT/gateway.log').read()[-3000:]); sys.exit('gateway not SERVING')
-    time.sleep(1)"
+  wait_serving gateway $GW_PORT 60
   sleep 3  # the gateway's first check of the runtime
   GW="--target 127.0.0.1:$GW_PORT --model bench --api-key $KEY $LOAD --report $OUT/gateway.md"
   python3 bench/serve_load.py $GW --concurrency "$N"
