@@ -132,8 +132,10 @@ def sampler_rows(llm, vocab: int) -> list[str]:
     return lines
 
 
-def profile_decode(llm, vocab: int, batch: int, context: int) -> None:
-    """Prints the kernels of 4 decode steps of `batch` requests at ~`context` tokens."""
+def profile_decode(llm, vocab: int, batch: int, context: int, prefill: bool = False) -> None:
+    """Prints the kernels of 4 decode steps of `batch` requests at ~`context` tokens, or
+    (prefill) of their first step: batch x context prompt tokens, at most
+    max_num_batched_tokens of them."""
     from torch.profiler import ProfilerActivity, profile
 
     from runtime_service.engine.params import SamplingParams
@@ -144,14 +146,21 @@ def profile_decode(llm, vocab: int, batch: int, context: int) -> None:
     for i in range(batch):
         prompt = torch.randint(100, vocab - 100, (context,), generator=g).tolist()
         engine.add_request(f"prof{i}", prompt, params)
-    for _ in range(4):
+    steps = 1 if prefill else 4
+    for _ in range(0 if prefill else 4):
         engine.step()
     sync()
+    start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(4):
+        for _ in range(steps):
             engine.step()
         sync()
-    print(f"--- profile: {batch} decodes at ~{context} tokens, 4 steps")
+    what = (
+        f"prefill of {batch} x {context} tokens, 1 step"
+        if prefill
+        else f"{batch} decodes at ~{context} tokens, 4 steps"
+    )
+    print(f"--- profile: {what} ({time.perf_counter() - start:.3f} s under the profiler)")
     print(
         prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60)
     )
@@ -202,8 +211,10 @@ def main() -> None:
     parser.add_argument("--static-batch", type=int, default=256)
     parser.add_argument("--report", type=Path)
     parser.add_argument(
-        "--profile", default="", help="batch:context pairs to profile, e.g. 1:512,256:192"
-    )
+        "--profile", default="",
+        help="batch:context pairs to profile, e.g. 1:512,256:192 (decode steps); "
+        "p16:1024 profiles the prefill step of 16 x 1,024 prompt tokens",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from runtime_service.engine.llm import LLM
@@ -259,8 +270,8 @@ def main() -> None:
             print(f"  {row}: graph replays {ran}", file=sys.stderr, flush=True)
     tail = ["", *sampler_rows(llm, vocab)] if "sampler" in rows else []
     for pair in [p for p in args.profile.split(",") if p]:
-        batch, context = (int(x) for x in pair.split(":"))
-        profile_decode(llm, vocab, batch, context)
+        batch, context = (int(x) for x in pair.lstrip("p").split(":"))
+        profile_decode(llm, vocab, batch, context, prefill=pair.startswith("p"))
     del llm
     gc.collect()
     torch.cuda.empty_cache()
