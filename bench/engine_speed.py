@@ -147,8 +147,12 @@ def profile_decode(llm, vocab: int, batch: int, context: int, prefill: bool = Fa
         prompt = torch.randint(100, vocab - 100, (context,), generator=g).tolist()
         engine.add_request(f"prof{i}", prompt, params)
     steps = 1 if prefill else 4
-    for _ in range(0 if prefill else 4):
+    graphs = engine.runner.graphs
+    for i in range(0 if prefill else 64):  # until a decode-only step (every prompt is in)
+        decodes = graphs.replays["decode"] if graphs is not None else 0
         engine.step()
+        if graphs.replays["decode"] > decodes if graphs is not None else i == 3:
+            break
     sync()
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument(
         "--tokenizer", type=Path, help="a directory with tokenizer.json (for a --shape)"
     )
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--report", type=Path)
     args = parser.parse_args()
 
@@ -163,15 +164,19 @@ def main() -> None:
     run(llm, prompts[:4], 8, constraint)
     rows = []
     host = llm.engine.core.structured.host_seconds
-    for name, c in (("unconstrained", None), ("json_schema", constraint)):
-        before = dict(host)
-        tokens, seconds, outputs = run(llm, prompts, args.output_len, c)
-        rows.append((name, tokens, seconds, tokens / seconds))
-        print(rows[-1], flush=True)
-    # Per decode step of the constrained run (output_len steps, each with every row).
-    fill, accept = ((host[k] - before[k]) / args.output_len * 1e3 for k in ("fill", "accept"))
+    fill = accept = 0.0
+    for r in range(1, args.rounds + 1):  # interleaved: one-time costs hit the first round
+        for name, c in (("unconstrained", None), ("json_schema", constraint)):
+            before = dict(host)
+            tokens, seconds, outputs = run(llm, prompts, args.output_len, c)
+            rows.append((r, name, tokens, seconds, tokens / seconds))
+            print(rows[-1], flush=True)
+        # Per decode step of the constrained run (output_len steps, each with every row).
+        fill += (host["fill"] - before["fill"]) / args.output_len / args.rounds * 1e3
+        accept += (host["accept"] - before["accept"]) / args.output_len / args.rounds * 1e3
     valid = count_valid(llm, constraint, outputs, args.output_len)
-    ratio = rows[1][3] / rows[0][3]
+    best = {name: max(row[4] for row in rows if row[1] == name) for _, name, *_ in rows}
+    ratio = best["json_schema"] / best["unconstrained"]
     device = str(llm.engine.core.info.device)
     lines = [
         f"### Structured output: {args.model or args.shape}, {args.num_requests} requests, "
@@ -183,18 +188,20 @@ def main() -> None:
         f"{compile_s:.2f} s (before the timed runs); tokenizer "
         f"{llm.engine.tokenizer.__class__.__name__} of {len(llm.engine.tokenizer)} tokens.",
         "",
-        "| row | out tokens | seconds | tok/s | vs unconstrained |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| round | row | out tokens | seconds | tok/s | vs unconstrained, same round |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
         *(
-            f"| {name} | {tokens} | {seconds:.2f} | {rate:,.0f} | {rate / rows[0][3]:.1%} |"
-            for name, tokens, seconds, rate in rows
+            f"| {r} | {name} | {tokens} | {seconds:.2f} | {rate:,.0f} | "
+            f"{rate / rows[2 * (r - 1)][4]:.1%} |"
+            for r, name, tokens, seconds, rate in rows
         ),
         "",
-        f"JSON Schema throughput: {ratio:.1%} of unconstrained (target >= 90%); "
+        f"JSON Schema throughput (best round of each): {ratio:.1%} of unconstrained "
+        f"(target >= 90%); "
         f"{valid}/{len(outputs)} constrained outputs accepted whole by xgrammar's matcher "
         f"(complete, or a valid prefix cut at {args.output_len} tokens). Host time per "
-        f"step of {args.num_requests} rows: mask fill {fill:.2f} ms, matchers' accepts "
-        f"{accept:.2f} ms.",
+        f"step of {args.num_requests} rows (mean of the rounds): mask fill {fill:.2f} ms, "
+        f"matchers' accepts {accept:.2f} ms.",
     ]
     print_report("\n".join(lines) + "\n", args.report)
 
