@@ -13,25 +13,30 @@ OUT=${OUT:-bench-out}
 N=${1:-256} IN=${2:-128} OUTLEN=${3:-128} CLIENTS=${CLIENTS:-4} SEQS=${SEQS:-256}
 RATE=${RATE:-20} LOW=${LOW-64}  # the Poisson rate (req/s) and the low concurrency ("" skips it)
 mkdir -p "$OUT"
-wait_serving() {  # NAME PORT SECONDS: until health SERVING, else the log's tail and exit
+wait_serving() {  # NAME PORT SECONDS PID: until health SERVING, else the log's tail and exit
   python3 -c "
 import time, sys
 from llmserve.processes import health_status
+def alive():  # a process that exited stays a zombie until the script waits for it
+    try:
+        return open('/proc/$4/stat').read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
 deadline = time.time() + $3
 while health_status('127.0.0.1:$2') != 1:
-    if time.time() > deadline:
+    if time.time() > deadline or not alive():
         print(open('$OUT/$1.log').read()[-3000:]); sys.exit('$1 not SERVING')
     time.sleep(1)"
 }
 MODEL=$(python3 -c "import sys; sys.path.insert(0, 'bench'); \
-from offline_throughput import shaped_model_dir; print(shaped_model_dir('llama3-8b'))")
+from offline_throughput import shaped_model_dir; print(shaped_model_dir('llama3-8b'))" | tail -1)
 PORT=50052
 python3 -m runtime_service --model-path "$MODEL" --load-format dummy --port $PORT \
   --max-num-seqs $SEQS --max-num-batched-tokens 8192 --served-model-name bench \
   --log-format text > "$OUT/runtime.log" 2>&1 &
 RUNTIME=$! GATEWAY="" REDIS=""
 trap 'kill $RUNTIME $GATEWAY $REDIS 2>/dev/null || true' EXIT
-wait_serving runtime $PORT 300
+wait_serving runtime $PORT 300 $RUNTIME
 LOAD="--num-requests $N --input-len $IN --output-len $OUTLEN --vocab 128000 --processes $CLIENTS"
 COMMON="--target 127.0.0.1:$PORT $LOAD --report $OUT/serve.md"
 python3 bench/serve_load.py $COMMON --concurrency "$N"
@@ -46,7 +51,7 @@ if command -v redis-server > /dev/null; then
     --runtime 127.0.0.1:$PORT --api-keys-file "$OUT/api-keys" --rate-limit-rps 0 \
     --auth-failure-rps 0 --log-format text > "$OUT/gateway.log" 2>&1 &
   GATEWAY=$!
-  wait_serving gateway $GW_PORT 60
+  wait_serving gateway $GW_PORT 60 $GATEWAY
   sleep 3  # the gateway's first check of the runtime
   GW="--target 127.0.0.1:$GW_PORT --model bench --api-key $KEY $LOAD --report $OUT/gateway.md"
   python3 bench/serve_load.py $GW --concurrency "$N"
