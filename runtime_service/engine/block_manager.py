@@ -47,6 +47,7 @@ class BlockManager:
         self._free: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
         self._cached: dict[bytes, KVBlock] = {}
         self._req_blocks: dict[str, list[KVBlock]] = {}
+        self._req_block_ids: dict[str, list[int]] = {}  # the same blocks' ids, kept in step
         self._num_cached_blocks: dict[str, int] = {}  # blocks of a request already hashed in
         # Free blocks still holding a cached prefix: a counter, so other threads can read it.
         self.num_cached_free_blocks = 0
@@ -64,7 +65,9 @@ class BlockManager:
         return 1.0 - self.num_free_blocks / self.num_blocks
 
     def block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self._req_blocks.get(request_id, ())]
+        """The request's block table: the live list (read it, never change it; it grows when
+        the request gets a block, and a new list follows a free)."""
+        return self._req_block_ids.get(request_id, [])
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -103,8 +106,13 @@ class BlockManager:
     ) -> bool:
         """Gives req the blocks for `computed` (prefix hits) plus room for num_new_tokens more
         tokens after them. Returns False, changing nothing, if the pool cannot."""
+        if not computed:  # a running request whose blocks have room (most decodes)
+            held = self._req_blocks.get(req.request_id)
+            if held and req.num_computed_tokens + num_new_tokens <= len(held) * self.block_size:
+                return True
         computed = computed or []
         held = self._req_blocks.setdefault(req.request_id, [])
+        held_ids = self._req_block_ids.setdefault(req.request_id, [])
         num_tokens = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
         num_new_blocks = self.blocks_needed(num_tokens) - len(held) - len(computed)
         # Hits that are free right now leave the free queue, so they count against it.
@@ -112,6 +120,7 @@ class BlockManager:
         if num_new_blocks > len(self._free) - num_free_hits:
             if not held:
                 del self._req_blocks[req.request_id]
+                del self._req_block_ids[req.request_id]
             return False
         for block in computed:
             if block.ref_count == 0:
@@ -119,6 +128,7 @@ class BlockManager:
                 self.num_cached_free_blocks -= 1
             block.ref_count += 1
             held.append(block)
+            held_ids.append(block.block_id)
         for _ in range(max(num_new_blocks, 0)):
             _, block = self._free.popitem(last=False)
             if block.block_hash is not None:
@@ -129,6 +139,7 @@ class BlockManager:
                 block.block_hash = None
             block.ref_count = 1
             held.append(block)
+            held_ids.append(block.block_id)
         if computed:
             self._num_cached_blocks[req.request_id] = len(computed)
         return True
@@ -152,6 +163,7 @@ class BlockManager:
     def free(self, req: Request) -> None:
         """Releases req's blocks. Its last blocks enter the LRU queue first, so a shared
         prefix outlives the tail that only this request used."""
+        self._req_block_ids.pop(req.request_id, None)
         for block in reversed(self._req_blocks.pop(req.request_id, [])):
             block.ref_count -= 1
             if block.ref_count == 0:

@@ -92,6 +92,8 @@ class Detokenizer:
 
     def take_delta(self, finished: bool) -> str:
         """Text not yet returned; while unfinished, minus a possible stop-string start."""
+        if not self._enabled:
+            return ""
         end = len(self.text) if finished else len(self.text) - self._held_back()
         end = max(end, self._num_emitted)
         delta = self.text[self._num_emitted : end]

@@ -30,13 +30,9 @@ class RequestStatus(enum.Enum):
     FINISHED_LENGTH = "length"  # max_tokens or the context window
     FINISHED_ABORTED = "abort"
 
-    @property
-    def finished(self) -> bool:
-        return self in (
-            RequestStatus.FINISHED_STOPPED,
-            RequestStatus.FINISHED_LENGTH,
-            RequestStatus.FINISHED_ABORTED,
-        )
+    def __init__(self, value: str) -> None:
+        # A plain attribute: read several times per request per step.
+        self.finished = value in ("stop", "length", "abort")
 
 
 @dataclass(slots=True)
