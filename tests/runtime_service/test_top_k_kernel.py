@@ -39,7 +39,12 @@ def rows(vocab: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("vocab", [1000, 5003])
 def test_kth_largest_is_topk(vocab: int) -> None:
     x = rows(vocab, vocab)
-    for ks in ([1] * 9, [2, 7, 50, 1, 3, 6, 100, 999, 13], [vocab] * 9, [0, 5, 0, 4, 1, 8, 0, 2, 9]):
+    for ks in (
+        [1] * 9,
+        [2, 7, 50, 1, 3, 6, 100, 999, 13],
+        [vocab] * 9,
+        [0, 5, 0, 4, 1, 8, 0, 2, 9],
+    ):
         k = torch.tensor(ks)
         ours = kth_largest_triton(x.to(DEVICE), k.to(DEVICE)).cpu()
         assert torch.equal(ours, expected(x, k)), ks
