@@ -13,6 +13,7 @@ keeps the last CACHED compositions.
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -52,14 +53,14 @@ class RowSettings:
     @classmethod
     def of(cls, reqs: list[Request], vocab: int, device: torch.device) -> RowSettings:
         params = [r.params for r in reqs]
-        settings = torch.tensor(
-            [(p.temperature, p.top_k, p.top_p, p.min_p) for p in params], dtype=torch.float32
+        settings = _host(
+            "f", [v for p in params for v in (p.temperature, p.top_k, p.top_p, p.min_p)], 4
         ).to(device, non_blocking=True)
         temperature, top_k, top_p, min_p = (settings[:, i : i + 1] for i in range(4))
         seeds = [p.seed for p in params]
-        template = torch.tensor(
-            [(0, 0, 0) if s is None else (_int64(s), 0, 1) for s in seeds], dtype=torch.long
-        ).reshape(len(reqs), 3)
+        template = _host(
+            "q", [v for s in seeds for v in ((0, 0, 0) if s is None else (_int64(s), 0, 1))], 3
+        )
         max_top_k = max((p.top_k for p in params), default=0)
         return cls(
             reqs=reqs,
@@ -88,7 +89,7 @@ class RowSettings:
             keys = torch.randint(0, 1 << 32, (len(self.reqs),))
             info[:, 0] = torch.where(self.seeded, info[:, 0], keys)
         if self.seeded_rows:
-            steps = torch.tensor([len(r.output_token_ids) for r in self.reqs], dtype=torch.long)
+            steps = _host("q", [len(r.output_token_ids) for r in self.reqs], 1)[:, 0]
             info[:, 1] = torch.where(self.seeded, steps, 0)
         return info
 
@@ -118,12 +119,14 @@ class BatchSettings:
         mixed = 0 < len(random_rows) < len(reqs)
         penalty_settings = None
         if penalty_rows:
-            penalty_settings = torch.tensor(
+            penalty_settings = _host(
+                "f",
                 [
-                    (p.repetition_penalty, p.presence_penalty, p.frequency_penalty)
+                    v
                     for p in (params[i] for i in penalty_rows)
+                    for v in (p.repetition_penalty, p.presence_penalty, p.frequency_penalty)
                 ],
-                dtype=torch.float32,
+                3,
             ).to(device, non_blocking=True)
         return cls(
             reqs=reqs,
@@ -155,7 +158,16 @@ class BatchSettings:
 
 
 def _index(rows: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
+    return _host("q", rows, 1)[:, 0].to(device, non_blocking=True)
+
+
+def _host(typecode: str, flat: list, width: int) -> torch.Tensor:
+    """[len(flat) / width, width] float32 ("f") or int64 ("q") host tensor of a flat list
+    (through array: half the time of torch.tensor on a list of tuples)."""
+    dtype = torch.float32 if typecode == "f" else torch.long
+    if not flat:
+        return torch.empty(0, width, dtype=dtype)
+    return torch.frombuffer(array(typecode, flat), dtype=dtype).view(-1, width)
 
 
 _cache: OrderedDict[tuple, BatchSettings] = OrderedDict()
