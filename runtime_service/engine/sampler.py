@@ -3,9 +3,11 @@
 Order of operations, per row: penalties (repetition on prompt and output tokens as in
 transformers; presence and frequency on output tokens as in OpenAI's API), the min_tokens
 mask of stop tokens, then greedy argmax, or temperature, top-k, top-p, min-p and a draw.
-Every step is one set of tensor operations over the batch: the per-request settings become
-tensors (SamplingMetadata), penalties read device tables (penalties.py), and the only Python
-loops are over the rows that need a setting at all, to build those tensors.
+Every step is one set of tensor operations over the batch: the per-request settings are
+tensors built once per batch composition (sampling_batch.py) and only what changes between
+steps is read per step (seeded rows' output indices, rows still under min_tokens, random
+keys); penalties read device tables (penalties.py); on CUDA top-k is a per-row floor found
+by radix select (kernels/top_k_triton.py) and top-p is decided in the draw.
 
 The draw is argmax(p / q) with q ~ Exp(1) (the exponential-race form of sampling from p).
 A seeded request's q is a hash of (seed, output index, token) (kernels/seeded_noise.py), so
