@@ -52,14 +52,14 @@ def _kth_kernel(
     prefix = tl.zeros([], tl.uint32)  # the digits found so far
     known = tl.zeros([], tl.uint32)  # their bits
     for p in tl.static_range(32 // RADIX_):
-        SHIFT: tl.constexpr = 32 - RADIX_ * (p + 1)
+        shift = 32 - RADIX_ * (p + 1)  # a constexpr: p is static
         hist = tl.zeros([NBINS], tl.int32)
         for start in range(0, V, BLOCK_):
             cols = start + tl.arange(0, BLOCK_)
             ok = cols < V
             keys = _ordered_keys(tl.load(base + cols, mask=ok, other=0.0))
             match = ok & ((keys & known) == prefix)
-            digits = ((keys >> SHIFT) & (NBINS - 1)).to(tl.int32)
+            digits = ((keys >> shift) & (NBINS - 1)).to(tl.int32)
             # Lanes that do not match are parked in bin 0 and taken out again (exact, and
             # independent of how a backend treats histogram masks).
             hist += tl.histogram(tl.where(match, digits, 0), NBINS)
@@ -68,8 +68,8 @@ def _kth_kernel(
         at_least = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
         d = tl.max(tl.where(at_least >= k, bins, 0), axis=0)
         k -= tl.sum(tl.where(bins == d, at_least - hist, 0), axis=0)
-        prefix |= d.to(tl.uint32) << SHIFT
-        known |= tl.full([], NBINS - 1, tl.uint32) << SHIFT
+        prefix |= d.to(tl.uint32) << shift
+        known |= tl.full([], NBINS - 1, tl.uint32) << shift
     negative = (prefix >> 31) == 0
     bits = tl.where(negative, prefix ^ 0xFFFFFFFF, prefix & 0x7FFFFFFF)
     tl.store(out_ptr + row, bits.to(tl.float32, bitcast=True))
