@@ -50,6 +50,7 @@ def apply_penalties(
     table_rows = _table_rows(batch, state)
     batch_rows, settings = batch.penalty_index, batch.penalty_settings
     assert batch_rows is not None and settings is not None
+    settings = settings[batch_rows]
     if logits.is_cuda:
         from runtime_service.kernels.sampling_triton import apply_penalties_triton
 
@@ -74,7 +75,27 @@ def _table_rows(batch: BatchSettings, state: PenaltyState) -> torch.Tensor:
     if batch.table_rows is None or batch.table_key != state.generation:
         batch.table_rows = state.rows_of([batch.reqs[i] for i in batch.penalty_rows])
         batch.table_key = state.generation
+        batch.table_of_row = None
     return batch.table_rows
+
+
+def _penalized_copy(
+    logits: torch.Tensor, batch: BatchSettings, state: PenaltyState
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """CUDA: a copy of the logits with the penalties applied, in one pass (the clone the
+    sampler needs anyway and the penalties together); -> (copy, (batch rows, table rows))."""
+    from runtime_service.kernels.sampling_triton import penalized_copy_triton
+
+    table_rows = _table_rows(batch, state)
+    batch_rows = batch.penalty_index
+    assert batch_rows is not None and batch.penalty_settings is not None
+    if batch.table_of_row is None:
+        full = torch.full((len(batch.reqs),), -1, dtype=torch.long, device=logits.device)
+        batch.table_of_row = full.index_copy_(0, batch_rows, table_rows)
+    out = penalized_copy_triton(
+        logits, batch.table_of_row, batch.penalty_settings, state.output_counts, state.prompt_mask
+    )
+    return out, (batch_rows, table_rows)
 
 
 def mask_early_stops(
@@ -234,8 +255,9 @@ def draw(
 
 
 def _fused(logits: torch.Tensor) -> bool:
-    """Whether the draw runs as kernels/sample_triton.py (CUDA; tests also run it on the CPU
-    in Triton's interpreter)."""
+    """Whether the sampler's Triton kernels run: the draw (kernels/sample_triton.py), the top-k
+    floor and the penalized copy (CUDA; tests also run them on the CPU in Triton's
+    interpreter)."""
     return logits.is_cuda
 
 
@@ -326,10 +348,17 @@ def sample_on_device(
     batch = batch_settings(reqs, logits.shape[1], logits.device)
     early = batch.early_rows() if batch.min_tokens_rows else []
     needs_copy = bool(batch.penalty_rows or early or batch.constrained_logprobs)
-    logits = logits.clone() if needs_copy else logits
+    penalized = None
+    if batch.penalty_rows and _fused(logits):  # the copy and the penalties in one pass
+        # (the grammar's -inf masks then come after the penalties: the same logits)
+        state = penalties or PenaltyState(logits.shape[1], logits.device)
+        logits, penalized = _penalized_copy(logits, batch, state)
+    elif needs_copy:
+        logits = logits.clone()
     if constrain is not None:
         constrain(logits, reqs)
-    penalized = apply_penalties(logits, reqs, penalties, batch)
+    if penalized is None:
+        penalized = apply_penalties(logits, reqs, penalties, batch)
     if early:
         mask_early_stops(logits, reqs, batch)
     s = batch.random

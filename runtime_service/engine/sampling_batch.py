@@ -104,11 +104,12 @@ class BatchSettings:
     random: RowSettings | None
     penalty_rows: list[int]
     penalty_index: torch.Tensor | None  # [P] long, device
-    penalty_settings: torch.Tensor | None  # [P, 3] float32: repetition, presence, frequency
+    penalty_settings: torch.Tensor | None  # [R, 3] float32: repetition, presence, frequency
     min_tokens_rows: list[int]  # rows with min_tokens and stop tokens
     constrained_logprobs: bool  # a constrained row wants logprobs (of the raw logits)
     want: list[int | None]  # per row: its logprobs setting
     table_rows: torch.Tensor | None = None  # penalty table rows, valid for table_key
+    table_of_row: torch.Tensor | None = None  # [R] long, device: table row or -1 (table_key)
     table_key: int | None = None  # the PenaltyState generation they were read at
 
     @classmethod
@@ -123,7 +124,7 @@ class BatchSettings:
                 "f",
                 [
                     v
-                    for p in (params[i] for i in penalty_rows)
+                    for p in params
                     for v in (p.repetition_penalty, p.presence_penalty, p.frequency_penalty)
                 ],
                 3,

@@ -78,3 +78,57 @@ def test_add_tokens_counts_one_per_row() -> None:
     state.add_tokens(rows, tokens)
     assert state.output_counts[rows, tokens].tolist() == [2, 2, 2]
     assert int(state.output_counts.sum()) == 6
+
+
+def test_penalized_copy_is_clone_then_penalties() -> None:
+    """The one-pass kernel (interpreted without CUDA) against the torch penalties on a clone;
+    rows without penalties are copied as they are."""
+    from runtime_service.kernels.sampling_triton import penalized_copy_triton
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, VOCAB, generator=g) * 3
+    reqs = [
+        req("a", repetition_penalty=1.3, frequency_penalty=0.2),
+        req("b"),
+        req("c", presence_penalty=0.4, repetition_penalty=0.8),
+        req("d", temperature=0.5),
+    ]
+    for i, r in enumerate(reqs):
+        for t in (5, 5, 17 + i, 299):
+            r.append_output_token(t, None)
+    expected = logits.clone()
+    sampler.apply_penalties(expected, reqs)
+    state = PenaltyState(VOCAB, torch.device("cpu"))
+    table = torch.tensor([-1] * 4)
+    table[[0, 2]] = state.rows_of([reqs[0], reqs[2]])
+    settings = torch.tensor([[1.3, 0.0, 0.2], [1.0, 0.0, 0.0], [0.8, 0.4, 0.0], [1.0, 0.0, 0.0]])
+    ours = penalized_copy_triton(logits, table, settings, state.output_counts, state.prompt_mask)
+    torch.testing.assert_close(ours, expected)
+    assert torch.equal(ours[[1, 3]], logits[[1, 3]])
+
+
+def test_fused_penalties_draw_what_the_torch_path_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sample() with penalties over steps: the fused path (penalized copy, kernels) and the
+    torch path give the same tokens, and the caller's logits are left alone."""
+    g = torch.Generator().manual_seed(4)
+    settings = [
+        dict(temperature=0, repetition_penalty=1.5, presence_penalty=0.5),
+        dict(temperature=0),
+        dict(temperature=0.9, frequency_penalty=1.0, seed=5),
+        dict(temperature=1.0, seed=6),
+    ]
+    twins = [[req(f"{n}{i}", **kw) for i, kw in enumerate(settings)] for n in "xy"]
+    states = [PenaltyState(VOCAB, torch.device("cpu")) for _ in twins]
+    for _ in range(3):
+        logits = torch.randn(len(settings), VOCAB, generator=g) * 2
+        before = logits.clone()
+        plain = sampler.sample(logits, twins[0], states[0]).token_ids
+        with monkeypatch.context() as m:
+            m.setattr(sampler, "_fused", lambda _: True)
+            fused = sampler.sample(logits, twins[1], states[1]).token_ids
+        assert fused == plain
+        assert torch.equal(logits, before)
+        for reqs in twins:
+            for r, t in zip(reqs, plain, strict=True):
+                r.append_output_token(t, None)
+    assert torch.equal(states[0].output_counts[:2], states[1].output_counts[:2])
