@@ -12,9 +12,13 @@ finished requests are reclaimed, and only then do the tables grow (doubling).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from runtime_service.engine.request import Request
+
+_GENERATIONS = itertools.count()
 
 
 class PenaltyState:
@@ -25,6 +29,9 @@ class PenaltyState:
         self.output_counts = torch.zeros(capacity, vocab_size, dtype=torch.int32, device=device)
         self.owners: list[Request | None] = [None] * capacity
         self.rows: dict[int, int] = {}  # id(request) -> row
+        # Renewed whenever a row changes hands, unique across tables: the sampler's cached
+        # table rows of a batch (sampling_batch.py) hold while it is unchanged.
+        self.generation = next(_GENERATIONS)
 
     @property
     def capacity(self) -> int:
@@ -41,11 +48,13 @@ class PenaltyState:
         return torch.tensor(rows, dtype=torch.long).to(self.device, non_blocking=True)
 
     def add_tokens(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
-        """Counts one new output token per row (rows [P], tokens [P] on the device)."""
-        ones = torch.ones_like(tokens, dtype=torch.int32)
-        self.output_counts.index_put_((rows, tokens), ones, accumulate=True)
+        """Counts one new output token per row (rows [P], distinct, tokens [P] on the device):
+        the rows are distinct, so a gather and a plain scatter (no accumulating index_put,
+        which sorts on CUDA)."""
+        self.output_counts[rows, tokens] = self.output_counts[rows, tokens] + 1
 
     def _assign(self, req: Request) -> int:
+        self.generation = next(_GENERATIONS)
         if None not in self.owners:
             self._reclaim()
         if None not in self.owners:

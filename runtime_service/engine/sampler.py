@@ -3,9 +3,11 @@
 Order of operations, per row: penalties (repetition on prompt and output tokens as in
 transformers; presence and frequency on output tokens as in OpenAI's API), the min_tokens
 mask of stop tokens, then greedy argmax, or temperature, top-k, top-p, min-p and a draw.
-Every step is one set of tensor operations over the batch: the per-request settings become
-tensors (SamplingMetadata), penalties read device tables (penalties.py), and the only Python
-loops are over the rows that need a setting at all, to build those tensors.
+Every step is one set of tensor operations over the batch: the per-request settings are
+tensors built once per batch composition (sampling_batch.py) and only what changes between
+steps is read per step (seeded rows' output indices, rows still under min_tokens, random
+keys); penalties read device tables (penalties.py); on CUDA top-k is a per-row floor found
+by radix select (kernels/top_k_triton.py) and top-p is decided in the draw.
 
 The draw is argmax(p / q) with q ~ Exp(1) (the exponential-race form of sampling from p).
 A seeded request's q is a hash of (seed, output index, token) (kernels/seeded_noise.py), so
@@ -21,6 +23,7 @@ import torch
 
 from runtime_service.engine.penalties import PenaltyState
 from runtime_service.engine.request import Request, TokenLogprobs
+from runtime_service.engine.sampling_batch import BatchSettings, RowSettings, batch_settings
 from runtime_service.engine.top_k import kth_largest
 from runtime_service.kernels.seeded_noise import row_keys, seeded_exponential_reference
 
@@ -31,30 +34,23 @@ class SamplerOutput:
     logprobs: list[TokenLogprobs | None]
 
 
-def _rows(reqs: list[Request], keep) -> list[int]:
-    return [i for i, r in enumerate(reqs) if keep(r)]
-
-
 def apply_penalties(
-    logits: torch.Tensor, reqs: list[Request], state: PenaltyState | None = None
+    logits: torch.Tensor,
+    reqs: list[Request],
+    state: PenaltyState | None = None,
+    batch: BatchSettings | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Penalizes the rows of requests with penalties in place; returns (batch rows, table
     rows) of those requests, for counting their new tokens, or None when there are none."""
-    rows = _rows(reqs, lambda r: r.params.has_penalties)
-    if not rows:
-        return None
     device = logits.device
+    batch = batch or batch_settings(reqs, logits.shape[1], device)
+    if not batch.penalty_rows:
+        return None
     state = state or PenaltyState(logits.shape[1], device)
-    sub = [reqs[i] for i in rows]
-    table_rows = state.rows_of(sub)
-    batch_rows = torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
-    settings = torch.tensor(
-        [
-            (r.params.repetition_penalty, r.params.presence_penalty, r.params.frequency_penalty)
-            for r in sub
-        ],
-        dtype=torch.float32,
-    ).to(device, non_blocking=True)
+    table_rows = _table_rows(batch, state)
+    batch_rows, settings = batch.penalty_index, batch.penalty_settings
+    assert batch_rows is not None and settings is not None
+    settings = settings[batch_rows]
     if logits.is_cuda:
         from runtime_service.kernels.sampling_triton import apply_penalties_triton
 
@@ -73,70 +69,104 @@ def apply_penalties(
     return batch_rows, table_rows
 
 
-def mask_early_stops(logits: torch.Tensor, reqs: list[Request]) -> None:
+def _table_rows(batch: BatchSettings, state: PenaltyState) -> torch.Tensor:
+    """The penalty table rows of the batch's penalized requests: looked up again only when
+    the table handed out or took back rows since (its generation)."""
+    if batch.table_rows is None or batch.table_key != state.generation:
+        batch.table_rows = state.rows_of([batch.reqs[i] for i in batch.penalty_rows])
+        batch.table_key = state.generation
+        batch.table_of_row = None
+    return batch.table_rows
+
+
+def _penalized_copy(
+    logits: torch.Tensor, batch: BatchSettings, state: PenaltyState
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """CUDA: a copy of the logits with the penalties applied, in one pass (the clone the
+    sampler needs anyway and the penalties together); -> (copy, (batch rows, table rows))."""
+    from runtime_service.kernels.sampling_triton import penalized_copy_triton
+
+    table_rows = _table_rows(batch, state)
+    batch_rows = batch.penalty_index
+    assert batch_rows is not None and batch.penalty_settings is not None
+    if batch.table_of_row is None:
+        full = torch.full((len(batch.reqs),), -1, dtype=torch.long, device=logits.device)
+        batch.table_of_row = full.index_copy_(0, batch_rows, table_rows)
+    out = penalized_copy_triton(
+        logits, batch.table_of_row, batch.penalty_settings, state.output_counts, state.prompt_mask
+    )
+    return out, (batch_rows, table_rows)
+
+
+def mask_early_stops(
+    logits: torch.Tensor, reqs: list[Request], batch: BatchSettings | None = None
+) -> None:
     """Stop tokens cannot end a request before its min_tokens."""
     vocab = logits.shape[1]
+    batch = batch or batch_settings(reqs, vocab, logits.device)
     rows, cols = [], []
-    for row, req in enumerate(reqs):
-        if req.num_output_tokens < req.params.min_tokens and req.stop_tokens:
-            ids = [t for t in req.stop_tokens if t < vocab]
-            rows.extend([row] * len(ids))
-            cols.extend(ids)
+    for row in batch.early_rows():
+        ids = [t for t in reqs[row].stop_tokens if t < vocab]
+        rows.extend([row] * len(ids))
+        cols.extend(ids)
     if rows:
         logits[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
 
 
 def truncate(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     """Temperature, top-k, top-p and min-p on float32 logits of non-greedy rows."""
-    return _truncate(logits, reqs, defer=False)[0]
+    s = RowSettings.of(reqs, logits.shape[1], logits.device)
+    return _truncate(logits, s, defer=False)[0]
 
 
 def _truncate(
-    logits: torch.Tensor, reqs: list[Request], defer: bool
+    logits: torch.Tensor, s: RowSettings, defer: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """-> (logits, top_p, floor): with `defer` (CUDA, no min-p), top-k and top-p are left to
     the draw (kernels/sample_triton.py) as each row's top_p [R] and k-th logit [R] (None
     when no row has one); otherwise applied here (both None)."""
-    device = logits.device
-    settings = torch.tensor(
-        [(r.params.temperature, r.params.top_k, r.params.top_p, r.params.min_p) for r in reqs],
-        dtype=torch.float32,
-    ).to(device, non_blocking=True)
-    temperature, top_k, top_p, min_p = (settings[:, i : i + 1] for i in range(4))
-    logits = logits / temperature
-    use_top_k = any(r.params.top_k > 0 for r in reqs)
-    use_top_p = any(r.params.top_p < 1.0 for r in reqs)
-    use_min_p = any(r.params.min_p > 0 for r in reqs)
-    if defer and _fused(logits) and not use_min_p:  # top-p by rejection in the draw
-        floor = _kth(logits, reqs, top_k)[:, 0] if use_top_k else None
-        return logits, (top_p[:, 0] if use_top_p else None), floor
-    every_row_top_k = all(r.params.top_k > 0 for r in reqs)  # then a small topk finds all
-    if use_top_p and logits.is_cuda and not every_row_top_k:  # the nucleus by threshold search
-        if use_top_k:
-            logits = _top_k(logits, reqs, top_k)
+    if defer and _fused(logits) and not s.use_min_p:  # top-p by rejection in the draw
+        # (the draw leaves its logits alone: temperature 1 needs no copy)
+        if not s.unit_temperature:
+            logits = logits / s.temperature
+        floor = None
+        if s.use_top_k:
+            from runtime_service.kernels.top_k_triton import kth_largest_triton
+
+            floor = kth_largest_triton(logits.contiguous(), s.k)
+        return logits, (s.top_p[:, 0] if s.use_top_p else None), floor
+    logits = logits / s.temperature
+    top_k, top_p, min_p = s.top_k, s.top_p, s.min_p
+    if s.use_top_p and logits.is_cuda and not s.every_row_top_k:  # the nucleus by threshold
+        if s.use_top_k:
+            logits = _top_k(logits, s)
         from runtime_service.kernels.top_p_triton import top_p_mask_
 
         logits = top_p_mask_(logits.contiguous(), top_p[:, 0])
-    elif use_top_p:
-        logits = _top_k_top_p(logits, reqs, top_k, top_p)
-    elif use_top_k:
-        logits = _top_k(logits, reqs, top_k)
-    if use_min_p:
+    elif s.use_top_p:
+        logits = _top_k_top_p(logits, s.reqs, top_k, top_p)
+    elif s.use_top_k:
+        logits = _top_k(logits, s)
+    if s.use_min_p:
         probs = logits.softmax(dim=-1)
         threshold = probs.max(dim=-1, keepdim=True).values * min_p
         logits = logits.masked_fill(probs < threshold, float("-inf"))
     return logits, None, None
 
 
-def _top_k(logits: torch.Tensor, reqs: list[Request], top_k: torch.Tensor) -> torch.Tensor:
+def _top_k(logits: torch.Tensor, s: RowSettings) -> torch.Tensor:
     """Masks all but each row's top_k largest logits (ties of the k-th kept); rows with
     top_k 0 are left whole."""
-    return logits.masked_fill(logits < _kth(logits, reqs, top_k), float("-inf"))
+    return logits.masked_fill(logits < _kth(logits, s), float("-inf"))
 
 
-def _kth(logits: torch.Tensor, reqs: list[Request], top_k: torch.Tensor) -> torch.Tensor:
+def _kth(logits: torch.Tensor, s: RowSettings) -> torch.Tensor:
     """[R, 1]: each row's top_k-th largest logit (-inf for rows with top_k 0)."""
-    return kth_largest(logits, top_k, min(max(r.params.top_k for r in reqs), logits.shape[1]))
+    if logits.is_cuda:
+        from runtime_service.kernels.top_k_triton import kth_largest_triton
+
+        return kth_largest_triton(logits.contiguous(), s.k)[:, None]
+    return kth_largest(logits, s.top_k, s.max_k)
 
 
 # Candidates for top-p without a top-k: the nucleus is found among this many of the most
@@ -194,6 +224,7 @@ def draw(
     reqs: list[Request],
     top_p: torch.Tensor | None = None,
     floor: torch.Tensor | None = None,
+    settings: RowSettings | None = None,
 ) -> torch.Tensor:
     """One token per row from softmax(logits) by the Gumbel-max form of the exponential race:
     argmax(logits - log q), q ~ Exp(1) from each row's noise key (seeded rows: a hash of seed
@@ -201,27 +232,19 @@ def draw(
     `floor` [R] (from `_truncate(defer=True)`) restrict each row to its nucleus of the tokens
     at or above its floor: the same token as masking them first."""
     device = logits.device
-    seeded = _rows(reqs, lambda r: r.params.seed is not None)
+    s = settings or RowSettings.of(reqs, logits.shape[1], device)
     if _fused(logits):
         from runtime_service.kernels.sample_triton import checks_for, sample_triton
 
         # (seed, output index, 1) or (random key, 0, 0) per row: one copy, the keys are
         # hashed in the kernel.
-        keys = torch.randint(0, 1 << 32, (len(reqs),)).tolist() if len(seeded) < len(reqs) else []
-        info = [
-            (r.params.seed, r.num_output_tokens, 1)
-            if r.params.seed is not None
-            else (keys[i], 0, 0)
-            for i, r in enumerate(reqs)
-        ]
-        info_t = torch.tensor(info, dtype=torch.long).to(device, non_blocking=True)
-        checks = checks_for(min(r.params.top_p for r in reqs))
-        return sample_triton(logits.contiguous(), info_t, top_p, floor, checks)
+        info = s.draw_info().to(device, non_blocking=True)
+        return sample_triton(logits.contiguous(), info, top_p, floor, checks_for(s.min_top_p))
+    seeded = s.seeded_rows
     if len(seeded) < len(reqs):
         keys_t = torch.randint(0, 1 << 32, (len(reqs),), dtype=torch.long, device=device)
     if seeded:
-        pairs = [(reqs[i].params.seed, reqs[i].num_output_tokens) for i in seeded]
-        pairs_t = torch.tensor(pairs, dtype=torch.long).to(device, non_blocking=True)
+        pairs_t = s.draw_info()[seeded, :2].to(device, non_blocking=True)
         seeded_keys = row_keys(pairs_t[:, 0], pairs_t[:, 1])
         if len(seeded) == len(reqs):
             keys_t = seeded_keys
@@ -232,16 +255,17 @@ def draw(
 
 
 def _fused(logits: torch.Tensor) -> bool:
-    """Whether the draw runs as kernels/sample_triton.py (CUDA; tests also run it on the CPU
-    in Triton's interpreter)."""
+    """Whether the sampler's Triton kernels run: the draw (kernels/sample_triton.py), the top-k
+    floor and the penalized copy (CUDA; tests also run them on the CPU in Triton's
+    interpreter)."""
     return logits.is_cuda
 
 
-def _truncate_and_draw(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+def _truncate_and_draw(logits: torch.Tensor, s: RowSettings) -> torch.Tensor:
     if _fused(logits):
-        truncated, top_p, floor = _truncate(logits, reqs, defer=True)
-        return draw(truncated, reqs, top_p, floor)
-    return draw(truncate(logits, reqs), reqs)
+        truncated, top_p, floor = _truncate(logits, s, defer=True)
+        return draw(truncated, s.reqs, top_p, floor, s)
+    return draw(_truncate(logits, s, defer=False)[0], s.reqs, settings=s)
 
 
 @dataclass(slots=True)
@@ -294,8 +318,7 @@ class DeviceSample:
         return SamplerOutput(tokens, out)
 
 
-def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, reqs: list[Request]) -> DeviceSample:
-    want = [r.params.logprobs for r in reqs]
+def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, want: list[int | None]) -> DeviceSample:
     if all(n is None for n in want):
         return DeviceSample(tokens, want)
     logprobs = raw.log_softmax(dim=-1)
@@ -319,32 +342,37 @@ def sample_on_device(
     engine); without it they are rebuilt from the requests' tokens for this call.
     `constrain` masks, in place, the tokens constrained rows may not take (structured output),
     before penalties and truncation; logprobs stay those of the raw distribution.
+    The per-row settings come from `batch_settings` (built once per batch composition).
     """
     raw = logits
-    needs_copy = any(
-        r.params.has_penalties
-        or r.params.min_tokens > r.num_output_tokens
-        or (r.params.constraint is not None and r.params.logprobs is not None)
-        for r in reqs
-    )
-    logits = logits.clone() if needs_copy else logits
+    batch = batch_settings(reqs, logits.shape[1], logits.device)
+    early = batch.early_rows() if batch.min_tokens_rows else []
+    needs_copy = bool(batch.penalty_rows or early or batch.constrained_logprobs)
+    penalized = None
+    if batch.penalty_rows and _fused(logits):  # the copy and the penalties in one pass
+        # (the grammar's -inf masks then come after the penalties: the same logits)
+        state = penalties or PenaltyState(logits.shape[1], logits.device)
+        logits, penalized = _penalized_copy(logits, batch, state)
+    elif needs_copy:
+        logits = logits.clone()
     if constrain is not None:
         constrain(logits, reqs)
-    penalized = apply_penalties(logits, reqs, penalties)
-    mask_early_stops(logits, reqs)
-    random_rows = _rows(reqs, lambda r: not r.params.greedy)
-    if len(random_rows) == len(reqs):
-        tokens = _truncate_and_draw(logits, reqs)
+    if penalized is None:
+        penalized = apply_penalties(logits, reqs, penalties, batch)
+    if early:
+        mask_early_stops(logits, reqs, batch)
+    s = batch.random
+    if s is not None and batch.random_index is None:  # every row draws
+        tokens = _truncate_and_draw(logits, s)
     else:
         tokens = logits.argmax(dim=-1)
-    if random_rows and len(random_rows) < len(reqs):
-        sub = [reqs[i] for i in random_rows]
-        index = torch.tensor(random_rows).to(logits.device, non_blocking=True)
-        tokens[index] = _truncate_and_draw(logits[index], sub)
+    if s is not None and batch.random_index is not None:
+        index = batch.random_index
+        tokens[index] = _truncate_and_draw(logits[index], s)
     if penalized is not None and penalties is not None:
         batch_rows, table_rows = penalized
         penalties.add_tokens(table_rows, tokens[batch_rows])
-    return _logprobs(raw, tokens, reqs)
+    return _logprobs(raw, tokens, batch.want)
 
 
 def sample(

@@ -6,6 +6,9 @@ fewer than k groups have a maximum above the k-th group maximum L, and every log
 lies in one of them, so those k groups hold the k largest, ties of L included. So: one pass
 for the group maxima, a topk of those (V / GROUP per row), and a topk of the k * GROUP logits
 of the chosen groups. The values are exactly `topk(k).values`.
+
+This is the CPU path (and the reference); on CUDA the sampler takes the floor from the
+radix-select kernel (kernels/top_k_triton.py).
 """
 
 from __future__ import annotations
