@@ -31,6 +31,7 @@ from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo
 from runtime_service.engine.core_loop import spawn_core
 from runtime_service.engine_key import EngineKey, default_model_name, resolve_engine_id
+from runtime_service.kernel_cache import seed_kernel_cache, use_kernel_cache
 from runtime_service.models.loader import read_engine_manifest
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,8 @@ def load(config: RuntimeConfig, cancel: threading.Event | None = None) -> Loaded
     (slow: run it off the event loop). Raises llmserve errors naming what is wrong: a missing
     engine (NotFound), a corrupted file (DataLoss), another target (FailedPrecondition)."""
     device = runtime_device(config)
+    # Set before the core process starts, which inherits it (and so do its workers).
+    kernels = use_kernel_cache(config.kernel_cache_dir, config.engine_cache_dir)
     # The core process imports torch and the engine while the engine is fetched and verified.
     spawned = spawn_core(config.log_level, config.log_format)
     try:
@@ -182,6 +185,8 @@ def load(config: RuntimeConfig, cancel: threading.Event | None = None) -> Loaded
     except BaseException:
         spawned[1](0.0)  # it holds nothing yet: killed at once
         raise
+    if device.is_cuda:  # before the core compiles anything (its settings are not sent yet)
+        seed_kernel_cache(path, kernels)
     settings = engine_config(config, path, device)
     # In place (a local store, or a directory given with --model-path): the core checks
     # the files, the weights in the read that loads them, before it reports ready.

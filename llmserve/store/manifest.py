@@ -27,6 +27,9 @@ MANIFEST_NAME = "manifest.json"
 ENGINE_ID_LENGTH = 32
 # Weight files of an engine, at its root: weights-00001-of-00002.safetensors, ...
 ENGINE_WEIGHTS_GLOB = "weights-*.safetensors"
+# Triton's cache of the engine's kernels, compiled by the builder on a GPU of the engine's
+# target (optional): one directory per Triton cache key, as in a TRITON_CACHE_DIR.
+ENGINE_TRITON_CACHE = "kernels/triton"
 _CHUNK = 4 * 1024 * 1024
 PARALLEL_FILES = 8  # files hashed (or fetched) at once
 

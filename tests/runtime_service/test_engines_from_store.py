@@ -4,6 +4,7 @@ engine by id from the store, and refuses a missing, corrupted or foreign one at 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -107,6 +108,8 @@ def test_runtime_serves_an_engine_by_id(
         runtime.terminate()
     assert open_store(store_uri).holders("engines", engine_id) == []  # released on exit
     assert not (tmp_path / "cache" / engine_id).exists()  # served in place, not copied
+    if "TRITON_CACHE_DIR" not in os.environ:  # Triton's cache defaults to the runtime's
+        assert (tmp_path / "cache" / ".kernels" / "triton").is_dir()
 
 
 def _start_by_id(tmp: Path, args: list[str]):
