@@ -132,3 +132,27 @@ def test_a_failed_warm_up_publishes_the_engine_without_kernels(
     assert warm_kernels(staging, manifest, cpu_info(), run=fails) == 0
     assert not (staging / ENGINE_TRITON_CACHE).exists()
     assert not (staging / MANIFEST_NAME).exists()
+
+
+@pytest.mark.gpu
+def test_packed_kernels_cover_a_runtime_start(
+    tiny_model_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """On a GPU: the builder packs the kernels its warm-up compiled, and a start of the
+    engine on a cache seeded with them compiles no new kernel (every key Triton asks for is
+    one of the engine's)."""
+    from builder_service.kernel_warmup import _run_child
+    from llmserve.device import device_info
+
+    device = device_info()
+    builder = Builder(open_store(str(tmp_path / "store")), tmp_path / "work", device=device)
+    engine = builder.build(BuildSpec(source=str(tiny_model_dir("llama")))).engine
+    assert engine is not None and engine.target == device.target
+    path, _ = engine_to_serve(builder.store, engine.engine_id, tmp_path / "engines", device.target)
+    packed = sorted(p.name for p in (path / ENGINE_TRITON_CACHE).iterdir())
+    assert packed, "the build compiled no Triton kernel"
+    cache = tmp_path / "triton"
+    assert seed_kernel_cache(path, cache) == len(packed)
+    _run_child(path, cache, device.torch_device)  # the same start, on the seeded cache
+    compiled = sorted(p.name for p in cache.iterdir() if p.is_dir() and any(p.iterdir()))
+    assert compiled == packed
