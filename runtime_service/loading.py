@@ -24,6 +24,7 @@ from llmserve.errors import FailedPrecondition
 from llmserve.reasons import Reason
 from llmserve.store import Hold, open_store
 from llmserve.store.engines import engine_to_serve, hold_engine
+from llmserve.store.manifest import ENGINE_WEIGHTS_GLOB
 from llmserve.v1 import common_pb2, engine_pb2
 from runtime_service.config import RuntimeConfig
 from runtime_service.engine.async_llm import AsyncLLM
@@ -33,6 +34,7 @@ from runtime_service.engine.core_loop import spawn_core
 from runtime_service.engine_key import EngineKey, default_model_name, resolve_engine_id
 from runtime_service.kernel_cache import seed_kernel_cache, use_kernel_cache
 from runtime_service.models.loader import read_engine_manifest
+from runtime_service.readahead import start_readahead
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +187,8 @@ def load(config: RuntimeConfig, cancel: threading.Event | None = None) -> Loaded
     except BaseException:
         spawned[1](0.0)  # it holds nothing yet: killed at once
         raise
+    if not verified:  # in place: the disk reads while the core still imports
+        start_readahead(sorted(path.glob(ENGINE_WEIGHTS_GLOB)))
     if device.is_cuda:  # before the core compiles anything (its settings are not sent yet)
         seed_kernel_cache(path, kernels)
     settings = engine_config(config, path, device)

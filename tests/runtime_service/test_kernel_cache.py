@@ -66,3 +66,15 @@ def test_a_cache_that_cannot_be_written_is_left_to_compile(tmp_path: Path) -> No
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     assert seed_kernel_cache(engine, blocked) == 0  # logged, not raised
+
+
+def test_readahead_of_weight_files_is_advice_only(tmp_path: Path) -> None:
+    from runtime_service.readahead import start_readahead
+
+    weights = tmp_path / "weights-00001-of-00001.safetensors"
+    weights.write_bytes(b"w" * 4096)
+    thread = start_readahead([weights, tmp_path / "missing.safetensors"])  # missing: ignored
+    assert thread is not None
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert start_readahead([]) is None
