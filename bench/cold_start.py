@@ -4,17 +4,19 @@
         [--work DIR] [--starts first-cold,restart-cold,restart-warm] [--report FILE]
 
 Builds (or finds) an engine of random weights of the shape through the builder
-(`llmserve build --random-weights`, a config-only source) into the store DIR/store, then
-starts the runtime daemon on it (`python -m runtime_service --store ... --engine ID`) once per
+(`llmserve build --random-weights`, a config-only source) into the store DIR/store (on a GPU
+the builder also compiles the engine's Triton kernels into it: kernels/triton), then starts
+the runtime daemon on it (`python -m runtime_service --store ... --engine ID`) once per
 --starts entry and measures the wall time from process start to health SERVING:
 
-  first-cold    the runtime's engine cache empty (it copies the engine out of the store and
-                verifies every file's SHA-256), the store's files dropped from the page cache,
-                Triton's kernel cache (TRITON_CACHE_DIR, kept under --work) empty: every
-                kernel is compiled
-  restart-cold  the cached copy kept (re-verified), its files dropped from the page cache
+  first-cold    the runtime's kernel cache (--kernel-cache-dir, under --work) and engine
+                cache empty, the store's files dropped from the page cache: the engine is
+                served in place (weights hashed as they load), its packed kernels seeded into
+                the empty kernel cache; what they lack is compiled
+  restart-cold  the store's files dropped from the page cache, the kernel cache kept
   restart-warm  nothing dropped: a restart a moment after the last one
-Restarts find the kernels the earlier starts compiled in Triton's cache.
+The build reuses an engine already in the store (same id), which may carry no kernels if an
+older builder made it: use a fresh --work for a figure.
 
 Files leave the page cache by fsync + posix_fadvise(DONTNEED) on each engine file (no root
 needed); Python's and torch's own files stay cached in every start. The phases come from the
@@ -56,6 +58,7 @@ ALL_SHAPES = {**SHAPES, "tiny": TINY}
 PATTERNS = {
     "listening": re.compile(r"runtime listening on \S+:(\d+)"),
     "fetch": re.compile(r"fetched and verified .* in ([\d.]+) s"),
+    "seeded": re.compile(r"kernel cache .*: (\d+) compiled kernels seeded"),
     "load": re.compile(r"engine weights loaded: (\d+) bytes in ([\d.]+) s"),
     "kv": re.compile(r"KV cache: .*profiled in ([\d.]+) s"),
     "graphs": re.compile(r"captured (\d+) graphs in ([\d.]+) s"),
@@ -81,7 +84,11 @@ def build(args: argparse.Namespace, store: Path) -> tuple[str, float]:
     if done.returncode != 0:
         sys.exit(f"build failed:\n{done.stderr}")
     print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
-    return done.stdout.strip().splitlines()[-1], seconds
+    engine = done.stdout.strip().splitlines()[-1]
+    kernels = store / "engines" / engine / "kernels" / "triton"
+    packed = len(list(kernels.iterdir())) if kernels.is_dir() else 0
+    print(f"Triton cache keys packed in the engine: {packed}", file=sys.stderr)
+    return engine, seconds
 
 
 def drop_from_page_cache(root: Path) -> int:
@@ -118,14 +125,12 @@ def start_daemon(args: argparse.Namespace, store: Path, engine: str, kind: str) 
 
     cmd = [sys.executable, "-m", "runtime_service", "--store", str(store), "--engine", engine]
     cmd += ["--engine-cache-dir", str(args.work / "engine-cache"), "--port", str(args.port)]
+    cmd += ["--kernel-cache-dir", str(args.work / "kernel-cache")]
     cmd += ["--device", args.device, "--dtype", args.dtype, "--log-format", "text"]
     cmd += args.runtime_args
     result = Start(kind)
     t0 = time.perf_counter()
-    env = dict(os.environ, TRITON_CACHE_DIR=str(args.work / "triton-cache"))
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def read() -> None:
         assert proc.stdout is not None
@@ -174,7 +179,16 @@ def phase_rows(s: Start) -> list[tuple[str, str, str]]:
 
     rows = [("python imports, config, gRPC server up", fmt(at("listening")), "arrival of its line")]
     fetch = took("fetch")
-    rows.append(("engine fetch (copy if not cached) + SHA-256 of every file", fmt(fetch), ""))
+    what = "engine located: in place, small files hashed (S3: copied, every file hashed)"
+    rows.append((what, fmt(fetch), ""))
+    seeded = s.find("seeded")
+    rows.append(
+        (
+            "Triton kernels seeded from the engine",
+            "-" if seeded is None else seeded[1].group(1),
+            "cache keys copied (a count, not seconds)",
+        )
+    )
     load = s.find("load")
     fetched = s.find("fetch")
     if load is not None and fetched is not None:
@@ -184,7 +198,7 @@ def phase_rows(s: Start) -> list[tuple[str, str, str]]:
     if load is not None:
         nbytes, seconds = int(load[1].group(1)), float(load[1].group(2))
         rate = f"{nbytes / 1e9:.2f} GB at {nbytes / max(seconds, 1e-9) / 1e9:.2f} GB/s"
-        rows.append(("weights read onto the device, model built", fmt(seconds), rate))
+        rows.append(("weights read onto the device and hashed, model built", fmt(seconds), rate))
     rows.append(("KV pool: profiled worst-case step", fmt(took("kv")), ""))
     graphs = s.find("graphs")
     rows.append(
@@ -233,9 +247,10 @@ def report(args: argparse.Namespace, engine: str, build_s: float, starts: list[S
     lines += [
         "",
         f"The cold-start figure is the first start, {first.kind}: {first.serving_s:.2f} s from "
-        "process start to health SERVING (target <= 20 s). first-cold: empty runtime cache, "
-        "engine files out of the page cache, empty Triton cache; restart-cold: cached copy, "
-        "files out of the page cache, Triton's cache kept; restart-warm: nothing dropped.",
+        "process start to health SERVING (target <= 20 s). first-cold: empty kernel cache "
+        "(seeded from the engine's packed kernels), engine files out of the page cache; "
+        "restart-cold: files out of the page cache, kernel cache kept; restart-warm: nothing "
+        "dropped.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -262,7 +277,7 @@ def main() -> None:
             sys.exit(f"--starts: {kind!r} is not one of {STARTS}")
         if kind == "first-cold":
             shutil.rmtree(args.work / "engine-cache", ignore_errors=True)
-            shutil.rmtree(args.work / "triton-cache", ignore_errors=True)
+            shutil.rmtree(args.work / "kernel-cache", ignore_errors=True)
         if kind.endswith("-cold"):
             drop_from_page_cache(store)
             if (args.work / "engine-cache").exists():

@@ -29,6 +29,7 @@ import torch
 from builder_service import calibration
 from builder_service.convert import convert_weights
 from builder_service.engine_files import tokenizer_info, write_model_files, write_weights
+from builder_service.kernel_warmup import should_warm, warm_kernels
 from builder_service.random_weights import RANDOM_SEED, compile_random
 from builder_service.sources import LoadedSource, Source, load_source, open_source, read_hf_config
 from builder_service.spec import BuildEvent, BuildSpec
@@ -98,15 +99,19 @@ class Builder:
         awq: AwqOptions = AwqOptions(),
         s3_client: Any = None,
         source_cache_size: int = 0,
+        warm_kernels: bool = True,
     ) -> None:
         """source_cache_size: checkpoints kept loaded after a build, by digest, so that the
-        next build of the same model (another quantization, say) skips loading it."""
+        next build of the same model (another quantization, say) skips loading it.
+        warm_kernels: on a GPU, an engine for this GPU's target carries its compiled Triton
+        kernels (kernel_warmup.py)."""
         self.store = store
         self.work_dir = work_dir.expanduser()
         self.device = device or device_info()
         self.awq = awq
         self.s3_client = s3_client
         self._source_cache_size = source_cache_size
+        self.warm_kernels = warm_kernels
         self._sources: OrderedDict[str, LoadedSource] = OrderedDict()
         self._sources_lock = threading.Lock()
         self._configs: dict[str, dict[str, Any]] = {}  # digest -> config.json contents
@@ -145,8 +150,16 @@ class Builder:
                     fields.update(max_model_len=max_len, build_options=options)
                     fields.update(toolchain=toolchain(self.device))
                     hf, device = self._hf_config(source, digest), self.device.torch_device
-                    return compile_random(staging, spec, source, hf, fields, device, emit)
-                return self._compile(staging, spec, source, digest, eid, options, bound, emit)
+                    manifest = compile_random(staging, spec, source, hf, fields, device, emit)
+                else:
+                    manifest = self._compile(
+                        staging, spec, source, digest, eid, options, bound, emit
+                    )
+                if self.warm_kernels and should_warm(spec.target, self.device):
+                    emit(BuildEvent("publishing", 91.0, "compiling the engine's kernels"))
+                    packed = warm_kernels(staging, manifest, self.device)
+                    log.info("engine %s: %d compiled kernels packed", eid, packed)
+                return manifest
 
             def waiting() -> None:
                 emit(BuildEvent("waiting", 2.0, f"engine {eid} is being built elsewhere"))

@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "llmserve build") -> int
             s3_client=s3_client_for(store, config.store_options()),
             awq=AwqOptions(grid=config.awq_grid, samples=config.awq_samples),
             source_cache_size=config.source_cache_size,
+            warm_kernels=config.warm_kernels,
         )
         final = builder.build(spec, ProgressBar(sys.stderr))
     except LLMServeError as e:

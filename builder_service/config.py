@@ -40,6 +40,11 @@ class StoreSettings:
     )
     awq_grid: int = setting(20, "int4: points of the activation-aware scale and clip searches")
     awq_samples: int = setting(256, "int4: calibration tokens measuring each layer's error")
+    warm_kernels: bool = setting(
+        True,
+        "on a GPU, compile an engine's Triton kernels for this GPU's target at build time and"
+        " ship them in the engine (a runtime's first start then compiles nothing)",
+    )
     source_cache_size: int = setting(
         0, "checkpoints kept loaded after a build for the next build of the same model"
     )

@@ -28,6 +28,7 @@ def make_builder(config: BuilderConfig) -> Builder:
         s3_client=s3_client_for(store, config.store_options()),
         awq=AwqOptions(grid=config.awq_grid, samples=config.awq_samples),
         source_cache_size=config.source_cache_size,
+        warm_kernels=config.warm_kernels,
     )
 
 

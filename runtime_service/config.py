@@ -37,6 +37,12 @@ class RuntimeConfig(ServerConfig):
     engine_cache_dir: Path = setting(
         Path("~/.cache/llmserve/engines"), "local copies of engines fetched from the store"
     )
+    kernel_cache_dir: Path | None = setting(
+        None,
+        "Triton's compiled kernels (TRITON_CACHE_DIR for the engine): on a persistent volume,"
+        " later starts compile nothing; default TRITON_CACHE_DIR, else"
+        " <engine-cache-dir>/.kernels/triton",
+    )
     served_model_name: str = setting("", "model name reported to clients (default: the engine's)")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto")
     dtype: str = setting("auto", "with --model-path: float32, bfloat16, float16 or auto")
@@ -128,6 +134,8 @@ class RuntimeConfig(ServerConfig):
             f"load_format must be auto or dummy, got {self.load_format!r}",
         )
         self.engine_cache_dir = self.engine_cache_dir.expanduser()
+        if self.kernel_cache_dir is not None:
+            self.kernel_cache_dir = self.kernel_cache_dir.expanduser()
         if not self.store.startswith("s3://"):
             self.store = str(Path(self.store).expanduser())
 

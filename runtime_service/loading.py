@@ -1,8 +1,9 @@
 """Resolving what to serve into a running AsyncLLM, and describing it (the Engine message).
 
 `--engine ID` serves an engine from the artifact store: the runtime holds it (so it is not
-deleted or collected while served), fetches it into its local cache verifying every file's
-checksum, and refuses one built for another target, naming both.
+deleted or collected while served) and refuses one built for another target, naming both. A
+local store's engine is served in place (its weight files hashed by the loader as it reads
+them, one read); an S3 store's is fetched into the local cache, every file verified.
 `--model-name`/`--model-source` + `--quantization` serve the engine of that key built for this
 device, built by the builder or waited for when missing (runtime_service/engine_key.py).
 `--model-path PATH` (development) serves a Hugging Face directory, fused in place, or a .gguf
@@ -22,7 +23,8 @@ from llmserve.engine_pb import dtype_value, engine_to_pb
 from llmserve.errors import FailedPrecondition
 from llmserve.reasons import Reason
 from llmserve.store import Hold, open_store
-from llmserve.store.engines import fetch_engine, hold_engine
+from llmserve.store.engines import engine_to_serve, hold_engine
+from llmserve.store.manifest import ENGINE_WEIGHTS_GLOB
 from llmserve.v1 import common_pb2, engine_pb2
 from runtime_service.config import RuntimeConfig
 from runtime_service.engine.async_llm import AsyncLLM
@@ -30,7 +32,9 @@ from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.core import CoreInfo
 from runtime_service.engine.core_loop import spawn_core
 from runtime_service.engine_key import EngineKey, default_model_name, resolve_engine_id
+from runtime_service.kernel_cache import seed_kernel_cache, use_kernel_cache
 from runtime_service.models.loader import read_engine_manifest
+from runtime_service.readahead import start_readahead
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +93,14 @@ def engine_id_by_key(config: RuntimeConfig, device: DeviceInfo, cancel: threadin
 
 def resolve(
     config: RuntimeConfig, device: DeviceInfo, cancel: threading.Event | None = None
-) -> tuple[Path, Hold | None]:
-    """The local directory to serve, and the store hold that keeps it while served.
+) -> tuple[Path, Hold | None, bool]:
+    """The local directory to serve, the store hold that keeps it while served, and whether
+    its files are all verified already (if not, the core's loader verifies them).
     `cancel`, set when the runtime stops, ends a wait for an engine or its build."""
     if config.model_path is not None:
         path = config.model_path.expanduser()
         if not path.is_file():
-            return path, None  # a Hugging Face directory (missing: the core says so)
+            return path, None, False  # a Hugging Face directory (missing: the core says so)
         store_uri, engine_id = (
             str(config.engine_cache_dir / "dev-store"),
             build_in_place(config, path, device),
@@ -109,17 +114,18 @@ def resolve(
     hold = hold_engine(store, engine_id)
     start = time.perf_counter()
     try:
-        path = fetch_engine(store, engine_id, config.engine_cache_dir, device.target)
+        path, verified = engine_to_serve(store, engine_id, config.engine_cache_dir, device.target)
     except BaseException:
         hold.release()
         raise
     log.info(
-        "engine %s fetched and verified (SHA-256) into %s in %.3f s",
+        "engine %s fetched and verified (SHA-256) %s %s in %.3f s",
         engine_id,
+        "into" if verified else "in place (weights: as they load) at",
         path,
         time.perf_counter() - start,
     )
-    return path, hold
+    return path, hold, verified
 
 
 def engine_config(config: RuntimeConfig, path: Path, device: DeviceInfo) -> EngineConfig:
@@ -145,7 +151,7 @@ def engine_config(config: RuntimeConfig, path: Path, device: DeviceInfo) -> Engi
         max_lora_rank=config.max_lora_rank,
         lora_dir=config.lora_dir,
         tensor_parallel_size=config.tensor_parallel_size,
-        verify_engine=False,  # fetch_engine verified every file on the way into the cache
+        verify_engine=False,  # load() sets it where resolve() left files unverified
     )
 
 
@@ -172,16 +178,23 @@ def load(config: RuntimeConfig, cancel: threading.Event | None = None) -> Loaded
     (slow: run it off the event loop). Raises llmserve errors naming what is wrong: a missing
     engine (NotFound), a corrupted file (DataLoss), another target (FailedPrecondition)."""
     device = runtime_device(config)
+    # Set before the core process starts, which inherits it (and so do its workers).
+    kernels = use_kernel_cache(config.kernel_cache_dir, config.engine_cache_dir)
     # The core process imports torch and the engine while the engine is fetched and verified.
     spawned = spawn_core(config.log_level, config.log_format)
     try:
-        path, hold = resolve(config, device, cancel)
+        path, hold, verified = resolve(config, device, cancel)
     except BaseException:
         spawned[1](0.0)  # it holds nothing yet: killed at once
         raise
+    if not verified:  # in place: the disk reads while the core still imports
+        start_readahead(sorted(path.glob(ENGINE_WEIGHTS_GLOB)))
+    if device.is_cuda:  # before the core compiles anything (its settings are not sent yet)
+        seed_kernel_cache(path, kernels)
     settings = engine_config(config, path, device)
-    if hold is None:
-        settings.verify_engine = True  # a directory given with --model-path: check it here
+    # In place (a local store, or a directory given with --model-path): the core checks
+    # the files, the weights in the read that loads them, before it reports ready.
+    settings.verify_engine = not verified
     try:
         llm = AsyncLLM(
             settings, log_level=config.log_level, log_format=config.log_format, spawned=spawned

@@ -117,6 +117,11 @@ class ArtifactStore(ABC):
     def _last_used(self, kind: str) -> dict[str, float]:
         """Last recorded use (epoch seconds) of each artifact of a kind that has one."""
 
+    def local_dir(self, kind: str, artifact_id: str) -> Path | None:
+        """The directory holding a published artifact's files on this machine, to read them
+        in place; None where the store is remote (S3: fetch a copy instead)."""
+        return None
+
     # ---- common operations ------------------------------------------------------------
     @staticmethod
     def check_id(kind: str, artifact_id: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmserve.store.base import ENGINES, ArtifactStore
+from llmserve.store.fetch import manifest_files, read_trusted
 from llmserve.store.holds import Hold
-from llmserve.store.manifest import EngineManifest
+from llmserve.store.manifest import EngineManifest, is_weight_file, verify_files
 from llmserve.targets import require_engine_target
 
 
@@ -54,3 +55,29 @@ def fetch_engine(
         manifest = get_engine(store, engine_id)
         require_engine_target(engine_id, manifest.target, device_target)
     return store.fetch(ENGINES, engine_id, cache_dir)
+
+
+def engine_to_serve(
+    store: ArtifactStore, engine_id: str, cache_dir: Path, device_target: str | None = None
+) -> tuple[Path, bool]:
+    """The directory a runtime serves the engine from, and whether its weight files are
+    verified already.
+
+    A local store's engine is served in place, nothing copied: its manifest is read (its
+    signature checked when the store has a key) and its small files (config, tokenizer) are
+    checked now; its weight files are left to the loader, which hashes each in the same read
+    that loads it (runtime_service/models/checked_read.py): (the store's directory, False).
+    A remote store's engine is fetched into cache_dir/<engine_id>, every file checked on the
+    way: (the copy, True). An engine for another target is refused first, as by fetch_engine.
+    """
+    if device_target is not None:
+        manifest = get_engine(store, engine_id)
+        require_engine_target(engine_id, manifest.target, device_target)
+    local = store.local_dir(ENGINES, engine_id)
+    if local is None:
+        return store.fetch(ENGINES, engine_id, cache_dir), True
+    what = f"engine {engine_id} from {store.uri}"
+    files = manifest_files(read_trusted(store, ENGINES, engine_id, what))
+    verify_files(local, {n: e for n, e in files.items() if not is_weight_file(n)}, what)
+    store.touch(ENGINES, engine_id)
+    return local, False

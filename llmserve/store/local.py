@@ -49,6 +49,12 @@ class LocalStore(ArtifactStore):
         return self.root / kind / artifact_id
 
     # ---- reading ------------------------------------------------------------------------
+    def local_dir(self, kind: str, artifact_id: str) -> Path | None:
+        """Published artifacts are never modified in place (a publish or delete renames the
+        whole directory), so they can be read where they are."""
+        self.check_id(kind, artifact_id)
+        return self._dir(kind, artifact_id)
+
     def _read_manifest(self, kind: str, artifact_id: str) -> Manifest | None:
         try:
             return json.loads((self._dir(kind, artifact_id) / MANIFEST_NAME).read_text())

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,18 @@ from llmserve.reasons import Reason
 ENGINE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 ENGINE_ID_LENGTH = 32
+# Weight files of an engine, at its root: weights-00001-of-00002.safetensors, ...
+ENGINE_WEIGHTS_GLOB = "weights-*.safetensors"
+# Triton's cache of the engine's kernels, compiled by the builder on a GPU of the engine's
+# target (optional): one directory per Triton cache key, as in a TRITON_CACHE_DIR.
+ENGINE_TRITON_CACHE = "kernels/triton"
 _CHUNK = 4 * 1024 * 1024
 PARALLEL_FILES = 8  # files hashed (or fetched) at once
+
+
+def is_weight_file(name: str) -> bool:
+    """A manifest name of one of an engine's weight files (at the engine's root)."""
+    return "/" not in name and fnmatch(name, ENGINE_WEIGHTS_GLOB)
 
 
 def sha256_file(path: Path) -> str:
@@ -85,13 +96,21 @@ def verify_file(path: Path, name: str, entry: FileEntry, what: str) -> None:
     """DataLoss naming the file unless `path` has the size and SHA-256 of `entry`."""
     if not path.is_file():
         raise DataLoss(f"{what}: file {name} is missing", reason=Reason.ARTIFACT_CORRUPT)
-    size = path.stat().st_size
+    check_size(path.stat().st_size, name, entry, what)
+    check_digest(sha256_file(path), name, entry, what)
+
+
+def check_size(size: int, name: str, entry: FileEntry, what: str) -> None:
+    """DataLoss naming the file unless its size is the manifest's."""
     if size != entry.size:
         raise DataLoss(
             f"{what}: file {name} is corrupt: {size} bytes, the manifest says {entry.size}",
             reason=Reason.ARTIFACT_CORRUPT,
         )
-    actual = sha256_file(path)
+
+
+def check_digest(actual: str, name: str, entry: FileEntry, what: str) -> None:
+    """DataLoss naming the file and both digests unless `actual` is the manifest's SHA-256."""
     if actual != entry.sha256:
         raise DataLoss(
             f"{what}: file {name} is corrupt: sha256 {actual}, the manifest says {entry.sha256}",

@@ -12,8 +12,15 @@ import torch
 
 from llmserve.device import device_info
 from llmserve.errors import FailedPrecondition
-from llmserve.store.manifest import ENGINE_FORMAT_VERSION, EngineManifest, verify_files
+from llmserve.store.manifest import (
+    ENGINE_FORMAT_VERSION,
+    ENGINE_WEIGHTS_GLOB,
+    EngineManifest,
+    FileEntry,
+    verify_files,
+)
 from llmserve.targets import require_engine_target
+from runtime_service.models.checked_read import read_checked, split_files
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.llama import LlamaModel
 from runtime_service.models.safetensors_stream import load_files_streamed
@@ -21,8 +28,6 @@ from runtime_service.models.weights import SafetensorsCheckpoint, fuse_hf_weight
 
 log = logging.getLogger(__name__)
 
-# Weight files of an engine: weights-00001-of-00002.safetensors, ...
-ENGINE_WEIGHTS_GLOB = "weights-*.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -91,8 +96,9 @@ def load_engine(
 ) -> LlamaModel:
     """Builds the model of an engine directory (a store fetch, or the builder's staging).
 
-    verify: check every file against the manifest's SHA-256 first; a mismatch raises
-        llmserve.errors.DataLoss naming the file.
+    verify: check every file against the manifest's SHA-256 (a mismatch raises
+        llmserve.errors.DataLoss naming the file and both digests): the small files first,
+        the weight files as they are read (one read each: models/checked_read.py).
     check_target: refuse (FailedPrecondition, naming both) an engine built for another
         target than `device` ("cpu" or its sm_XY); the builder turns this off to validate
         engines for other GPUs on its own device.
@@ -107,11 +113,13 @@ def load_engine(
     if check_target:
         device_target = "cpu" if device.type == "cpu" else device_info(device.index or 0).target
         require_engine_target(manifest.engine_id, manifest.target, device_target)
+    what = f"engine {manifest.engine_id} at {engine_dir}"
+    weight_files, other_files = split_files(manifest.files)
     if verify:
-        verify_files(engine_dir, manifest.files, f"engine {manifest.engine_id} at {engine_dir}")
+        verify_files(engine_dir, other_files, what)
     start = time.perf_counter()
     paths = sorted(engine_dir.glob(ENGINE_WEIGHTS_GLOB))
-    weights = read_weights(paths, device)
+    weights = read_weights(paths, device, weight_files if verify else None, what)
     config = read_hf_config(engine_dir)
     weights = cast_weights(weights, parse_dtype(manifest.dtype), device)
     model = LlamaModel(
@@ -129,9 +137,18 @@ def load_engine(
     return model
 
 
-def read_weights(paths: list[Path], device: torch.device) -> dict[str, torch.Tensor]:
+def read_weights(
+    paths: list[Path],
+    device: torch.device,
+    expected: Mapping[str, FileEntry] | None = None,
+    what: str = "",
+) -> dict[str, torch.Tensor]:
     """The tensors of an engine's weight files on `device`: on a GPU streamed through pinned
-    buffers (safetensors_stream.py); on the CPU safetensors' own reader (memory-mapped)."""
+    buffers (safetensors_stream.py); on the CPU safetensors' own reader (memory-mapped).
+    With `expected` (the manifest's entries of the weight files), streamed on either device
+    and checked in the same read (checked_read.py); `what` names the engine in errors."""
+    if expected is not None:
+        return read_checked(paths, device, expected, what)
     if device.type == "cuda":
         return load_files_streamed(paths, device)
     from safetensors.torch import load_file

@@ -8,20 +8,31 @@ is copied to the device without blocking, straight into the byte ranges of the t
 holds (a tensor may span chunks), so the disk read of chunk k+1 overlaps the copy of chunk k.
 Files are read by a few threads at once, each with its own CUDA stream and buffers. Every
 tensor is allocated once, on the device, in the file's dtype: no host copy, no conversion.
+
+Given a hash object (`hashlib.sha256()`), the reader also feeds it every byte of the file,
+header included, from the same buffers: each chunk is hashed on a worker thread of the file's
+own (hashlib releases the GIL) while the next chunk is read, and a buffer is refilled only
+once both its copy and its hash are over. One read of the file serves the load and its
+checksum (the caller compares the digest with the manifest's).
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 import torch
 
 CHUNK_BYTES = 64 << 20
 MAX_THREADS = 4
+# Files read at once when each is also hashed: one thread hashes SHA-256 at ~2 GB/s, so four
+# files would cap the load near 8 GB/s, below the ~11.7 GB/s measured unhashed on the H200.
+MAX_THREADS_HASHED = 8
 DTYPES = {
     "BOOL": torch.bool,
     "U8": torch.uint8,
@@ -38,13 +49,31 @@ DTYPES = {
 }
 
 
+class Hash(Protocol):
+    """What the reader needs of a hashlib object."""
+
+    def update(self, data: Any, /) -> None: ...
+
+
 def read_header(path: Path) -> tuple[int, dict[str, dict]]:
     """(offset of the data in the file, {name: {dtype, shape, data_offsets}})."""
     with path.open("rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
+        start, header, _ = _read_header_from(f)
+    return start, header
+
+
+def _read_header_from(f: BinaryIO) -> tuple[int, dict[str, dict], bytes]:
+    """(data offset, header, the header's raw bytes) of the file open at its start."""
+    raw = f.read(8)
+    if len(raw) < 8:
+        raise EOFError("safetensors file ends before its header")
+    (size,) = struct.unpack("<Q", raw)
+    text = f.read(size)
+    if len(text) < size:
+        raise EOFError("safetensors file ends before its header says")
+    header = json.loads(text)
     header.pop("__metadata__", None)
-    return 8 + size, header
+    return 8 + size, header, raw + text
 
 
 def _read_exactly(f, view: memoryview) -> None:  # type: ignore[no-untyped-def]
@@ -57,10 +86,30 @@ def _read_exactly(f, view: memoryview) -> None:  # type: ignore[no-untyped-def]
 
 
 def load_file_streamed(
-    path: Path, device: torch.device, chunk_bytes: int = CHUNK_BYTES
+    path: Path,
+    device: torch.device,
+    chunk_bytes: int = CHUNK_BYTES,
+    digest: Hash | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The tensors of one safetensors file, on `device` (see the module docstring)."""
-    start, header = read_header(path)
+    """The tensors of one safetensors file, on `device`; `digest`, if given, is updated
+    with every byte of the file (see the module docstring)."""
+    with path.open("rb", buffering=0) as f:
+        if digest is None:
+            return _stream(f, device, chunk_bytes, None, None)
+        with ThreadPoolExecutor(1, thread_name_prefix="sha256") as hasher:
+            return _stream(f, device, chunk_bytes, digest, hasher)
+
+
+def _stream(
+    f: BinaryIO,
+    device: torch.device,
+    chunk_bytes: int,
+    digest: Hash | None,
+    hasher: ThreadPoolExecutor | None,
+) -> dict[str, torch.Tensor]:
+    _, header, raw_header = _read_header_from(f)  # the file is now at the data
+    if digest is not None:
+        digest.update(raw_header)
     tensors: dict[str, torch.Tensor] = {}
     pieces: list[tuple[int, int, torch.Tensor]] = []  # file byte range -> device bytes
     for name, info in header.items():
@@ -76,16 +125,21 @@ def load_file_streamed(
     chunk = min(chunk_bytes, max(total, 1))
     buffers = [torch.empty(chunk, dtype=torch.uint8, pin_memory=cuda) for _ in range(2)]
     done: list[torch.cuda.Event | None] = [None, None]
+    hashed: list[Future[None] | None] = [None, None]
     first = 0  # pieces before it are copied whole
-    with path.open("rb", buffering=0) as f, torch.cuda.stream(stream) if cuda else nullcontext():
-        f.seek(start)
+    with torch.cuda.stream(stream) if cuda else nullcontext():
         for k, pos in enumerate(range(0, total, chunk)):
             i = k % 2
             if done[i] is not None:
                 done[i].synchronize()  # the copy out of this buffer (chunk k-2) is over
+            if hashed[i] is not None:
+                hashed[i].result()  # and so is its hash
             n = min(chunk, total - pos)
             buf = buffers[i]
-            _read_exactly(f, memoryview(buf.numpy()).cast("B")[:n])
+            view = memoryview(buf.numpy()).cast("B")[:n]
+            _read_exactly(f, view)
+            if digest is not None and hasher is not None:
+                hashed[i] = hasher.submit(digest.update, view)
             j = first
             while j < len(pieces) and pieces[j][0] < pos + n:
                 begin, end, dest = pieces[j]
@@ -99,17 +153,32 @@ def load_file_streamed(
                 event = torch.cuda.Event()
                 event.record(stream)
                 done[i] = event
+    for future in hashed:
+        if future is not None:
+            future.result()
+    if digest is not None:
+        while rest := f.read(chunk_bytes):  # anything after the last tensor's bytes
+            digest.update(rest)
     if stream is not None:
         stream.synchronize()
     return tensors
 
 
 def load_files_streamed(
-    paths: list[Path], device: torch.device, chunk_bytes: int = CHUNK_BYTES
+    paths: list[Path],
+    device: torch.device,
+    chunk_bytes: int = CHUNK_BYTES,
+    digests: Mapping[Path, Hash] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The tensors of several files, read by up to MAX_THREADS threads at once."""
+    """The tensors of several files, read by up to MAX_THREADS threads at once (up to
+    MAX_THREADS_HASHED when `digests` gives each file a hash object to update)."""
     out: dict[str, torch.Tensor] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_THREADS, len(paths)))) as pool:
-        for tensors in pool.map(lambda p: load_file_streamed(p, device, chunk_bytes), paths):
+    threads = MAX_THREADS_HASHED if digests else MAX_THREADS
+
+    def one(path: Path) -> dict[str, torch.Tensor]:
+        return load_file_streamed(path, device, chunk_bytes, (digests or {}).get(path))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
+        for tensors in pool.map(one, paths):
             out.update(tensors)
     return out

@@ -17,12 +17,11 @@ import torch
 
 from llmserve.device import device_info
 from llmserve.errors import FailedPrecondition, NotFound
-from llmserve.store.manifest import ENGINE_FORMAT_VERSION, verify_files
+from llmserve.store.manifest import ENGINE_FORMAT_VERSION, ENGINE_WEIGHTS_GLOB, verify_files
 from llmserve.targets import require_engine_target
 from runtime_service.engine.config import EngineConfig
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.loader import (
-    ENGINE_WEIGHTS_GLOB,
     cast_weights,
     parse_dtype,
     read_engine_manifest,

@@ -24,7 +24,10 @@ def test_cold_start_runs(tmp_path: Path) -> None:
         for line in report.read_text().splitlines()
         if line.startswith("| ") and len(cells := [c.strip() for c in line.split("|")[1:-1]]) > 2
     }
-    assert rows["engine fetch (copy if not cached) + SHA-256 of every file"][0] != "-"
-    assert "GB/s" in rows["weights read onto the device, model built"][1]
+    located = "engine located: in place, small files hashed (S3: copied, every file hashed)"
+    assert rows[located][0] != "-"
+    assert "GB/s" in rows["weights read onto the device and hashed, model built"][1]
+    assert rows["Triton kernels seeded from the engine"][0] == "-"  # a CPU seeds none
+    assert not list((tmp_path / "work" / "engine-cache").glob("*"))  # served in place
     assert rows["**health SERVING**"][0].startswith("**")
     assert (tmp_path / "work" / "runtime-first-cold.log").exists()

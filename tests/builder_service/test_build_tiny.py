@@ -189,8 +189,28 @@ def test_corrupted_engine_file_is_named_at_load(
     assert engine is not None
     path = fetch_engine(builder.store, engine.engine_id, tmp_path / "cache")
     weights = path / "weights-00001-of-00001.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    weights.write_bytes(bytes(data))
-    with pytest.raises(DataLoss, match=r"file weights-00001-of-00001\.safetensors is corrupt"):
+    good = weights.read_bytes()
+    want = hashlib.sha256(good).hexdigest()
+    # A flipped byte in a tensor, then in the header: the loader hashes the file in the read
+    # that loads it and names it with both digests (a broken header stops the read early).
+    for offset in (len(good) // 2, 20):
+        data = bytearray(good)
+        data[offset] ^= 0x01
+        weights.write_bytes(bytes(data))
+        got = hashlib.sha256(bytes(data)).hexdigest()
+        with pytest.raises(
+            DataLoss,
+            match=rf"file weights-00001-of-00001\.safetensors is corrupt: sha256 {got}, "
+            rf"the manifest says {want}",
+        ):
+            load_engine(path, CPU)
+    weights.write_bytes(good[:-1])
+    with pytest.raises(DataLoss, match=r"safetensors is corrupt: \d+ bytes, the manifest says"):
+        load_engine(path, CPU)
+    weights.write_bytes(good)
+    (path / "weights-00002-of-00002.safetensors").write_bytes(good)  # unlisted: refused
+    with pytest.raises(DataLoss, match=r"weights-00002-of-00002\.safetensors is not in the man"):
+        load_engine(path, CPU)
+    weights.rename(path / "weights-00001-of-00002.safetensors")
+    with pytest.raises(DataLoss, match=r"weights-00001-of-00001\.safetensors is missing"):
         load_engine(path, CPU)

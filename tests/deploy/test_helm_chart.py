@@ -11,7 +11,7 @@ from builder_service.config import BuilderConfig
 from gateway.config import GatewayConfig
 from llmserve.config import env_name, parse_config
 from runtime_service.config import RuntimeConfig
-from tests.deploy.chart import CHART, containers, render
+from tests.deploy.chart import CHART, containers, pod_specs, render
 
 helm = pytest.importorskip("helm_python")
 
@@ -86,6 +86,26 @@ def test_tensor_parallel_size_requests_its_gpus_and_reaches_the_runtime() -> Non
     env = {e["name"]: e["value"] for e in runtime["env"] if "value" in e}
     assert env["LLMSERVE_TENSOR_PARALLEL_SIZE"] == "4"
     assert parse_config(RuntimeConfig, [], env=env).tensor_parallel_size == 4
+
+
+def test_kernel_cache_is_a_volume_the_runtime_points_triton_at() -> None:
+    def runtime(kernel_cache: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        values = {**BASE_VALUES, "runtime": {"kernelCache": kernel_cache}}
+        docs = render(values)
+        volumes = {v["name"]: v for v in pod_specs(docs)["runtime"]["volumes"]}
+        container = containers(docs)["runtime"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        assert env["LLMSERVE_KERNEL_CACHE_DIR"].startswith(mounts["kernel-cache"] + "/")
+        parsed = parse_config(RuntimeConfig, [], env=env)  # as the daemon reads them
+        assert str(parsed.kernel_cache_dir) == env["LLMSERVE_KERNEL_CACHE_DIR"]
+        return volumes["kernel-cache"], env
+
+    assert runtime({})[0] == {"name": "kernel-cache", "emptyDir": {}}
+    host, _ = runtime({"hostPath": "/var/cache/k"})
+    assert host["hostPath"] == {"path": "/var/cache/k", "type": "DirectoryOrCreate"}
+    claim, _ = runtime({"existingClaim": "kernels"})
+    assert claim["persistentVolumeClaim"] == {"claimName": "kernels"}
 
 
 def test_http_api_is_off_by_default_and_reaches_the_gateway_when_enabled() -> None:

@@ -31,7 +31,7 @@ from llmserve.store import (
     Validation,
     open_store,
 )
-from llmserve.store.engines import fetch_engine
+from llmserve.store.engines import engine_to_serve, fetch_engine
 from llmserve.testing.s3_server import MotoS3Server
 
 WORKER = (sys.executable, "-m", "llmserve.testing.store_worker")
@@ -345,3 +345,33 @@ def test_s3_build_that_loses_its_lease_is_not_published(case: StoreCase) -> None
     with pytest.raises(Aborted, match="taken over by another builder"):
         case.store.publish_once(ENGINES, "e1", build)
     assert case.store.find(ENGINES, "e1") is None
+
+
+def engine_writer(weights: bytes) -> object:
+    def build(staging: Path) -> dict[str, object]:
+        (staging / "weights-00001-of-00001.safetensors").write_bytes(weights)
+        (staging / "tokenizer.json").write_text('{"t": 1}')
+        return {"note": "engine-like"}
+
+    return build
+
+
+def test_engine_to_serve_reads_a_local_store_in_place(case: StoreCase, tmp_path: Path) -> None:
+    case.store.publish_once(ENGINES, "e1", engine_writer(b"good" * 1000))
+    path, verified = engine_to_serve(case.store, "e1", tmp_path / "cache")
+    if case.s3 is None:  # served where the store keeps it: nothing copied
+        assert (path, verified) == (Path(case.uri) / ENGINES / "e1", False)
+        assert not (tmp_path / "cache" / "e1").exists()
+    else:  # fetched into the cache, every file checked on the way
+        assert (path, verified) == (tmp_path / "cache" / "e1", True)
+    assert (path / "weights-00001-of-00001.safetensors").read_bytes() == b"good" * 1000
+    # In place, a weight file is left to the loader (hashed as it loads); a small file is
+    # checked here, with the file and both digests named.
+    case.overwrite_file("e1", "weights-00001-of-00001.safetensors", b"evil" * 1000)
+    if case.s3 is None:
+        assert engine_to_serve(case.store, "e1", tmp_path / "cache") == (path, False)
+    case.overwrite_file("e1", "tokenizer.json", b'{"t": 2}')
+    want = hashlib.sha256(b'{"t": 1}').hexdigest()
+    got = hashlib.sha256(b'{"t": 2}').hexdigest()
+    with pytest.raises(DataLoss, match=rf"tokenizer\.json is corrupt: sha256 {got}, .* {want}"):
+        engine_to_serve(case.store, "e1", tmp_path / "cache2")

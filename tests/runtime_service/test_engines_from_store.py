@@ -3,6 +3,8 @@ engine by id from the store, and refuses a missing, corrupted or foreign one at 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -105,6 +107,9 @@ def test_runtime_serves_an_engine_by_id(
     finally:
         runtime.terminate()
     assert open_store(store_uri).holders("engines", engine_id) == []  # released on exit
+    assert not (tmp_path / "cache" / engine_id).exists()  # served in place, not copied
+    if "TRITON_CACHE_DIR" not in os.environ:  # Triton's cache defaults to the runtime's
+        assert (tmp_path / "cache" / ".kernels" / "triton").is_dir()
 
 
 def _start_by_id(tmp: Path, args: list[str]):
@@ -156,9 +161,16 @@ def test_missing_corrupted_or_foreign_engines_stop_start_up(
     out = run_runtime(["--store", store_uri, "--engine", foreign, *cache])
     assert out.returncode == 1 and "sm_90" in out.stderr and "cpu" in out.stderr
 
+    # The local store's engine is served in place: the loader hashes each weight file in the
+    # read that loads it, and a corrupted one stops the start, named with both digests.
     weights = next((tmp_path / "store" / "engines" / engine_id).glob("weights-*.safetensors"))
     data = bytearray(weights.read_bytes())
+    want = hashlib.sha256(data).hexdigest()
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
+    got = hashlib.sha256(data).hexdigest()
     out = run_runtime(["--store", store_uri, "--engine", engine_id, *cache])
-    assert out.returncode == 1 and weights.name in out.stderr
+    assert out.returncode == 1
+    assert f"file {weights.name} is corrupt: sha256 {got}, the manifest says {want}" in out.stderr
+    assert "runtime serving" not in out.stderr
+    assert not (tmp_path / "cache" / engine_id).exists()  # nothing was copied

@@ -1,8 +1,10 @@
 """The streamed safetensors reader returns what safetensors' own reader does: every dtype an
-engine stores, tensors split across chunks, empty and 0-d tensors, several files at once."""
+engine stores, tensors split across chunks, empty and 0-d tensors, several files at once; the
+SHA-256 it computes in the same read is hashlib's of the whole file."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,37 @@ def test_several_files_at_once(tmp_path: Path) -> None:
     assert all(torch.equal(raw(got[k]), raw(want[k])) for k in want)
 
 
+@pytest.mark.parametrize("chunk_bytes", [7, 64, 1000, 1 << 20])
+def test_digest_of_the_same_read_is_the_files(tmp_path: Path, chunk_bytes: int) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file(engine_like_tensors(0), path, metadata={"format": "pt"})
+    digest = hashlib.sha256()
+    got = load_file_streamed(path, torch.device("cpu"), chunk_bytes, digest)
+    assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+    want = load_file(path)
+    assert all(torch.equal(raw(got[k]), raw(want[k])) for k in want)
+
+
+def test_digest_covers_bytes_after_the_last_tensor(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file(engine_like_tensors(1), path)
+    path.write_bytes(path.read_bytes() + b"trailing")
+    digest = hashlib.sha256()
+    load_file_streamed(path, torch.device("cpu"), 64, digest)
+    assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_several_files_hashed_at_once(tmp_path: Path) -> None:
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"weights-{i}.safetensors")
+        save_file({f"{k}.{i}": t for k, t in engine_like_tensors(i).items()}, paths[-1])
+    digests = {p: hashlib.sha256() for p in paths}
+    load_files_streamed(paths, torch.device("cpu"), chunk_bytes=256, digests=digests)
+    for p in paths:
+        assert digests[p].hexdigest() == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
 def test_truncated_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "w.safetensors"
     save_file(engine_like_tensors(0), path)
@@ -71,7 +104,10 @@ def test_streamed_onto_the_gpu(tmp_path: Path) -> None:
         paths.append(tmp_path / f"weights-{i}.safetensors")
         save_file({f"{k}.{i}": t for k, t in engine_like_tensors(i).items()}, paths[-1])
     want = {k: v for p in paths for k, v in load_file(p).items()}
-    got = load_files_streamed(paths, torch.device("cuda"), chunk_bytes=100)
+    digests = {p: hashlib.sha256() for p in paths}
+    got = load_files_streamed(paths, torch.device("cuda"), chunk_bytes=100, digests=digests)
     for name, t in want.items():
         assert got[name].is_cuda and got[name].dtype == t.dtype, name
         assert torch.equal(raw(got[name].cpu()), raw(t)), name
+    for p in paths:  # hashed from the pinned buffers while they were copied out
+        assert digests[p].hexdigest() == hashlib.sha256(p.read_bytes()).hexdigest()
