@@ -10,7 +10,7 @@
 # runtime merging a backlog, gives). Rows go to $OUT/gateway_relay.md (OUT defaults to
 # /tmp/out). CLIENTS (2) and UPSTREAMS (1) set the load side's processes (the bare relay always
 # uses one upstream); on a machine with free cores, raise them so that the load side is not
-# the limit. DURATION (10) is each measurement's window in seconds.
+# the limit. DURATION (10) and WARMUP (3) are each measurement's window and warm-up in seconds.
 set -u
 ROUNDS=${1:-2}
 STREAMS=${2:-512}
@@ -23,7 +23,7 @@ CLIENTS=${CLIENTS:-2}
 UPSTREAMS=${UPSTREAMS:-1}
 MULTI=${MULTI:-}
 COMMON=(--streams "$STREAMS" --step-ms "$STEP_MS" --clients "$CLIENTS"
-  --duration "${DURATION:-10}" --report "$REPORT")
+  --duration "${DURATION:-10}" --warmup "${WARMUP:-3}" --report "$REPORT")
 BARE="exec {python} bench/bare_relay.py {port} {upstream}"
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)" >>"$REPORT"
 for round in $(seq "$ROUNDS"); do

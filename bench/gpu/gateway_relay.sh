@@ -11,8 +11,8 @@ timeout 60 python3 -m pytest -q tests/gateway/test_relay.py tests/gateway/test_c
   tests/gateway/test_idle.py 2>&1 | tail -2
 # 1,024 streams, one chunk each every 20 ms: 51,200 chunks/s offered, more than one gateway
 # process relays; 4 upstreams and 4 client processes so that they are not the limit. Six
-# measurements of ~15 s each (6 s windows).
-PY=python3 CLIENTS=4 UPSTREAMS=4 DURATION=6 MULTI=4 OUT=$OUT \
+# measurements of ~15 s each (2 s warm-up, 6 s windows).
+PY=python3 CLIENTS=4 UPSTREAMS=4 DURATION=6 WARMUP=2 MULTI=4 OUT=$OUT \
   timeout 150 bash bench/gateway_relay_compare.sh 1 1024 20 >"$OUT/compare.txt" 2>&1
 echo "compare rc $?"
 grep -E "^\|" "$OUT/gateway_relay.md"
