@@ -1,6 +1,7 @@
 """The floor of a grpc.aio relay, for bench/gateway_relay.py --relay-cmd: Gateway.Generate
 answered by streaming an upstream Runtime.Generate through as bytes (no parsing, no
-interceptor, no auth, no routing), on uvloop as the daemons run. What the real gateway costs
+interceptor, no auth, no routing; the caller's request parsed once for its prompt and
+sampling), on uvloop as the daemons run. What the real gateway costs
 per chunk above this is its own; this much is grpc.aio's.
 
   python bench/gateway_relay.py --relay-cmd "exec {python} bench/bare_relay.py {port} {upstream}"
@@ -18,7 +19,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmserve.v1 import common_pb2, runtime_pb2
+from llmserve.v1 import gateway_pb2, runtime_pb2
 
 
 def _identity(b: bytes) -> bytes:
@@ -28,13 +29,13 @@ def _identity(b: bytes) -> bytes:
 async def serve(port: int, upstream: str) -> None:
     channel = grpc.aio.insecure_channel(upstream)
     call = channel.unary_stream("/llmserve.v1.Runtime/Generate", _identity, _identity)
-    request = runtime_pb2.GenerateRequest(
-        request_id="bare",
-        prompt=common_pb2.Prompt(text="hi"),
-        sampling=common_pb2.SamplingParams(max_tokens=128),
-    ).SerializeToString()
 
     async def generate(raw: bytes, context: Any) -> Any:
+        # The caller's max_tokens, so that per-call costs compare (--max-tokens 1).
+        asked = gateway_pb2.GatewayGenerateRequest.FromString(raw)
+        request = runtime_pb2.GenerateRequest(
+            request_id="bare", prompt=asked.prompt, sampling=asked.sampling
+        ).SerializeToString()
         async for chunk in call(request):
             yield chunk
 

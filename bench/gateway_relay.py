@@ -149,7 +149,9 @@ def _client_main(*args: object) -> None:
     asyncio.run(_client(*args))  # type: ignore[arg-type]
 
 
-def start_upstreams(count: int, step_ms: float, logs: Path) -> tuple[list, list[str]]:
+def start_upstreams(
+    count: int, step_ms: float, logs: Path, tokens_per_chunk: int = 1
+) -> tuple[list, list[str]]:
     procs, addresses = [], []
     for i in range(count):
         port = free_port()
@@ -157,7 +159,8 @@ def start_upstreams(count: int, step_ms: float, logs: Path) -> tuple[list, list[
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(ROOT / "bench" / "relay_upstream.py"), "--port", str(port),
-                 "--model", MODEL, "--step-ms", str(step_ms)],
+                 "--model", MODEL, "--step-ms", str(step_ms),
+                 "--tokens-per-chunk", str(tokens_per_chunk)],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         )  # fmt: skip
@@ -227,7 +230,10 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=2, help="load-generator processes")
     p.add_argument("--upstreams", type=int, default=1)
     p.add_argument("--step-ms", type=float, default=20.0, help="upstream: time between chunks")
-    p.add_argument("--max-tokens", type=int, default=128, help="chunks per call")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens per call")
+    p.add_argument(
+        "--tokens-per-chunk", type=int, default=1, help="upstream: tokens in each chunk it streams"
+    )
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--direct", action="store_true", help="clients call the upstreams directly")
@@ -243,7 +249,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gateway-relay-"))
     redis = relay = None
     gateways: list[DaemonProcess] = []
-    upstreams, addresses = start_upstreams(args.upstreams, args.step_ms, tmp)
+    upstreams, addresses = start_upstreams(args.upstreams, args.step_ms, tmp, args.tokens_per_chunk)
     try:
         if args.direct:
             targets, key, pids = addresses, "", []
@@ -296,6 +302,8 @@ def main() -> None:
         path += f" ({args.gateway_args})"
     if args.relay_cmd:
         path = f"clients → {args.relay_cmd.split()[-3]} → upstream"
+    if args.tokens_per_chunk > 1:
+        path += f", {args.tokens_per_chunk} tokens per upstream chunk"
     gw = "- | - | -"
     if gateway_cpu:
         gw = f"{gateway_cpu / seconds:.2f} | {messages / gateway_cpu:,.0f} | "

@@ -1,10 +1,11 @@
 """A bench-only upstream for bench/gateway_relay.py: llmserve.v1.Runtime without an engine.
 
-Generate streams `sampling.max_tokens` chunks of one token each, one chunk per stream per
-step, steps every --step-ms (as an engine's steps would), the last chunk with a finish reason,
-usage and timings. GetStatus and health answer as a serving runtime of model --model does, so
-a real gateway routes to it. Nothing here is meant for production: it exists so that the
-gateway's own cost per relayed chunk can be measured without an engine's.
+Generate streams `sampling.max_tokens` tokens in chunks of --tokens-per-chunk (1) tokens each,
+one chunk per stream per step, steps every --step-ms (as an engine's steps would), the last
+chunk with a finish reason, usage and timings. GetStatus and health answer as a serving
+runtime of model --model does, so a real gateway routes to it. Nothing here is meant for
+production: it exists so that the gateway's own cost per relayed chunk can be measured
+without an engine's.
 
   python bench/relay_upstream.py --port 50070 --step-ms 20
 """
@@ -47,27 +48,31 @@ class Ticker:
 
 
 class BenchRuntime(runtime_pb2_grpc.RuntimeServicer):
-    def __init__(self, model: str, ticker: Ticker) -> None:
+    def __init__(self, model: str, ticker: Ticker, tokens_per_chunk: int = 1) -> None:
         self.model = model
+        self.tokens_per_chunk = tokens_per_chunk
         self.ticker = ticker
         self.num_running = 0
 
     async def Generate(self, request: Any, context: Any) -> Any:
         n = max(1, request.sampling.max_tokens or 16)
+        k = self.tokens_per_chunk
         chunk = runtime_pb2.GenerateResponse(
-            request_id=request.request_id, token_ids=[42], text=TEXT
+            request_id=request.request_id, token_ids=[42] * k, text=TEXT * k
         ).SerializeToString()
         self.num_running += 1
         try:
-            for _ in range(n - 1):
+            sent = 0
+            while n - sent > k:
                 await self.ticker.next_step()
                 await context.write(chunk)
+                sent += k
             await self.ticker.next_step()
             await context.write(
                 runtime_pb2.GenerateResponse(
                     request_id=request.request_id,
-                    token_ids=[42],
-                    text=TEXT,
+                    token_ids=[42] * (n - sent),
+                    text=TEXT * (n - sent),
                     finish_reason=common_pb2.FINISH_REASON_LENGTH,
                     usage=common_pb2.Usage(prompt_tokens=8, completion_tokens=n),
                     timings=common_pb2.Timings(queue_ns=1, prefill_ns=1, decode_ns=1, total_ns=3),
@@ -91,10 +96,10 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
-async def serve(port: int, model: str, step_ms: float) -> None:
+async def serve(port: int, model: str, step_ms: float, tokens_per_chunk: int = 1) -> None:
     server = grpc.aio.server(options=[("grpc.http2.max_ping_strikes", 0)])
     ticker = Ticker(step_ms / 1000)
-    servicer = BenchRuntime(model, ticker)
+    servicer = BenchRuntime(model, ticker, tokens_per_chunk)
     # Generate writes pre-serialized bytes: the upstream's own cost stays small.
     handlers = {
         "Generate": grpc.unary_stream_rpc_method_handler(
@@ -129,8 +134,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="bench")
     parser.add_argument("--step-ms", type=float, default=20.0, help="time between chunks")
+    parser.add_argument(
+        "--tokens-per-chunk",
+        type=int,
+        default=1,
+        help="tokens in each chunk (an engine that streams several tokens a step)",
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.model, args.step_ms))
+    asyncio.run(serve(args.port, args.model, args.step_ms, args.tokens_per_chunk))
 
 
 if __name__ == "__main__":

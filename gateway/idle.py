@@ -16,6 +16,7 @@ task spends elsewhere (its consumer writing to a slow client) never counts: only
 from __future__ import annotations
 
 import asyncio
+from asyncio import current_task
 from types import TracebackType
 from typing import Any
 
@@ -49,7 +50,9 @@ class IdleWatchdog:
         return None
 
     async def read(self, call: Any) -> Any:
-        """`await call.read()`, counted against the idle timeout."""
+        """`await call.read()`, counted against the idle timeout. The task that reads is the
+        one cancelled: it may change during the stream (coalesce.py starts a reader task)."""
+        self._task = current_task()
         self._read_since = self._loop.time()
         try:
             return await call.read()

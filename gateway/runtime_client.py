@@ -120,9 +120,10 @@ async def generate(
         try:
             try:
                 async with IdleWatchdog(idle_timeout_s) as watchdog:
-                    while (response := await watchdog.read(call)) is not grpc.aio.EOF:
+                    read, eof, address = watchdog.read, grpc.aio.EOF, state.address
+                    while (response := await read(call)) is not eof:
                         started = True
-                        yield response, state.address
+                        yield response, address
             except TimeoutError:
                 raise _Silent(idle_timeout_s) from None
             return

@@ -170,7 +170,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 return
             async with contextlib.aclosing(coalesced(chunks)) as batches:
                 async for batch in batches:
-                    out = relay.merge([chunk for chunk, _ in batch])
+                    if len(batch) == 1:
+                        out = relay(batch[0][0])
+                    else:
+                        out = relay.merge([chunk for chunk, _ in batch])
                     if not isinstance(out, bytes):
                         metrics.annotate_usage(out)
                     yield out

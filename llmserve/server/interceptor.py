@@ -192,25 +192,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             code = "OK"
             stream: Any = None
             try:
-                # NOTE: the span is made current only around each step of the handler, never
-                # across our own `yield`: the code after a yield may run in another context
-                # (a cancelled call is closed by gRPC), where detaching it would fail.
-                with call.active():
-                    if self.token is not None:
-                        self.token.check(context.invocation_metadata())
-                    request = decode_request(method, raw, decode)
-                    stream = behavior(request, context)
-                while True:
-                    # call.active() inlined: a contextlib manager costs ~4 µs more per chunk.
-                    otel_token = otel_context.attach(call.context)
-                    record_token = activate(call.record)
-                    try:
-                        response = await anext(stream)
-                    except StopAsyncIteration:
-                        break
-                    finally:
-                        deactivate(record_token)
-                        otel_context.detach(otel_token)
+                # NOTE: the span and record are made current once, for the rest of the call,
+                # and never reset: gRPC runs each call in a task of its own (so a context of
+                # its own), where they stay current across every `yield` at no cost per chunk
+                # (attach/detach around each chunk cost ~1.4 µs). Nothing here resets them: the
+                # code after a yield may run in another context (a cancelled call is closed by
+                # gRPC), where resetting a token would fail.
+                otel_context.attach(call.context)
+                activate(call.record)
+                if self.token is not None:
+                    self.token.check(context.invocation_metadata())
+                request = decode_request(method, raw, decode)
+                stream = behavior(request, context)
+                async for response in stream:
                     yield response
             except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit) as e:
                 code = outcome(e, context)

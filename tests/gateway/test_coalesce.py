@@ -2,12 +2,13 @@
 chunk once, errors after the chunks before them; closing it closes the source.
 
 The consumer's slowness is driven by the test (it takes nothing until the source is done or
-blocked), never by sleeps."""
+blocked), never by sleeps: a consumer away from the stream gets a reader after a tick, and the
+tests wait for that (without a time limit) instead of timing it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -88,39 +89,63 @@ def test_an_error_comes_after_every_chunk_read_before_it() -> None:
     asyncio.run(body())
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    """Waits (without a time limit) for `condition`: the reader starts a tick after the
+    consumer left."""
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
 def test_at_most_limit_chunks_wait() -> None:
     async def body() -> None:
         source = Source(50)
         batches = coalesced(source(), limit=8)
-        assert await anext(batches) == list(range(8))  # the reader filled the list
-        while source.produced < 16:  # and then filled it again
-            await asyncio.sleep(0)
+        assert await anext(batches) == [0]  # read by the consumer itself
+        await _until(lambda: source.produced == 9)  # away: the reader filled the list
         for _ in range(20):
             await asyncio.sleep(0)
-        assert source.produced == 16  # 8 taken + 8 waiting: the reader waits for room
+        assert source.produced == 9  # 1 taken + 8 waiting: the reader waits for room
         got = [x async for b in batches for x in b]
-        assert got == list(range(8, 50))
+        assert got == list(range(1, 50))
 
     asyncio.run(body())
 
 
 @pytest.mark.parametrize("blocked", [False, True])
 def test_closing_the_consumer_closes_the_source(blocked: bool) -> None:
-    """Whether the reader waits on the source or for room, closing the consumer (a cancelled
-    call) closes the source before aclose returns."""
+    """Whether the consumer reads the source itself or a reader waits for room, closing the
+    consumer (a cancelled call) closes the source before aclose returns."""
 
     async def body() -> None:
         source = Source(50)
-        if not blocked:  # one chunk, then the reader waits on the source
+        if not blocked:  # one chunk, then the source waits: the consumer reads it itself
             source.permits = asyncio.Queue()
             source.permits.put_nowait(None)
         batches = coalesced(source(), limit=4)
-        assert await anext(batches) == ([0, 1, 2, 3] if blocked else [0])
-        while source.produced < (8 if blocked else 1):  # blocked: 4 more wait, and the reader
-            await asyncio.sleep(0)
+        assert await anext(batches) == [0]
+        if blocked:  # the consumer stays away: a reader reads 4 more and waits for room
+            await _until(lambda: source.produced == 5)
         assert not source.closed
         await batches.aclose()
         assert source.closed
-        assert source.produced == (8 if blocked else 1)
+        assert source.produced == (5 if blocked else 1)
+
+    asyncio.run(body())
+
+
+def test_a_consumer_that_keeps_up_never_starts_a_reader() -> None:
+    """Reading in the consumer's own task: the source runs in that task, chunk by chunk."""
+
+    async def body() -> None:
+        tasks = set()
+
+        async def source() -> AsyncIterator[int]:
+            for i in range(5):
+                tasks.add(asyncio.current_task())
+                yield i
+
+        got = [batch async for batch in coalesced(source())]
+        assert got == [[0], [1], [2], [3], [4]]
+        assert tasks == {asyncio.current_task()}
 
     asyncio.run(body())
