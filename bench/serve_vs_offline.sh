@@ -4,14 +4,14 @@
 # processes, default 4), then the same load through the gateway (API key, session-less
 # Generate; needs redis-server on PATH, else skipped), then the offline engine
 # (bench/offline_throughput.py) on the same requests. Reports go to $OUT (default ./bench-out).
-# Usage: [SEQS=max running requests, default 256] [RATE=Poisson req/s, default 20]
+# Usage: [SEQS=max running requests, default 256] [RATE=Poisson req/s, default 20; "" skips]
 #   [LOW=a second, lower concurrency, default 64; empty skips it]
 #   bash bench/serve_vs_offline.sh [num_requests] [input_len] [output_len]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out}
 N=${1:-256} IN=${2:-128} OUTLEN=${3:-128} CLIENTS=${CLIENTS:-4} SEQS=${SEQS:-256}
-RATE=${RATE:-20} LOW=${LOW-64}  # the Poisson rate (req/s) and the low concurrency ("" skips it)
+RATE=${RATE-20} LOW=${LOW-64}  # the Poisson rate (req/s) and the low concurrency ("" skips it)
 mkdir -p "$OUT"
 wait_serving() {  # NAME PORT SECONDS PID: until health SERVING, else the log's tail and exit
   python3 -c "
@@ -41,7 +41,7 @@ LOAD="--num-requests $N --input-len $IN --output-len $OUTLEN --vocab 128000 --pr
 COMMON="--target 127.0.0.1:$PORT $LOAD --report $OUT/serve.md"
 python3 bench/serve_load.py $COMMON --concurrency "$N"
 [ -n "$LOW" ] && python3 bench/serve_load.py $COMMON --concurrency "$LOW"
-python3 bench/serve_load.py $COMMON --rate "$RATE"
+[ -n "$RATE" ] && python3 bench/serve_load.py $COMMON --rate "$RATE"
 if command -v redis-server > /dev/null; then
   REDIS_PORT=6391 GW_PORT=50060 KEY=bench-key-0123456789abcdef
   redis-server --port $REDIS_PORT --save '' --appendonly no > "$OUT/redis.log" 2>&1 &
@@ -55,7 +55,7 @@ if command -v redis-server > /dev/null; then
   sleep 3  # the gateway's first check of the runtime
   GW="--target 127.0.0.1:$GW_PORT --model bench --api-key $KEY $LOAD --report $OUT/gateway.md"
   python3 bench/serve_load.py $GW --concurrency "$N"
-  python3 bench/serve_load.py $GW --rate "$RATE"
+  [ -n "$RATE" ] && python3 bench/serve_load.py $GW --rate "$RATE"
   kill -TERM $GATEWAY; wait $GATEWAY || true
   kill $REDIS; wait $REDIS || true
   GATEWAY="" REDIS=""

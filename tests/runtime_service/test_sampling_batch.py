@@ -13,6 +13,9 @@ from runtime_service.engine.penalties import PenaltyState
 from runtime_service.engine.request import Request
 
 VOCAB = 300
+# The kernels' tests run on the GPU where there is one, else in Triton's interpreter (which
+# tests/conftest.py turns on only without CUDA: there, CPU tensors cannot reach a kernel).
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def req(name: str, **kw) -> Request:
@@ -36,7 +39,7 @@ def test_a_cached_batch_follows_each_steps_output_index(
     ]
     reqs = [req(f"r{i}", **kw) for i, kw in enumerate(settings)]
     for _ in range(3):
-        logits = torch.randn(len(reqs), VOCAB, generator=g) * 3
+        logits = (torch.randn(len(reqs), VOCAB, generator=g) * 3).to(DEVICE)
         tokens = sampler.sample(logits.clone(), reqs).token_ids
         alone = []
         for i, r in enumerate(reqs):
@@ -86,7 +89,7 @@ def test_penalized_copy_is_clone_then_penalties() -> None:
     from runtime_service.kernels.sampling_triton import penalized_copy_triton
 
     g = torch.Generator().manual_seed(3)
-    logits = torch.randn(4, VOCAB, generator=g) * 3
+    logits = (torch.randn(4, VOCAB, generator=g) * 3).to(DEVICE)
     reqs = [
         req("a", repetition_penalty=1.3, frequency_penalty=0.2),
         req("b"),
@@ -98,10 +101,12 @@ def test_penalized_copy_is_clone_then_penalties() -> None:
             r.append_output_token(t, None)
     expected = logits.clone()
     sampler.apply_penalties(expected, reqs)
-    state = PenaltyState(VOCAB, torch.device("cpu"))
-    table = torch.tensor([-1] * 4)
+    state = PenaltyState(VOCAB, DEVICE)
+    table = torch.tensor([-1] * 4, device=DEVICE)
     table[[0, 2]] = state.rows_of([reqs[0], reqs[2]])
-    settings = torch.tensor([[1.3, 0.0, 0.2], [1.0, 0.0, 0.0], [0.8, 0.4, 0.0], [1.0, 0.0, 0.0]])
+    settings = torch.tensor(
+        [[1.3, 0.0, 0.2], [1.0, 0.0, 0.0], [0.8, 0.4, 0.0], [1.0, 0.0, 0.0]], device=DEVICE
+    )
     ours = penalized_copy_triton(logits, table, settings, state.output_counts, state.prompt_mask)
     torch.testing.assert_close(ours, expected)
     assert torch.equal(ours[[1, 3]], logits[[1, 3]])
@@ -118,9 +123,9 @@ def test_fused_penalties_draw_what_the_torch_path_draws(monkeypatch: pytest.Monk
         dict(temperature=1.0, seed=6),
     ]
     twins = [[req(f"{n}{i}", **kw) for i, kw in enumerate(settings)] for n in "xy"]
-    states = [PenaltyState(VOCAB, torch.device("cpu")) for _ in twins]
+    states = [PenaltyState(VOCAB, DEVICE) for _ in twins]
     for _ in range(3):
-        logits = torch.randn(len(settings), VOCAB, generator=g) * 2
+        logits = (torch.randn(len(settings), VOCAB, generator=g) * 2).to(DEVICE)
         before = logits.clone()
         plain = sampler.sample(logits, twins[0], states[0]).token_ids
         with monkeypatch.context() as m:
