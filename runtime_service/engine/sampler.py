@@ -7,7 +7,7 @@ Every step is one set of tensor operations over the batch: the per-request setti
 tensors built once per batch composition (sampling_batch.py) and only what changes between
 steps is read per step (seeded rows' output indices, rows still under min_tokens, random
 keys); penalties read device tables (penalties.py); on CUDA top-k is a per-row floor found
-by the grouped search (engine/top_k.py) and top-p is decided in the draw.
+by radix select (kernels/top_k_triton.py) and top-p is decided in the draw.
 
 The draw is argmax(p / q) with q ~ Exp(1) (the exponential-race form of sampling from p).
 A seeded request's q is a hash of (seed, output index, token) (kernels/seeded_noise.py), so
@@ -131,7 +131,9 @@ def _truncate(
             logits = logits / s.temperature
         floor = None
         if s.use_top_k:
-            floor = kth_largest(logits, s.top_k, s.max_k)[:, 0].float()
+            from runtime_service.kernels.top_k_triton import kth_largest_triton
+
+            floor = kth_largest_triton(logits.contiguous(), s.k)
         return logits, (s.top_p[:, 0] if s.use_top_p else None), floor
     logits = logits / s.temperature
     top_k, top_p, min_p = s.top_k, s.top_p, s.min_p
@@ -159,9 +161,11 @@ def _top_k(logits: torch.Tensor, s: RowSettings) -> torch.Tensor:
 
 
 def _kth(logits: torch.Tensor, s: RowSettings) -> torch.Tensor:
-    """[R, 1]: each row's top_k-th largest logit (-inf for rows with top_k 0). The grouped
-    search, also on CUDA: the radix-select kernel (kernels/top_k_triton.py) measured slower on
-    an H200 at 1-256 rows x 128,256 (0.55-0.93 ms against 0.49 at 256 rows; docs)."""
+    """[R, 1]: each row's top_k-th largest logit (-inf for rows with top_k 0)."""
+    if logits.is_cuda:
+        from runtime_service.kernels.top_k_triton import kth_largest_triton
+
+        return kth_largest_triton(logits.contiguous(), s.k)[:, None]
     return kth_largest(logits, s.top_k, s.max_k)
 
 

@@ -7,8 +7,8 @@ lies in one of them, so those k groups hold the k largest, ties of L included. S
 for the group maxima, a topk of those (V / GROUP per row), and a topk of the k * GROUP logits
 of the chosen groups. The values are exactly `topk(k).values`.
 
-The sampler's path on the CPU and on CUDA: the radix-select kernel (kernels/top_k_triton.py)
-finds the same values without sorting but measured slower on an H200 (docs/engine_speed.md).
+This is the CPU path (and the reference); on CUDA the sampler takes the floor from the
+radix-select kernel (kernels/top_k_triton.py).
 """
 
 from __future__ import annotations
