@@ -17,25 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.top_p_kernel import time_ms
 from runtime_service.engine.top_k import kth_largest
 from runtime_service.kernels.top_k_triton import kth_largest_triton
 
 VARIANTS = [(2048, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]  # (block, warps)
-
-
-def time_ms(fn, device: str, iters: int = 20) -> float:
-    if device == "cpu":  # interpreter smoke run: once, untimed
-        fn()
-        return float("nan")
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def main() -> None:
@@ -65,12 +51,14 @@ def row_times(logits: torch.Tensor, k: torch.Tensor, device: str) -> list[str]:
     kf = k[:, None].float()
     assert torch.equal(kth_largest(logits, kf, max_k)[:, 0], want)
     times = [
-        time_ms(lambda: logits.topk(max_k, dim=-1).values.gather(1, kk[:, None] - 1), device),
-        time_ms(lambda: kth_largest(logits, kf, max_k), device),
+        time_ms(
+            lambda: logits.topk(max_k, dim=-1).values.gather(1, kk[:, None] - 1), device=device
+        ),
+        time_ms(lambda: kth_largest(logits, kf, max_k), device=device),
     ]
     for block, warps in VARIANTS:
         assert torch.equal(kth_largest_triton(logits, k, block, warps), want), (block, warps)
-        times.append(time_ms(lambda: kth_largest_triton(logits, k, block, warps), device))  # noqa: B023
+        times.append(time_ms(lambda: kth_largest_triton(logits, k, block, warps), device=device))  # noqa: B023
     return [f"{t:.3f}" for t in times]
 
 

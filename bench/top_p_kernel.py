@@ -20,8 +20,10 @@ from runtime_service.kernels.top_p_triton import top_p_mask_
 DEVICE = "cuda"
 
 
-def time_ms(fn, iters: int = 20) -> float:
-    if DEVICE == "cpu":  # a smoke run in Triton's interpreter: once, untimed
+def time_ms(fn, iters: int = 20, device: str | None = None) -> float:
+    """Mean milliseconds of fn() on the GPU (CUDA events, after one untimed call); on the CPU
+    (Triton's interpreter) a smoke run: once, untimed, NaN. The other kernel benches use it."""
+    if (device or DEVICE) == "cpu":
         fn()
         return float("nan")
     fn()
