@@ -23,7 +23,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.offline_throughput import SHAPES, device_name, shaped_model_dir  # noqa: E402
+from bench.offline_throughput import SHAPES, device_name  # noqa: E402
+from bench.structured_speed import model_dir  # noqa: E402
 
 PHASES = (  # (label, owner path from the engine, method)
     ("schedule", "core.scheduler", "schedule"),
@@ -86,12 +87,7 @@ def main() -> None:
     from runtime_service.engine.llm import LLM
     from runtime_service.engine.params import SamplingParams
 
-    if args.model == "tiny":
-        from llmserve.testing.tiny_models import tiny_model
-
-        model = tiny_model("llama", REPO / ".cache" / "models")
-    else:
-        model = Path(args.model) if args.model else shaped_model_dir(args.shape)
+    model = model_dir(argparse.Namespace(tokenizer=None, **vars(args)))
     llm = LLM(
         str(model),
         device=args.device,
