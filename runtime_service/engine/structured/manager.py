@@ -175,6 +175,8 @@ class StructuredOutput:
         unless every token of the vocabulary was masked: a constraint the tokenizer cannot
         satisfy). Requests without a matcher are passed over (False)."""
         ends = [False] * len(reqs)
+        if not self._states:  # no constrained request running: every step of a free batch
+            return ends
         rows, states, accepted_tokens = [], [], []
         for i, (req, token) in enumerate(zip(reqs, tokens, strict=True)):
             state = self._states.get(req.request_id)
