@@ -27,7 +27,8 @@ import uuid
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from llmserve.store.manifest import ENGINE_TRITON_CACHE
+from llmserve.errors import DataLoss
+from llmserve.store.manifest import ENGINE_TRITON_CACHE, FileEntry, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +60,23 @@ def use_kernel_cache(
     return path
 
 
-def seed_kernel_cache(engine_dir: Path, cache_dir: Path) -> int:
+def seed_kernel_cache(
+    engine_dir: Path, cache_dir: Path, expected: dict[str, FileEntry] | None = None
+) -> int:
     """Copies the engine's Triton cache keys that `cache_dir` lacks into it; the number
     copied. Each key lands whole or not at all (copied beside it, then renamed), so a
     Triton compiling at the same time, or another runtime seeding the same directory,
-    never sees half a key. Never raises: a seed that cannot be copied is compiled instead."""
+    never sees half a key. Never raises: a seed that cannot be copied is compiled instead.
+
+    expected: the trusted manifest's file entries, for an engine served in place from a
+    directory others can write: each copied file is checked against its entry after the
+    copy (a key with a changed, unknown or missing file is not seeded, and says so). None:
+    the engine is a verified private copy."""
     seeds = engine_dir / ENGINE_TRITON_CACHE
     if not seeds.is_dir():
         return 0
     try:
-        copied = sum(_seed_key(key, cache_dir) for key in sorted(seeds.iterdir()))
+        copied = sum(_seed_key(key, cache_dir, expected) for key in sorted(seeds.iterdir()))
     except OSError as e:
         log.warning("kernel cache %s not seeded from %s: %s", cache_dir, seeds, e)
         return 0
@@ -76,14 +84,17 @@ def seed_kernel_cache(engine_dir: Path, cache_dir: Path) -> int:
     return copied
 
 
-def _seed_key(key: Path, cache_dir: Path) -> bool:
-    """Copies one cache key's directory into cache_dir unless it is there already."""
+def _seed_key(key: Path, cache_dir: Path, expected: dict[str, FileEntry] | None) -> bool:
+    """Copies one cache key's directory into cache_dir unless it is there already (and,
+    with `expected`, unless a copied file is not the manifest's)."""
     final = cache_dir / key.name
     if not key.is_dir() or final.exists():
         return False
     tmp = cache_dir / f".seed-{key.name}-{uuid.uuid4().hex[:8]}"
     try:
         shutil.copytree(key, tmp)
+        if expected is not None and not _copy_is_trusted(tmp, key.name, expected):
+            return False
         tmp.rename(final)
         return True
     except OSError:
@@ -92,3 +103,20 @@ def _seed_key(key: Path, cache_dir: Path) -> bool:
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_is_trusted(copy: Path, key: str, expected: dict[str, FileEntry]) -> bool:
+    """Whether every file of a key's copy, and no other, is the manifest's (checked on the
+    copy: what Triton will read)."""
+    prefix = f"{ENGINE_TRITON_CACHE}/{key}/"
+    names = {prefix + p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()}
+    listed = {n for n in expected if n.startswith(prefix)}
+    try:
+        if names != listed:
+            raise DataLoss(f"files {sorted(names ^ listed)} are not the manifest's")
+        for name in sorted(names):
+            verify_file(copy / name.removeprefix(prefix), name, expected[name], "kernel seed")
+    except DataLoss as e:
+        log.error("kernel cache key %s not seeded: %s", key, e)
+        return False
+    return True

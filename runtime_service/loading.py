@@ -23,7 +23,7 @@ from llmserve.engine_pb import dtype_value, engine_to_pb
 from llmserve.errors import FailedPrecondition
 from llmserve.reasons import Reason
 from llmserve.store import Hold, open_store
-from llmserve.store.engines import engine_to_serve, hold_engine
+from llmserve.store.engines import ServedEngine, engine_to_serve, hold_engine
 from llmserve.store.manifest import ENGINE_WEIGHTS_GLOB
 from llmserve.v1 import common_pb2, engine_pb2
 from runtime_service.config import RuntimeConfig
@@ -93,14 +93,16 @@ def engine_id_by_key(config: RuntimeConfig, device: DeviceInfo, cancel: threadin
 
 def resolve(
     config: RuntimeConfig, device: DeviceInfo, cancel: threading.Event | None = None
-) -> tuple[Path, Hold | None, bool]:
-    """The local directory to serve, the store hold that keeps it while served, and whether
-    its files are all verified already (if not, the core's loader verifies them).
+) -> tuple[ServedEngine, Hold | None]:
+    """The local directory to serve (with whether its files are all verified already: if
+    not, the core's loader verifies them, against what was trusted of it), and the store
+    hold that keeps it while served.
     `cancel`, set when the runtime stops, ends a wait for an engine or its build."""
     if config.model_path is not None:
         path = config.model_path.expanduser()
         if not path.is_file():
-            return path, None, False  # a Hugging Face directory (missing: the core says so)
+            # A Hugging Face directory (missing: the core says so).
+            return ServedEngine(path, False), None
         store_uri, engine_id = (
             str(config.engine_cache_dir / "dev-store"),
             build_in_place(config, path, device),
@@ -114,18 +116,18 @@ def resolve(
     hold = hold_engine(store, engine_id)
     start = time.perf_counter()
     try:
-        path, verified = engine_to_serve(store, engine_id, config.engine_cache_dir, device.target)
+        served = engine_to_serve(store, engine_id, config.engine_cache_dir, device.target)
     except BaseException:
         hold.release()
         raise
     log.info(
         "engine %s fetched and verified (SHA-256) %s %s in %.3f s",
         engine_id,
-        "into" if verified else "in place (weights: as they load) at",
-        path,
+        "into" if served.verified else "in place (weights: as they load) at",
+        served.path,
         time.perf_counter() - start,
     )
-    return path, hold, verified
+    return served, hold
 
 
 def engine_config(config: RuntimeConfig, path: Path, device: DeviceInfo) -> EngineConfig:
@@ -183,18 +185,21 @@ def load(config: RuntimeConfig, cancel: threading.Event | None = None) -> Loaded
     # The core process imports torch and the engine while the engine is fetched and verified.
     spawned = spawn_core(config.log_level, config.log_format)
     try:
-        path, hold, verified = resolve(config, device, cancel)
+        served, hold = resolve(config, device, cancel)
     except BaseException:
         spawned[1](0.0)  # it holds nothing yet: killed at once
         raise
-    if not verified:  # in place: the disk reads while the core still imports
+    path = served.path
+    if not served.verified:  # in place: the disk reads while the core still imports
         start_readahead(sorted(path.glob(ENGINE_WEIGHTS_GLOB)))
     if device.is_cuda:  # before the core compiles anything (its settings are not sent yet)
-        seed_kernel_cache(path, kernels)
+        seed_kernel_cache(path, kernels, served.files)
     settings = engine_config(config, path, device)
     # In place (a local store, or a directory given with --model-path): the core checks
-    # the files, the weights in the read that loads them, before it reports ready.
-    settings.verify_engine = not verified
+    # the files, the weights in the read that loads them, before it reports ready, against
+    # the manifest this process trusted.
+    settings.verify_engine = not served.verified
+    settings.engine_manifest_sha256 = served.manifest_sha256
     try:
         llm = AsyncLLM(
             settings, log_level=config.log_level, log_format=config.log_format, spawned=spawned

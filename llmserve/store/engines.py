@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import NamedTuple
 
+from llmserve.errors import DataLoss
+from llmserve.reasons import Reason
 from llmserve.store.base import ENGINES, ArtifactStore
 from llmserve.store.fetch import manifest_files, read_trusted
 from llmserve.store.holds import Hold
-from llmserve.store.manifest import EngineManifest, is_weight_file, verify_files
+from llmserve.store.manifest import (
+    MANIFEST_NAME,
+    EngineManifest,
+    FileEntry,
+    is_weight_file,
+    verify_files,
+)
 from llmserve.targets import require_engine_target
 
 
@@ -57,11 +68,23 @@ def fetch_engine(
     return store.fetch(ENGINES, engine_id, cache_dir)
 
 
+class ServedEngine(NamedTuple):
+    """Where a runtime serves an engine from, and what it trusted there."""
+
+    path: Path
+    verified: bool  # every file checked already (a private copy)
+    # In place: the SHA-256 of the manifest file whose content was trusted (signature
+    # checked), which every later read of it must match, and that manifest's file entries
+    # (what the kernel seeds copied out of the store are checked against). None: a copy.
+    manifest_sha256: str | None = None
+    files: dict[str, FileEntry] | None = None
+
+
 def engine_to_serve(
     store: ArtifactStore, engine_id: str, cache_dir: Path, device_target: str | None = None
-) -> tuple[Path, bool]:
-    """The directory a runtime serves the engine from, and whether its weight files are
-    verified already.
+) -> ServedEngine:
+    """The directory a runtime serves the engine from, whether its weight files are
+    verified already, and (in place) what the runtime trusted of it.
 
     A local store's engine is served in place, nothing copied: its manifest is read (its
     signature checked when the store has a key) and its small files (config, tokenizer) are
@@ -75,9 +98,17 @@ def engine_to_serve(
         require_engine_target(engine_id, manifest.target, device_target)
     local = store.local_dir(ENGINES, engine_id)
     if local is None:
-        return store.fetch(ENGINES, engine_id, cache_dir), True
+        return ServedEngine(store.fetch(ENGINES, engine_id, cache_dir), True)
     what = f"engine {engine_id} from {store.uri}"
-    files = manifest_files(read_trusted(store, ENGINES, engine_id, what))
+    manifest = read_trusted(store, ENGINES, engine_id, what)
+    # The bytes whose content was trusted, for the engine process to check its own reads
+    # against (the store's directory stays writable by others while it is served).
+    raw = (local / MANIFEST_NAME).read_bytes()
+    if json.loads(raw) != manifest:
+        raise DataLoss(
+            f"{what}: its manifest changed while it was read", reason=Reason.ARTIFACT_CORRUPT
+        )
+    files = manifest_files(manifest)
     verify_files(local, {n: e for n, e in files.items() if not is_weight_file(n)}, what)
     store.touch(ENGINES, engine_id)
-    return local, False
+    return ServedEngine(local, False, hashlib.sha256(raw).hexdigest(), files)

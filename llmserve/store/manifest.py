@@ -209,5 +209,15 @@ class EngineManifest:
         (root / MANIFEST_NAME).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True))
 
     @classmethod
-    def read(cls, root: Path) -> EngineManifest:
-        return cls.from_json(json.loads((root / MANIFEST_NAME).read_text()))
+    def read(cls, root: Path, sha256: str | None = None) -> EngineManifest:
+        """root's manifest. sha256: the digest of the manifest file a caller has trusted (its
+        signature checked, runtime_service/loading.py): a file with other bytes, changed
+        since, raises DataLoss."""
+        raw = (root / MANIFEST_NAME).read_bytes()
+        if sha256 is not None and (got := hashlib.sha256(raw).hexdigest()) != sha256:
+            raise DataLoss(
+                f"{root / MANIFEST_NAME} changed after it was verified: sha256 {got}, "
+                f"verified {sha256}",
+                reason=Reason.ARTIFACT_CORRUPT,
+            )
+        return cls.from_json(json.loads(raw))

@@ -35,6 +35,9 @@ class EngineConfig:
     dummy_quantization: str = "none"  # load_format dummy: none, fp8, int8 or int4
     cpu_threads: int = 0  # torch intra-op threads of the core; 0: torch's default (all cores)
     verify_engine: bool = True  # check a built engine's files against its manifest at load
+    # The SHA-256 of the engine's manifest file as the runtime trusted it (served in place):
+    # every read of the manifest in the core must find those bytes.
+    engine_manifest_sha256: str | None = None
     # LoRA: device slots of stacked adapter weights (allocated up front, before the KV pool is
     # sized), the highest rank they hold, and a directory of adapters (<lora_dir>/<name>/) to
     # load on first use.

@@ -116,6 +116,7 @@ class EngineCore:
                 config.load_format,
                 verify=config.verify_engine,
                 dummy_quantization=config.dummy_quantization,
+                manifest_sha256=config.engine_manifest_sha256,
             )
         mc = self.model.config
         self.max_model_len = min(

@@ -81,9 +81,10 @@ def allocate_kv_caches(
     return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
 
 
-def read_engine_manifest(engine_dir: Path) -> EngineManifest:
-    """The manifest of an engine directory (as published by the builder)."""
-    return EngineManifest.read(engine_dir)
+def read_engine_manifest(engine_dir: Path, sha256: str | None = None) -> EngineManifest:
+    """The manifest of an engine directory (as published by the builder); with sha256 (the
+    digest the runtime trusted), DataLoss if the file has changed since."""
+    return EngineManifest.read(engine_dir, sha256)
 
 
 def load_engine(
@@ -93,6 +94,7 @@ def load_engine(
     verify: bool = True,
     check_target: bool = True,
     max_positions: int | None = None,
+    manifest_sha256: str | None = None,
 ) -> LlamaModel:
     """Builds the model of an engine directory (a store fetch, or the builder's staging).
 
@@ -103,8 +105,10 @@ def load_engine(
         target than `device` ("cpu" or its sm_XY); the builder turns this off to validate
         engines for other GPUs on its own device.
     max_positions: rotary tables length; default the engine's max_model_len.
+    manifest_sha256: the digest of the manifest the runtime trusted (an engine served in
+        place from a store whose directory others can write): other bytes raise DataLoss.
     """
-    manifest = read_engine_manifest(engine_dir)
+    manifest = read_engine_manifest(engine_dir, manifest_sha256)
     if manifest.format_version > ENGINE_FORMAT_VERSION:
         raise FailedPrecondition(
             f"engine {manifest.engine_id} has format version {manifest.format_version}; this "

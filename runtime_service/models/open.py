@@ -117,6 +117,7 @@ def load_model(
     load_format: str = "auto",
     verify: bool = True,
     dummy_quantization: str = "none",
+    manifest_sha256: str | None = None,
 ) -> tuple[LlamaModel, ModelInfo]:
     """The model on its device (no tokenizer: the engine core needs none).
 
@@ -125,12 +126,18 @@ def load_model(
     if not path.is_dir():
         raise NotFound(f"model directory {path} does not exist")
     if (path / "manifest.json").exists():  # an engine the builder made
-        manifest = read_engine_manifest(path)
+        manifest = read_engine_manifest(path, manifest_sha256)
         if manifest.dtype != str(dtype).removeprefix("torch."):
             log.info(
                 "engine %s is %s; serving it in that dtype", manifest.engine_id, manifest.dtype
             )
-        model = load_engine(path, device, verify=verify, max_positions=max_model_len)
+        model = load_engine(
+            path,
+            device,
+            verify=verify,
+            max_positions=max_model_len,
+            manifest_sha256=manifest_sha256,
+        )
         return model, ModelInfo(
             name=manifest.model_name,
             path=path,

@@ -60,7 +60,7 @@ def open_host_weights(
     if not path.is_dir():
         raise NotFound(f"model directory {path} does not exist")
     if (path / "manifest.json").exists():
-        manifest = read_engine_manifest(path)
+        manifest = read_engine_manifest(path, config.engine_manifest_sha256)
         if manifest.format_version > ENGINE_FORMAT_VERSION:
             raise FailedPrecondition(
                 f"engine {manifest.engine_id} has format version {manifest.format_version};"

@@ -25,6 +25,7 @@ from llmserve.store.base import ENGINES
 from llmserve.store.engines import engine_to_serve
 from llmserve.store.manifest import ENGINE_TRITON_CACHE, MANIFEST_NAME
 from runtime_service.kernel_cache import seed_kernel_cache
+from runtime_service.models.loader import read_engine_manifest
 
 KEYS = {
     "K1": {
@@ -110,13 +111,27 @@ def test_packed_kernels_are_published_checked_and_seeded(
     published, _ = store.publish_once(ENGINES, engine_id, build)
     assert seen == [True]
     assert f"{ENGINE_TRITON_CACHE}/K1/_attn.cubin" in published["files"]
-    path, _ = engine_to_serve(store, engine_id, tmp_path / "engines", "cpu")
+    served = engine_to_serve(store, engine_id, tmp_path / "engines", "cpu")
+    path = served.path
     assert seed_kernel_cache(path, tmp_path / "triton") == 2
     assert (tmp_path / "triton" / "K2" / "_rms.cubin").read_bytes() == b"\x7fELF-2"
     # A kernel file is checked before it is seeded, like the engine's config.
     (path / ENGINE_TRITON_CACHE / "K2" / "_rms.cubin").write_bytes(b"\x7fELF-X")
     with pytest.raises(DataLoss, match=r"file kernels/triton/K2/_rms\.cubin is corrupt: sha256"):
         engine_to_serve(store, engine_id, tmp_path / "engines", "cpu")
+    # A kernel file changed after the runtime checked it (the store's directory stays
+    # writable while served) is caught on the copy: its key is not seeded, the others are.
+    fresh = tmp_path / "triton2"
+    fresh.mkdir()
+    assert seed_kernel_cache(path, fresh, served.files) == 1
+    assert [p.name for p in fresh.iterdir()] == ["K1"]  # K2 not seeded, no copy left over
+    # So is a manifest changed after it was trusted, at every read in the engine process.
+    manifest_file = path / MANIFEST_NAME
+    assert read_engine_manifest(path, served.manifest_sha256).engine_id == engine_id
+    text = manifest_file.read_text()
+    manifest_file.write_text(text.replace("K2/_rms.cubin", "K2/_rms2.cubin"))
+    with pytest.raises(DataLoss, match=r"manifest\.json changed after it was verified"):
+        read_engine_manifest(path, served.manifest_sha256)
 
 
 def test_a_failed_warm_up_publishes_the_engine_without_kernels(
@@ -148,7 +163,9 @@ def test_packed_kernels_cover_a_runtime_start(
     builder = Builder(open_store(str(tmp_path / "store")), tmp_path / "work", device=device)
     engine = builder.build(BuildSpec(source=str(tiny_model_dir("llama")))).engine
     assert engine is not None and engine.target == device.target
-    path, _ = engine_to_serve(builder.store, engine.engine_id, tmp_path / "engines", device.target)
+    path = engine_to_serve(
+        builder.store, engine.engine_id, tmp_path / "engines", device.target
+    ).path
     packed = sorted(p.name for p in (path / ENGINE_TRITON_CACHE).iterdir())
     assert packed, "the build compiled no Triton kernel"
     cache = tmp_path / "triton"

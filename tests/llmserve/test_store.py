@@ -32,6 +32,7 @@ from llmserve.store import (
     open_store,
 )
 from llmserve.store.engines import engine_to_serve, fetch_engine
+from llmserve.store.manifest import MANIFEST_NAME
 from llmserve.testing.s3_server import MotoS3Server
 
 WORKER = (sys.executable, "-m", "llmserve.testing.store_worker")
@@ -358,18 +359,25 @@ def engine_writer(weights: bytes) -> object:
 
 def test_engine_to_serve_reads_a_local_store_in_place(case: StoreCase, tmp_path: Path) -> None:
     case.store.publish_once(ENGINES, "e1", engine_writer(b"good" * 1000))
-    path, verified = engine_to_serve(case.store, "e1", tmp_path / "cache")
+    served = engine_to_serve(case.store, "e1", tmp_path / "cache")
+    path = served.path
     if case.s3 is None:  # served where the store keeps it: nothing copied
-        assert (path, verified) == (Path(case.uri) / ENGINES / "e1", False)
+        assert (path, served.verified) == (Path(case.uri) / ENGINES / "e1", False)
         assert not (tmp_path / "cache" / "e1").exists()
+        # What was trusted travels with it: the manifest file's digest (every later read
+        # must match it) and its entries.
+        raw = (path / MANIFEST_NAME).read_bytes()
+        assert served.manifest_sha256 == hashlib.sha256(raw).hexdigest()
+        assert served.files is not None and "tokenizer.json" in served.files
     else:  # fetched into the cache, every file checked on the way
-        assert (path, verified) == (tmp_path / "cache" / "e1", True)
+        assert (path, served.verified) == (tmp_path / "cache" / "e1", True)
+        assert (served.manifest_sha256, served.files) == (None, None)
     assert (path / "weights-00001-of-00001.safetensors").read_bytes() == b"good" * 1000
     # In place, a weight file is left to the loader (hashed as it loads); a small file is
     # checked here, with the file and both digests named.
     case.overwrite_file("e1", "weights-00001-of-00001.safetensors", b"evil" * 1000)
     if case.s3 is None:
-        assert engine_to_serve(case.store, "e1", tmp_path / "cache") == (path, False)
+        assert engine_to_serve(case.store, "e1", tmp_path / "cache")[:2] == (path, False)
     case.overwrite_file("e1", "tokenizer.json", b'{"t": 2}')
     want = hashlib.sha256(b'{"t": 1}').hexdigest()
     got = hashlib.sha256(b'{"t": 2}').hexdigest()
