@@ -70,7 +70,7 @@ def gateway_log(tmp_path: Path) -> str:
 
 
 def test_killing_the_pinned_runtime_moves_the_session_with_its_history(
-    make_stack: Callable[..., Stack],
+    make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
     own, shared, alice = make_stack()
     with busy(shared):  # the own runtime is the least loaded: the session goes there
@@ -90,10 +90,16 @@ def test_killing_the_pinned_runtime_moves_the_session_with_its_history(
         "And of Italy?",
         second.text,
     ]
-    # The second turn: tried on its pinned runtime (dead), then moved.
+    # The second turn moved once: tried on its pinned runtime (dead), then moved; or, when
+    # the gateway's periodic health check (every GATEWAY_REFRESH_S) saw the runtime die
+    # before the turn arrived, moved without trying it. Which one is a race the test does
+    # not control; the log says which, and the retry count must agree with it.
     assert gateway_metric(alice, "llmserve_gateway_session_failovers_total", model=MODEL) == 1
+    log = gateway_log(tmp_path)
+    assert f"runtime {victim} unhealthy" in log
+    tried = f"runtime {victim} failed before the first token" in log
     retries = "llmserve_gateway_runtime_retries_total"
-    assert gateway_metric(alice, retries, model=MODEL, code="UNAVAILABLE") == 1
+    assert gateway_metric(alice, retries, model=MODEL, code="UNAVAILABLE") == int(tried)
 
 
 def test_runtime_refusing_before_the_first_token_is_retried_on_another(
