@@ -22,7 +22,6 @@ import jsonschema
 import pytest
 import torch
 
-from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.engine import LLMEngine
 from runtime_service.engine.params import SamplingParams
 from runtime_service.engine.structured import Constraint
@@ -34,6 +33,7 @@ from tests.runtime_service.reference import (
     merge_outputs,
     run_to_completion,
 )
+from tests.runtime_service.test_async_scheduling import engine
 from tests.runtime_service.test_engine_parity import mixed_prompts
 
 SCHEMA = {
@@ -52,22 +52,6 @@ CONSTRAINTS = [
     Constraint("choice", ("alpha", "beta gamma", "delta")),
     Constraint("regex", "[a-z ]{2,12}"),
 ]
-
-
-def engine(
-    path: Path, async_scheduling: bool, device: str = "cpu", **settings: object
-) -> LLMEngine:
-    base: dict = dict(
-        model=path,
-        dtype="float32",
-        device=device,
-        max_num_batched_tokens=64,
-        num_kv_blocks=128,
-        max_model_len=256,
-        async_scheduling=async_scheduling,
-    )
-    base.update(settings)
-    return LLMEngine(EngineConfig(**base))
 
 
 def mixed_params(stop_token: int) -> list[SamplingParams]:
@@ -123,8 +107,10 @@ def test_async_equals_sync_for_constrained_and_free_rows(
     stop_token = hf_greedy(path, prompts[8], 24)[3]  # lands while the next step is queued
     params = mixed_params(stop_token)
     caplog.set_level(logging.WARNING, logger="runtime_service.engine.structured.manager")
-    sync = run(engine(path, False, device, num_kv_blocks=num_kv_blocks), prompts, params, "r11")
-    asyn_engine = engine(path, True, device, num_kv_blocks=num_kv_blocks)
+    sync = run(
+        engine(path, False, device=device, num_kv_blocks=num_kv_blocks), prompts, params, "r11"
+    )
+    asyn_engine = engine(path, True, device=device, num_kv_blocks=num_kv_blocks)
     assert asyn_engine.core.async_scheduling
     asyn = run(asyn_engine, prompts, params, "r11")
     if num_kv_blocks == 20:
@@ -158,7 +144,7 @@ def test_grammar_ends_at_the_tokenizers_eos_and_the_requests_stop_tokens(
     config = json.loads((path / "config.json").read_text())
     config["eos_token_id"] = config_eos = tokenizer_eos - 1  # another special id
     (path / "config.json").write_text(json.dumps(config))
-    llm = engine(path, True)
+    llm = engine(path, True, device="cpu")
     prompts = mixed_prompts(path, 8, seed=3, max_len=30)
     choice = Constraint("choice", ("alpha", "beta gamma"))
     extra = hf_tokenizer(path).convert_tokens_to_ids("<0x0A>")  # a byte token: newline
