@@ -83,7 +83,15 @@ def mixed_params(stop_token: int) -> list[SamplingParams]:
     ]  # fmt: skip
 
 
-def run(llm: LLMEngine, prompts: list[list[int]], params: list[SamplingParams], abort: str = ""):
+def drive(
+    llm: LLMEngine,
+    prompts: list[list[int]],
+    params: list[SamplingParams],
+    abort: str = "",
+    abort_step: int = 5,
+) -> dict:
+    """Runs the requests (params in turn) to completion, aborting `abort` after
+    `abort_step` steps; each request's merged output. Every KV block is back after."""
     for i, p in enumerate(prompts):
         llm.add_request(f"r{i}", p, params[i % len(params)])
     merged: dict = {}
@@ -91,9 +99,14 @@ def run(llm: LLMEngine, prompts: list[list[int]], params: list[SamplingParams], 
     while llm.has_unfinished_requests:
         merge_outputs(merged, llm.step())
         steps += 1
-        if steps == 5 and abort:
+        if steps == abort_step and abort:
             llm.abort([abort])
     assert_pool_idle(llm)
+    return merged
+
+
+def run(llm: LLMEngine, prompts: list[list[int]], params: list[SamplingParams], abort: str = ""):
+    merged = drive(llm, prompts, params, abort)
     return {
         rid: (o.token_ids, o.finish_reason, [(lp.token_id, lp.top) for lp in o.logprobs or []])
         for rid, o in merged.items()

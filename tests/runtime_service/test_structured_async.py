@@ -30,10 +30,9 @@ from tests.runtime_service.reference import (
     hf_greedy,
     hf_model,
     hf_tokenizer,
-    merge_outputs,
     run_to_completion,
 )
-from tests.runtime_service.test_async_scheduling import engine
+from tests.runtime_service.test_async_scheduling import drive, engine
 from tests.runtime_service.test_engine_parity import mixed_prompts
 
 SCHEMA = {
@@ -71,16 +70,7 @@ def mixed_params(stop_token: int) -> list[SamplingParams]:
 
 
 def run(llm: LLMEngine, prompts: list[list[int]], params: list[SamplingParams], abort: str):
-    for i, p in enumerate(prompts):
-        llm.add_request(f"r{i}", p, params[i % len(params)])
-    merged: dict = {}
-    steps = 0
-    while llm.has_unfinished_requests:
-        merge_outputs(merged, llm.step())
-        steps += 1
-        if steps == 6:
-            llm.abort([abort])
-    assert_pool_idle(llm)
+    merged = drive(llm, prompts, params, abort, abort_step=6)
     assert llm.core.structured.num_active == 0 and llm.core.structured.num_pending == 0
     return merged
 
