@@ -177,7 +177,7 @@ def profile_decode(llm, vocab: int, batch: int, context: int, prefill: bool = Fa
     for i in range(0 if prefill else 64):  # until a decode-only step (every prompt is in)
         decodes = graphs.replays["decode"] if graphs is not None else 0
         engine.step()
-        if graphs.replays["decode"] > decodes if graphs is not None else i == 3:
+        if (graphs.replays["decode"] > decodes) if graphs is not None else i == 3:
             break
     sync()
     start = time.perf_counter()

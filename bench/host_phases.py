@@ -82,12 +82,15 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    parser.add_argument(
+        "--tokenizer", type=Path, help="a directory with tokenizer.json (for a --shape)"
+    )
     args = parser.parse_args()
 
     from runtime_service.engine.llm import LLM
     from runtime_service.engine.params import SamplingParams
 
-    model = model_dir(argparse.Namespace(tokenizer=None, **vars(args)))
+    model = model_dir(args)
     llm = LLM(
         str(model),
         device=args.device,

@@ -175,7 +175,10 @@ def main() -> None:
         fill += (host["fill"] - before["fill"]) / args.output_len / args.rounds * 1e3
         accept += (host["accept"] - before["accept"]) / args.output_len / args.rounds * 1e3
     valid = count_valid(llm, constraint, outputs, args.output_len)
-    best = {name: max(row[4] for row in rows if row[1] == name) for _, name, *_ in rows}
+    best = {
+        name: max(rate for _, row_name, _, _, rate in rows if row_name == name)
+        for name in ("unconstrained", "json_schema")
+    }
     ratio = best["json_schema"] / best["unconstrained"]
     device = str(llm.engine.core.info.device)
     lines = [
