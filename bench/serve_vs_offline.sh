@@ -3,7 +3,8 @@
 # Llama-3-8B-shaped model (random bf16 weights) under bench/serve_load.py ($CLIENTS client
 # processes, default 4), then the same load through the gateway (API key, session-less
 # Generate; needs redis-server on PATH, else skipped), then the offline engine
-# (bench/offline_throughput.py) on the same requests. Reports go to $OUT (default ./bench-out).
+# (bench/offline_throughput.py) on the same requests, with $SEQS and (if set) $LOW requests
+# running at once. Reports go to $OUT (default ./bench-out).
 # Usage: [SEQS=max running requests, default 256] [RATE=Poisson req/s, default 20; "" skips]
 #   [LOW=a second, lower concurrency, default 64; empty skips it]
 #   bash bench/serve_vs_offline.sh [num_requests] [input_len] [output_len]
@@ -65,3 +66,8 @@ fi
 kill -TERM $RUNTIME; wait $RUNTIME || true
 python3 bench/offline_throughput.py --shape llama3-8b --num-requests "$N" --input-len "$IN" \
   --output-len "$OUTLEN" --max-num-seqs "$SEQS" --peers none --report "$OUT/offline.md"
+# the low concurrency's peer: the offline engine with as many requests running at once
+if [ -n "$LOW" ]; then
+  python3 bench/offline_throughput.py --shape llama3-8b --num-requests "$N" --input-len "$IN" \
+    --output-len "$OUTLEN" --max-num-seqs "$LOW" --peers none --report "$OUT/offline_low.md"
+fi
