@@ -4,6 +4,11 @@ logits, as the engine's greedy rows do; per step, the batch's mask fill and its 
 accepts, with the accepts split over 1, 2, 4 and 8 threads as engine/structured/manager.py
 splits them. Prints ms per step; the first column is the one-thread reference.
 
+NOTE: on the H200 host this bench's accepts did not speed up with threads (9.4 ms on one,
+9.6-10.4 on 2-8) while the engine's did (9.60 ms in one call, 3.47 split over 8:
+docs/structured_output.md, fifth session): read the engine's own counters
+(bench/structured_speed.py) before changing how the engine runs its accepts.
+
   python bench/grammar_host.py --tokenizer .cache/models/smollm2-135m-instruct-v1
 """
 

@@ -7,12 +7,17 @@
 # running at once. Reports go to $OUT (default ./bench-out).
 # Usage: [SEQS=max running requests, default 256] [RATE=Poisson req/s, default 20; "" skips]
 #   [LOW=a second, lower concurrency, default 64; empty skips it]
+#   [WARMUP=1: one unreported load at full concurrency first, so the daemon's one-time costs
+#    (first compiles of eager shapes) stay out of the figures; 0 skips it]
+#   [ROUNDS=2: the offline engine runs this many times and keeps its fastest, as fair a
+#    peer as the warmed-up daemon]
 #   bash bench/serve_vs_offline.sh [num_requests] [input_len] [output_len]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out}
 N=${1:-256} IN=${2:-128} OUTLEN=${3:-128} CLIENTS=${CLIENTS:-4} SEQS=${SEQS:-256}
 RATE=${RATE-20} LOW=${LOW-64}  # the Poisson rate (req/s) and the low concurrency ("" skips it)
+WARMUP=${WARMUP:-1} ROUNDS=${ROUNDS:-2}
 mkdir -p "$OUT"
 wait_serving() {  # NAME PORT SECONDS PID: until health SERVING, else the log's tail and exit
   python3 -c "
@@ -40,9 +45,17 @@ trap 'kill $RUNTIME $GATEWAY $REDIS 2>/dev/null || true' EXIT
 wait_serving runtime $PORT 300 $RUNTIME
 LOAD="--num-requests $N --input-len $IN --output-len $OUTLEN --vocab 128000 --processes $CLIENTS"
 COMMON="--target 127.0.0.1:$PORT $LOAD --report $OUT/serve.md"
-python3 bench/serve_load.py $COMMON --concurrency "$N"
-[ -n "$LOW" ] && python3 bench/serve_load.py $COMMON --concurrency "$LOW"
-[ -n "$RATE" ] && python3 bench/serve_load.py $COMMON --rate "$RATE"
+SEED=0
+load() {  # each load its own prompts: a repeated one would be served from the prefix cache
+  SEED=$((SEED + 1)); python3 bench/serve_load.py --seed $SEED "$@"
+}
+if [ "$WARMUP" != 0 ]; then
+  echo "warm-up load (not reported):"
+  load --target 127.0.0.1:$PORT $LOAD --concurrency "$N"
+fi
+load $COMMON --concurrency "$N"
+[ -n "$LOW" ] && load $COMMON --concurrency "$LOW"
+[ -n "$RATE" ] && load $COMMON --rate "$RATE"
 if command -v redis-server > /dev/null; then
   REDIS_PORT=6391 GW_PORT=50060 KEY=bench-key-0123456789abcdef
   redis-server --port $REDIS_PORT --save '' --appendonly no > "$OUT/redis.log" 2>&1 &
@@ -55,8 +68,8 @@ if command -v redis-server > /dev/null; then
   wait_serving gateway $GW_PORT 60 $GATEWAY
   sleep 3  # the gateway's first check of the runtime
   GW="--target 127.0.0.1:$GW_PORT --model bench --api-key $KEY $LOAD --report $OUT/gateway.md"
-  python3 bench/serve_load.py $GW --concurrency "$N"
-  [ -n "$RATE" ] && python3 bench/serve_load.py $GW --rate "$RATE"
+  load $GW --concurrency "$N"
+  [ -n "$RATE" ] && load $GW --rate "$RATE"
   kill -TERM $GATEWAY; wait $GATEWAY || true
   kill $REDIS; wait $REDIS || true
   GATEWAY="" REDIS=""
@@ -65,9 +78,11 @@ else
 fi
 kill -TERM $RUNTIME; wait $RUNTIME || true
 python3 bench/offline_throughput.py --shape llama3-8b --num-requests "$N" --input-len "$IN" \
-  --output-len "$OUTLEN" --max-num-seqs "$SEQS" --peers none --report "$OUT/offline.md"
+  --output-len "$OUTLEN" --max-num-seqs "$SEQS" --peers none --rounds "$ROUNDS" \
+  --report "$OUT/offline.md"
 # the low concurrency's peer: the offline engine with as many requests running at once
 if [ -n "$LOW" ]; then
   python3 bench/offline_throughput.py --shape llama3-8b --num-requests "$N" --input-len "$IN" \
-    --output-len "$OUTLEN" --max-num-seqs "$LOW" --peers none --report "$OUT/offline_low.md"
+    --output-len "$OUTLEN" --max-num-seqs "$LOW" --peers none --rounds "$ROUNDS" \
+    --report "$OUT/offline_low.md"
 fi

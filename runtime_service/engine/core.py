@@ -352,19 +352,21 @@ class EngineCore:
         """Writes a launched step's tokens over their placeholders, advances the matchers of
         constrained requests and applies stops."""
         result = self.runner.fetch(launched)
-        kept: list[tuple[Request, int, TokenLogprobs | None, RequestStatus | None]] = []
-        for req, token, logprobs in zip(
-            result.requests, result.token_ids, result.logprobs, strict=True
+        # the matchers advance on worker threads while this thread resolves the rows
+        accepting = self.structured.start_accept(result.requests, result.token_ids)
+        kept: list[tuple[int, Request, int, TokenLogprobs | None, RequestStatus | None]] = []
+        for row, (req, token, logprobs) in enumerate(
+            zip(result.requests, result.token_ids, result.logprobs, strict=True)
         ):
             if req.is_finished:  # aborted, or stopped by its previous token: dropped (its
                 continue  # matcher never sees it)
             req.resolve_placeholder(token, logprobs)  # computed by the next step: its
             # block is published by that step's `scheduler.update`
-            kept.append((req, token, logprobs, req.check_token_stop()))
-        ends = self.structured.accept([k[0] for k in kept], [k[1] for k in kept])
+            kept.append((row, req, token, logprobs, req.check_token_stop()))
+        ends = accepting.finish() if accepting is not None else None
         outputs = []
-        for (req, token, logprobs, status), grammar_ends in zip(kept, ends, strict=True):
-            if grammar_ends:
+        for row, req, token, logprobs, status in kept:
+            if ends is not None and ends[row]:
                 status = RequestStatus.FINISHED_STOPPED  # the grammar is complete
             if status is not None:
                 self.scheduler.finish([req], status)
