@@ -30,7 +30,6 @@ from runtime_service.models.loader import (
     read_hf_config,
 )
 from runtime_service.models.open import ModelInfo, dummy_weights
-from runtime_service.models.safetensors_stream import iter_file_tensors
 from runtime_service.models.weights import SafetensorsCheckpoint, fuse_hf_weights
 from runtime_service.parallel.group import ParallelGroup
 from runtime_service.parallel.model import ParallelLlamaModel
@@ -82,10 +81,10 @@ def open_host_weights(
 
         def engine_tensors() -> Iterator[tuple[str, torch.Tensor]]:
             paths = sorted(path.glob(ENGINE_WEIGHTS_GLOB))
-            if expected is not None:
+            if expected is None:
+                read = unchecked(paths)
+            else:  # each file hashed in this read, checked once read
                 read = iter_checked(paths, expected, what)
-            else:
-                read = (item for file in paths for item in iter_file_tensors(file))
             for name, t in read:
                 yield from cast_weights({name: t}, engine_dtype, CPU).items()
 
@@ -118,6 +117,17 @@ def open_host_weights(
 
     info = ModelInfo(name=path.name, path=path, quantization=quant, tokenizer_path=path)
     return HostWeights(model_config, tensors, quant, config.max_model_len, info)
+
+
+def unchecked(paths: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of files verified already (a private copy), memory-mapped by safetensors:
+    a tensor's pages are read as its share is cut."""
+    from safetensors import safe_open
+
+    for file in paths:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                yield name, handle.get_tensor(name)
 
 
 def load_shard(host: HostWeights, group: ParallelGroup) -> ParallelLlamaModel:
