@@ -3,9 +3,10 @@
 Engines are degree-agnostic: the builder writes one engine per (model, target, quantization,
 options), and each rank cuts its share at load (shard.py), so one artifact serves any
 tensor-parallel degree and the store key needs no degree. Tensors stream one at a time from
-the safetensors files (or the checkpoint's fusion), so a rank holds its share plus one whole
-tensor, never the whole model; only the share reaches the device. Each rank hashes the
-engine's weight files in the read that loads them (models/checked_read.py: iter_checked).
+the safetensors files (or the checkpoint's fusion), so a rank holds its share plus a whole
+tensor or a few (one per file read at once), never the whole model; only the share reaches
+the device. Each rank hashes the engine's weight files in the read that loads them
+(models/checked_read.py: iter_checked).
 """
 
 from __future__ import annotations
