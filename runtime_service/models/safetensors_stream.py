@@ -14,13 +14,16 @@ header included, from the same buffers: each chunk is hashed on a worker thread 
 own (hashlib releases the GIL) while the next chunk is read, and a buffer is refilled only
 once both its copy and its hash are over. One read of the file serves the load and its
 checksum (the caller compares the digest with the manifest's).
+
+`iter_file_tensors` reads the same way onto the host and hands out one tensor at a time
+(tensor-parallel ranks cut each into their share, parallel/load.py), hashing as above.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -100,6 +103,56 @@ def load_file_streamed(
             return _stream(f, device, chunk_bytes, digest, hasher)
 
 
+def _chunks(
+    f: BinaryIO,
+    total: int,
+    chunk_bytes: int,
+    digest: Hash | None,
+    hasher: ThreadPoolExecutor | None,
+    stream: torch.cuda.Stream | None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(offset in the data, buffer of the next bytes) up to `total`, then what follows the
+    data is hashed. Two buffers (pinned when `stream` is given) serve in turn: one is hashed
+    (on `hasher`) while the next is read, and refilled only once its hash, and the caller's
+    copies out of it (recorded on `stream` when the caller resumes the generator), are over."""
+    chunk = min(chunk_bytes, max(total, 1))
+    buffers = [
+        torch.empty(chunk, dtype=torch.uint8, pin_memory=stream is not None) for _ in range(2)
+    ]
+    done: list[torch.cuda.Event | None] = [None, None]
+    hashed: list[Future[None] | None] = [None, None]
+    for k, pos in enumerate(range(0, total, chunk)):
+        i = k % 2
+        if done[i] is not None:
+            done[i].synchronize()  # the copy out of this buffer (chunk k-2) is over
+        if hashed[i] is not None:
+            hashed[i].result()  # and so is its hash
+        n = min(chunk, total - pos)
+        view = memoryview(buffers[i].numpy()).cast("B")[:n]
+        _read_exactly(f, view)
+        if digest is not None and hasher is not None:
+            hashed[i] = hasher.submit(digest.update, view)
+        yield pos, buffers[i][:n]
+        if stream is not None:
+            event = torch.cuda.Event()
+            event.record(stream)
+            done[i] = event
+    for future in hashed:
+        if future is not None:
+            future.result()
+    if digest is not None:
+        while rest := f.read(chunk_bytes):  # anything after the last tensor's bytes
+            digest.update(rest)
+
+
+def _copy_part(dest: torch.Tensor, begin: int, end: int, buf: torch.Tensor, pos: int) -> None:
+    """Copies the bytes of file range [begin, end) that `buf` (from offset pos) holds into
+    `dest` (that range's bytes, as uint8)."""
+    lo, hi = max(begin, pos), min(end, pos + len(buf))
+    if hi > lo:
+        dest[lo - begin : hi - begin].copy_(buf[lo - pos : hi - pos], non_blocking=True)
+
+
 def _stream(
     f: BinaryIO,
     device: torch.device,
@@ -120,48 +173,54 @@ def _stream(
             pieces.append((begin, end, t.view(-1).view(torch.uint8)))
     pieces.sort(key=lambda p: p[0])
     total = max((end for _, end, _ in pieces), default=0)
-    cuda = device.type == "cuda"
-    stream = torch.cuda.Stream(device) if cuda else None
-    chunk = min(chunk_bytes, max(total, 1))
-    buffers = [torch.empty(chunk, dtype=torch.uint8, pin_memory=cuda) for _ in range(2)]
-    done: list[torch.cuda.Event | None] = [None, None]
-    hashed: list[Future[None] | None] = [None, None]
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     first = 0  # pieces before it are copied whole
-    with torch.cuda.stream(stream) if cuda else nullcontext():
-        for k, pos in enumerate(range(0, total, chunk)):
-            i = k % 2
-            if done[i] is not None:
-                done[i].synchronize()  # the copy out of this buffer (chunk k-2) is over
-            if hashed[i] is not None:
-                hashed[i].result()  # and so is its hash
-            n = min(chunk, total - pos)
-            buf = buffers[i]
-            view = memoryview(buf.numpy()).cast("B")[:n]
-            _read_exactly(f, view)
-            if digest is not None and hasher is not None:
-                hashed[i] = hasher.submit(digest.update, view)
+    with torch.cuda.stream(stream) if stream is not None else nullcontext():
+        for pos, buf in _chunks(f, total, chunk_bytes, digest, hasher, stream):
             j = first
-            while j < len(pieces) and pieces[j][0] < pos + n:
+            while j < len(pieces) and pieces[j][0] < pos + len(buf):
                 begin, end, dest = pieces[j]
-                lo, hi = max(begin, pos), min(end, pos + n)
-                if hi > lo:
-                    dest[lo - begin : hi - begin].copy_(buf[lo - pos : hi - pos], non_blocking=True)
-                if end <= pos + n and j == first:
+                _copy_part(dest, begin, end, buf, pos)
+                if end <= pos + len(buf) and j == first:
                     first += 1
                 j += 1
-            if cuda:
-                event = torch.cuda.Event()
-                event.record(stream)
-                done[i] = event
-    for future in hashed:
-        if future is not None:
-            future.result()
-    if digest is not None:
-        while rest := f.read(chunk_bytes):  # anything after the last tensor's bytes
-            digest.update(rest)
     if stream is not None:
         stream.synchronize()
     return tensors
+
+
+def iter_file_tensors(
+    path: Path, chunk_bytes: int = CHUNK_BYTES, digest: Hash | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of one safetensors file on the host, one at a time in the order of their
+    bytes: each is allocated when the read reaches it and yielded once its bytes are in, so
+    the caller holds one whole tensor (and two chunk buffers), never the file. `digest`, if
+    given, is updated with every byte of the file from the buffers the tensors are copied
+    out of, and is complete once the iterator is exhausted."""
+    with path.open("rb", buffering=0) as f, ThreadPoolExecutor(1, "sha256") as hasher:
+        _, header, raw_header = _read_header_from(f)
+        if digest is not None:
+            digest.update(raw_header)
+        entries = sorted(header.items(), key=lambda e: e[1]["data_offsets"][0])
+        total = max((e[1]["data_offsets"][1] for e in entries), default=0)
+        j = 0
+        current: torch.Tensor | None = None  # the tensor being filled, entries[j]'s
+        for pos, buf in _chunks(f, total, chunk_bytes, digest, hasher, None):
+            while j < len(entries):
+                name, info = entries[j]
+                begin, end = info["data_offsets"]
+                if begin >= pos + len(buf) and end > begin:
+                    break  # in a later chunk
+                if current is None:
+                    current = torch.empty(info["shape"], dtype=DTYPES[info["dtype"]])
+                if end > begin:
+                    _copy_part(current.view(-1).view(torch.uint8), begin, end, buf, pos)
+                if end > pos + len(buf):
+                    break  # continued in the next chunk
+                yield name, current
+                current, j = None, j + 1
+        for name, info in entries[j:]:  # tensors of no bytes after the last that has some
+            yield name, torch.empty(info["shape"], dtype=DTYPES[info["dtype"]])
 
 
 def load_files_streamed(

@@ -3,8 +3,10 @@
 Engines are degree-agnostic: the builder writes one engine per (model, target, quantization,
 options), and each rank cuts its share at load (shard.py), so one artifact serves any
 tensor-parallel degree and the store key needs no degree. Tensors stream one at a time from
-the safetensors files (or the checkpoint's fusion), so a rank holds its share plus one whole
-tensor, never the whole model; only the share reaches the device.
+the safetensors files (or the checkpoint's fusion), so a rank holds its share plus a whole
+tensor or a few (one per file read at once), never the whole model; only the share reaches
+the device. Each rank hashes the engine's weight files in the read that loads them
+(models/checked_read.py: iter_checked).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from llmserve.errors import FailedPrecondition, NotFound
 from llmserve.store.manifest import ENGINE_FORMAT_VERSION, ENGINE_WEIGHTS_GLOB, verify_files
 from llmserve.targets import require_engine_target
 from runtime_service.engine.config import EngineConfig
+from runtime_service.models.checked_read import iter_checked, split_files
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.loader import (
     cast_weights,
@@ -52,10 +55,12 @@ class HostWeights:
 
 
 def open_host_weights(
-    config: EngineConfig, dtype: torch.dtype, device: torch.device, verify: bool = True
+    config: EngineConfig, dtype: torch.dtype, device: torch.device
 ) -> HostWeights:
-    """What models/open.py's load_model reads, as a stream of host tensors (verify: check an
-    engine's files against its manifest; workers leave that to rank 0)."""
+    """What models/open.py's load_model reads, as a stream of host tensors. With
+    `config.verify_engine`, an engine's small files are checked against its manifest now and
+    each weight file in the read that loads it (DataLoss naming the file and both digests
+    once it is read, before load_shard builds the model): every rank checks its own read."""
     path = Path(config.model)
     if not path.is_dir():
         raise NotFound(f"model directory {path} does not exist")
@@ -68,19 +73,21 @@ def open_host_weights(
             )
         target = "cpu" if device.type == "cpu" else device_info(device.index or 0).target
         require_engine_target(manifest.engine_id, manifest.target, target)
-        if verify and config.verify_engine:
-            verify_files(path, manifest.files, f"engine {manifest.engine_id} at {path}")
+        what = f"engine {manifest.engine_id} at {path}"
+        weight_files, other_files = split_files(manifest.files)
+        if config.verify_engine:
+            verify_files(path, other_files, what)
+        expected = weight_files if config.verify_engine else None
         engine_dtype = parse_dtype(manifest.dtype)
 
         def engine_tensors() -> Iterator[tuple[str, torch.Tensor]]:
-            from safetensors import safe_open
-
-            for file in sorted(path.glob(ENGINE_WEIGHTS_GLOB)):
-                with safe_open(str(file), framework="pt") as handle:
-                    for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-                        yield from cast_weights(
-                            {name: handle.get_tensor(name)}, engine_dtype, CPU
-                        ).items()
+            paths = sorted(path.glob(ENGINE_WEIGHTS_GLOB))
+            if expected is None:
+                read = unchecked(paths)
+            else:  # each file hashed in this read, checked once read
+                read = iter_checked(paths, expected, what)
+            for name, t in read:
+                yield from cast_weights({name: t}, engine_dtype, CPU).items()
 
         info = ModelInfo(
             name=manifest.model_name,
@@ -111,6 +118,17 @@ def open_host_weights(
 
     info = ModelInfo(name=path.name, path=path, quantization=quant, tokenizer_path=path)
     return HostWeights(model_config, tensors, quant, config.max_model_len, info)
+
+
+def unchecked(paths: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of files verified already (a private copy), memory-mapped by safetensors:
+    a tensor's pages are read as its share is cut."""
+    from safetensors import safe_open
+
+    for file in paths:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                yield name, handle.get_tensor(name)
 
 
 def load_shard(host: HostWeights, group: ParallelGroup) -> ParallelLlamaModel:

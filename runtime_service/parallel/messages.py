@@ -50,6 +50,7 @@ class Ready:
 class Failed:
     rank: int
     cause: str  # "ExceptionType: message"
+    error: Any = None  # the llmserve error (DataLoss, NotFound, ...), raised again by rank 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 
 import torch
 
+from llmserve.errors import LLMServeError
 from runtime_service.models.attention import AttentionMetadata
 from runtime_service.models.loader import allocate_kv_caches, parse_dtype
 from runtime_service.parallel.group import ParallelGroup, join_group
@@ -119,7 +120,9 @@ class Worker:
 
 
 def start(spec: WorkerSpec, conn: Connection) -> Worker:
-    """Loads the rank's share; Failed(cause) to rank 0 and exit 1 if it cannot."""
+    """Loads the rank's share, its engine's files checked in the read that loads them as
+    rank 0's are (none trusts another's check); Failed(cause) to rank 0 and exit 1 if it
+    cannot."""
     try:
         device = torch.device(spec.device)
         if device.type == "cuda":
@@ -129,7 +132,7 @@ def start(spec: WorkerSpec, conn: Connection) -> Worker:
             torch.set_num_threads(config.cpu_threads)
         elif device.type == "cpu":
             torch.set_num_threads(cpu_threads_per_rank(spec.world_size))
-        host = open_host_weights(config, parse_dtype(spec.dtype), device, verify=False)
+        host = open_host_weights(config, parse_dtype(spec.dtype), device)
         group = ParallelGroup(spec.rank, spec.world_size, device)
         model = load_shard(host, group)
         del host
@@ -137,7 +140,8 @@ def start(spec: WorkerSpec, conn: Connection) -> Worker:
             model.attach_lora(config.max_loras, config.max_lora_rank)
     except Exception as e:
         log.exception("rank %d failed to start", spec.rank)
-        send(conn, Failed(spec.rank, f"{type(e).__name__}: {e}"))
+        error = e if isinstance(e, LLMServeError) else None  # DataLoss, NotFound, ...
+        send(conn, Failed(spec.rank, f"{type(e).__name__}: {e}", error))
         sys.exit(1)
     send(conn, Ready(spec.rank))
     join_group(spec.rank, spec.world_size, spec.port, device)

@@ -149,7 +149,8 @@ class Workers:
 
     def wait_ready(self) -> None:
         """Returns when every worker has loaded its share; raises naming the first that
-        could not (Unavailable if it died, FailedPrecondition with its error otherwise)."""
+        could not (Unavailable if it died; otherwise its llmserve error, DataLoss for a
+        corrupted file, or FailedPrecondition with the cause of another exception)."""
         for rank, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True), start=1):
             try:
                 answer = recv(conn)
@@ -160,9 +161,10 @@ class Workers:
                     " ready (its log is above)"
                 ) from None
             if isinstance(answer, Failed):
-                raise FailedPrecondition(
-                    f"tensor-parallel rank {answer.rank} failed to start: {answer.cause}"
-                )
+                message = f"tensor-parallel rank {answer.rank} failed to start: {answer.cause}"
+                if answer.error is not None:  # keeps its class: DataLoss stays DATA_LOSS
+                    raise answer.error.with_message(message)
+                raise FailedPrecondition(message)
             assert isinstance(answer, Ready)
 
     def join(self, rank0_device: torch.device) -> ParallelGroup:

@@ -1,6 +1,7 @@
 """The streamed safetensors reader returns what safetensors' own reader does: every dtype an
-engine stores, tensors split across chunks, empty and 0-d tensors, several files at once; the
-SHA-256 it computes in the same read is hashlib's of the whole file."""
+engine stores, tensors split across chunks, empty and 0-d tensors, several files at once, and
+one host tensor at a time (tensor-parallel ranks); the SHA-256 it computes in the same read is
+hashlib's of the whole file."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from runtime_service.models.safetensors_stream import load_file_streamed, load_files_streamed
+from runtime_service.models.safetensors_stream import (
+    iter_file_tensors,
+    load_file_streamed,
+    load_files_streamed,
+    read_header,
+)
 
 
 def engine_like_tensors(seed: int) -> dict[str, torch.Tensor]:
@@ -87,6 +93,27 @@ def test_several_files_hashed_at_once(tmp_path: Path) -> None:
     load_files_streamed(paths, torch.device("cpu"), chunk_bytes=256, digests=digests)
     for p in paths:
         assert digests[p].hexdigest() == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 64, 1000, 1 << 20])
+def test_one_tensor_at_a_time_in_byte_order_hashed_in_the_same_read(
+    tmp_path: Path, chunk_bytes: int
+) -> None:
+    """Every tensor is its own allocation (compared once all are out, after the buffers
+    they were copied from have been refilled), in the order of the file's bytes."""
+    path = tmp_path / "w.safetensors"
+    save_file(engine_like_tensors(2), path, metadata={"format": "pt"})
+    want = load_file(path)
+    path.write_bytes(path.read_bytes() + b"trailing")
+    digest = hashlib.sha256()
+    got = list(iter_file_tensors(path, chunk_bytes, digest))
+    assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sorted(name for name, _ in got) == sorted(want)
+    for name, t in got:
+        assert t.dtype == want[name].dtype and t.shape == want[name].shape, name
+        assert torch.equal(raw(t), raw(want[name])), name
+    begins = [read_header(path)[1][name]["data_offsets"][0] for name, _ in got]
+    assert begins == sorted(begins)
 
 
 def test_truncated_file_is_refused(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmserve.errors import FailedPrecondition, Unavailable
+from llmserve.errors import FailedPrecondition, NotFound, Unavailable
 from llmserve.store import open_store
 from llmserve.store.engines import fetch_engine
 from runtime_service.engine.config import EngineConfig
@@ -144,7 +144,7 @@ def test_a_worker_that_cannot_start_is_named_with_its_cause(tmp_path: Path) -> N
     missing = tmp_path / "missing"
     try:
         workers.spawn(EngineConfig(model=missing), torch.float32, [torch.device("cpu")] * 2)
-        with pytest.raises(FailedPrecondition) as failure:
+        with pytest.raises(NotFound) as failure:  # the worker's error keeps its class
             workers.wait_ready()
     finally:
         workers.close(kill=True)
