@@ -1,7 +1,8 @@
 """Times the top-k floor (each row's k-th largest logit) of R rows x 128,256 logits, kernels
 only: torch.topk's k-th value, the grouped search that the sampler used before
-(engine/top_k.py: group maxima, then two small topk), and the radix-select kernel
-(kernels/top_k_triton.py) at a few block sizes and warp counts; checks every variant gives
+(engine/top_k.py: group maxima, then two small topk), and the kernel (kernels/top_k_triton.py:
+group maxima, candidates at or above their k-th, radix select of those in registers) at a
+few block sizes and warp counts; checks every variant gives
 torch.topk's value. CUDA only (--device cpu: a smoke run in Triton's interpreter).
 
   python bench/top_k_kernel.py [--rows 1,16,256] [--vocab 128256]
