@@ -118,7 +118,8 @@ def _decode_plan(
         max_len = int(seq_lens.max())
         tables = meta.block_tables[:, : -(-max_len // block_size)].long()
         offsets = torch.arange(block_size, device=tables.device)
-        slots = (tables[:, :, None] * block_size + offsets).reshape(len(tables), -1)[:, :max_len]
+        slots = (tables[:, :, None] * block_size + offsets).reshape(len(tables), -1)
+        slots = slots[:, :max_len].contiguous()
         mask = None  # contexts of one length, no window: nothing to mask
         if sliding_window is not None or int(seq_lens.min()) != max_len:
             k_pos = torch.arange(max_len)
@@ -144,7 +145,10 @@ def _decode_batch(
     batch, num_heads, _ = q.shape
     group = num_heads // num_kv_heads
     flat = kv_cache.view(2, -1, num_kv_heads, head_dim)
-    kv = flat[:, slots].transpose(2, 3).to(q.dtype)  # [2, B, kv_heads, L, d]
+    # index_select over rows of the flat cache: the same values as flat[:, slots], ~4x
+    # faster on the CPU than advanced indexing with a 2-D index.
+    kv = flat.index_select(1, slots.view(-1)).view(2, batch, -1, num_kv_heads, head_dim)
+    kv = kv.transpose(2, 3).to(q.dtype)  # [2, B, kv_heads, L, d]
     out = F.scaled_dot_product_attention(
         q.reshape(batch, num_kv_heads, group, head_dim),  # a KV head's queries share its context
         kv[0],

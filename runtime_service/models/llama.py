@@ -32,6 +32,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda:
+            # One op for the float32 part (ATen computes it in float32 and casts once, as
+            # below: bitwise the same on the CPU, ~4x fewer ops and no float32 copy kept).
+            return self.weight * F.rms_norm(x, x.shape[-1:], None, self.eps)
         dtype = x.dtype
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -77,7 +81,10 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         c = self.config
-        q, k, v = self.qkv(x).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        qkv = self.qkv(x)
+        if not x.is_cuda and self.q_norm is None:
+            return self.o(self._cpu_attention(qkv, positions, rope, kv_cache, meta))
+        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
         q = q.view(-1, c.num_heads, c.head_dim)
         k = k.view(-1, c.num_kv_heads, c.head_dim)
         v = v.view(-1, c.num_kv_heads, c.head_dim)
@@ -91,6 +98,27 @@ class Attention(nn.Module):
             write_kv(kv_cache, k, v, meta.slot_mapping)
             out = paged_attention(q, kv_cache, meta, self.scale, c.sliding_window, k, v)
         return self.o(out.reshape(-1, c.q_size))
+
+    def _cpu_attention(
+        self,
+        qkv: torch.Tensor,
+        positions: torch.Tensor,
+        rope: RotaryEmbedding,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """The CPU path without q/k norms: q and k are adjacent in qkv, so their heads are
+        rotated together in one pass (the same values as rotating each)."""
+        c = self.config
+        heads = c.num_heads + c.num_kv_heads
+        qk = qkv[:, : c.q_size + c.kv_size].view(-1, heads, c.head_dim)
+        q, k = rope.rotate(positions, qk, meta.backend_cache).split(
+            [c.num_heads, c.num_kv_heads], dim=1
+        )
+        v = qkv[:, c.q_size + c.kv_size :].view(-1, c.num_kv_heads, c.head_dim)
+        write_kv(kv_cache, k, v, meta.slot_mapping)
+        out = paged_attention(q, kv_cache, meta, self.scale, c.sliding_window, k, v)
+        return out.reshape(-1, c.q_size)
 
 
 class MLP(nn.Module):

@@ -111,6 +111,24 @@ class RotaryEmbedding(torch.nn.Module):
         cos, sin = cos_sin
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
+    def rotate(
+        self, positions: torch.Tensor, x: torch.Tensor, cache: dict[str, Any] | None = None
+    ) -> torch.Tensor:
+        """x [T, heads, d] rotated for positions [T]: the values of `forward`'s, in two
+        multiplies, a roll and an add (rotate_half(x) * sin is roll(x) * sin with the sign of
+        rotate_half's negated half moved onto sin, which rounds the same)."""
+        key = f"rope-roll/{x.dtype}"
+        cos_sin = None if cache is None else cache.get(key)
+        if cos_sin is None:
+            half = x.shape[-1] // 2
+            sin = self.sin[positions]
+            sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+            cos_sin = (self.cos[positions].unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype))
+            if cache is not None:
+                cache[key] = cos_sin
+        cos, sin = cos_sin
+        return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
