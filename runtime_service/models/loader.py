@@ -87,6 +87,36 @@ def read_engine_manifest(engine_dir: Path, sha256: str | None = None) -> EngineM
     return EngineManifest.read(engine_dir, sha256)
 
 
+def open_engine(
+    engine_dir: Path,
+    device: torch.device,
+    *,
+    verify: bool,
+    check_target: bool = True,
+    manifest_sha256: str | None = None,
+) -> tuple[EngineManifest, str, dict[str, FileEntry] | None]:
+    """What every load of an engine checks before its weights (load_engine here, each
+    tensor-parallel rank in parallel/load.py): the manifest (against the trusted digest), its
+    format version, its target (with check_target) and, with verify, its small files.
+    Returns the manifest, the engine's name for errors, and the weight files' manifest
+    entries for the read to check its bytes against (None without verify)."""
+    manifest = read_engine_manifest(engine_dir, manifest_sha256)
+    if manifest.format_version > ENGINE_FORMAT_VERSION:
+        raise FailedPrecondition(
+            f"engine {manifest.engine_id} has format version {manifest.format_version}; this "
+            f"runtime reads versions up to {ENGINE_FORMAT_VERSION}"
+        )
+    if check_target:
+        device_target = "cpu" if device.type == "cpu" else device_info(device.index or 0).target
+        require_engine_target(manifest.engine_id, manifest.target, device_target)
+    what = f"engine {manifest.engine_id} at {engine_dir}"
+    weight_files, other_files = split_files(manifest.files)
+    if not verify:
+        return manifest, what, None
+    verify_files(engine_dir, other_files, what)
+    return manifest, what, weight_files
+
+
 def load_engine(
     engine_dir: Path,
     device: torch.device,
@@ -108,22 +138,16 @@ def load_engine(
     manifest_sha256: the digest of the manifest the runtime trusted (an engine served in
         place from a store whose directory others can write): other bytes raise DataLoss.
     """
-    manifest = read_engine_manifest(engine_dir, manifest_sha256)
-    if manifest.format_version > ENGINE_FORMAT_VERSION:
-        raise FailedPrecondition(
-            f"engine {manifest.engine_id} has format version {manifest.format_version}; this "
-            f"runtime reads versions up to {ENGINE_FORMAT_VERSION}"
-        )
-    if check_target:
-        device_target = "cpu" if device.type == "cpu" else device_info(device.index or 0).target
-        require_engine_target(manifest.engine_id, manifest.target, device_target)
-    what = f"engine {manifest.engine_id} at {engine_dir}"
-    weight_files, other_files = split_files(manifest.files)
-    if verify:
-        verify_files(engine_dir, other_files, what)
+    manifest, what, expected = open_engine(
+        engine_dir,
+        device,
+        verify=verify,
+        check_target=check_target,
+        manifest_sha256=manifest_sha256,
+    )
     start = time.perf_counter()
     paths = sorted(engine_dir.glob(ENGINE_WEIGHTS_GLOB))
-    weights = read_weights(paths, device, weight_files if verify else None, what)
+    weights = read_weights(paths, device, expected, what)
     config = read_hf_config(engine_dir)
     weights = cast_weights(weights, parse_dtype(manifest.dtype), device)
     model = LlamaModel(

@@ -17,17 +17,15 @@ from pathlib import Path
 
 import torch
 
-from llmserve.device import device_info
 from llmserve.errors import FailedPrecondition, NotFound
-from llmserve.store.manifest import ENGINE_FORMAT_VERSION, ENGINE_WEIGHTS_GLOB, verify_files
-from llmserve.targets import require_engine_target
+from llmserve.store.manifest import ENGINE_WEIGHTS_GLOB
 from runtime_service.engine.config import EngineConfig
-from runtime_service.models.checked_read import iter_checked, split_files
+from runtime_service.models.checked_read import iter_checked
 from runtime_service.models.config import ModelConfig
 from runtime_service.models.loader import (
     cast_weights,
+    open_engine,
     parse_dtype,
-    read_engine_manifest,
     read_hf_config,
 )
 from runtime_service.models.open import ModelInfo, dummy_weights
@@ -65,19 +63,12 @@ def open_host_weights(
     if not path.is_dir():
         raise NotFound(f"model directory {path} does not exist")
     if (path / "manifest.json").exists():
-        manifest = read_engine_manifest(path, config.engine_manifest_sha256)
-        if manifest.format_version > ENGINE_FORMAT_VERSION:
-            raise FailedPrecondition(
-                f"engine {manifest.engine_id} has format version {manifest.format_version};"
-                f" this runtime reads versions up to {ENGINE_FORMAT_VERSION}"
-            )
-        target = "cpu" if device.type == "cpu" else device_info(device.index or 0).target
-        require_engine_target(manifest.engine_id, manifest.target, target)
-        what = f"engine {manifest.engine_id} at {path}"
-        weight_files, other_files = split_files(manifest.files)
-        if config.verify_engine:
-            verify_files(path, other_files, what)
-        expected = weight_files if config.verify_engine else None
+        manifest, what, expected = open_engine(
+            path,
+            device,
+            verify=config.verify_engine,
+            manifest_sha256=config.engine_manifest_sha256,
+        )
         engine_dtype = parse_dtype(manifest.dtype)
 
         def engine_tensors() -> Iterator[tuple[str, torch.Tensor]]:
