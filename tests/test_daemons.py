@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -139,6 +140,33 @@ with grpc.insecure_channel(sys.argv[2]) as channel:
     reason = common_pb2.FinishReason.Name(chunks[-1].finish_reason)
     print("runtime finished", reason, "after", tokens, "tokens")
 """
+
+
+def test_sigusr1_dumps_every_threads_stack_and_serving_goes_on(
+    running: dict[str, DaemonProcess],
+) -> None:
+    """`kill -USR1` on a daemon, and on the runtime's engine process, writes their threads'
+    stacks to the log (how to see where a process that answers nothing waits)."""
+    for module, proc in running.items():
+        assert proc.proc is not None and proc.log_path is not None
+        pids = [proc.proc.pid]
+        if module == "runtime_service":  # the engine core runs in a child process
+            tasks = Path(f"/proc/{proc.proc.pid}/task").glob("*/children")
+            children = [int(p) for task in tasks for p in task.read_text().split()]
+            pids += [
+                p for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()
+            ]
+            assert len(pids) > 1
+        for pid in pids:
+            before = proc.log_path.read_text(errors="replace").count("most recent call first")
+            os.kill(pid, signal.SIGUSR1)
+            deadline = time.monotonic() + 30  # guards a hang only
+            while (
+                proc.log_path.read_text(errors="replace").count("most recent call first") <= before
+            ):
+                assert time.monotonic() < deadline, f"{module} pid {pid}: no stack dump"
+                time.sleep(0.05)
+    test_each_daemon_serves_health(running)
 
 
 @pytest.mark.parametrize("module", list(DAEMONS))

@@ -25,7 +25,7 @@ import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from llmserve.logs import setup_logging
+from llmserve.logs import dump_stacks_on_sigusr1, setup_logging
 from llmserve.server.config import ServerConfig
 from llmserve.server.interceptor import ServerInterceptor
 from llmserve.server.reflection import enable_reflection
@@ -208,6 +208,7 @@ def run_daemon(
 ) -> int:
     """The body of a daemon's main(): logging, tracing, metrics, then serve."""
     setup_logging(config.log_level, config.log_format)
+    dump_stacks_on_sigusr1()
     setup_tracing(name, config.otlp_endpoint, config.trace_file)
     start_metrics_server(config.metrics_port, config.metrics_address)
 

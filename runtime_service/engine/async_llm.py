@@ -248,8 +248,14 @@ class AsyncLLM:
             self._send(("abort", [request_id]))
 
     def call(self, method: str, *args: Any) -> concurrent.futures.Future:
-        """Runs EngineCore.<method>(*args) between steps; the future holds its result."""
+        """Runs EngineCore.<method>(*args) between steps; the future holds its result.
+
+        The call is under way once sent: its future cannot be cancelled. A caller that gives
+        up (a GetStatus past its deadline: asyncio.wrap_future cancels its source) stops
+        waiting; the core's reply then lands in a future nobody reads. A cancelled future
+        would raise in the receiver thread, which delivers every step and every reply."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
         call_id = next(self._ids)
         self._calls[call_id] = future
         try:
@@ -318,34 +324,50 @@ class AsyncLLM:
                 message = self._conn.recv()
             except (EOFError, OSError):
                 message = ("dead", "the engine core process exited")
-            kind = message[0]
-            if kind == "step":
-                _, packed, scheduled, self._stats = message
-                self.processor.mark_scheduled(scheduled)
-                results, stopped = self.processor.process(unpack_outputs(packed))
-                if stopped:
-                    self._send(("abort", stopped))
-                self._count(results)
-                self._post(self._dispatch, results)
-            elif kind == "reply":
-                _, call_id, ok, value = message
-                future = self._calls.pop(call_id)
-                future.set_result(value) if ok else future.set_exception(value)
-            elif kind == "dead":
-                with self._send_lock:  # from here on every send is refused (see `_send`)
-                    self._dead = message[1]
-                    calls = list(self._calls.values())
-                    self._calls.clear()
-                if not self._stopped:  # before anything is refused: health goes first
-                    log.error("engine core died: %s", message[1])
-                    for callback in self._on_dead:
-                        callback(message[1])
-                # Streams registered before this point are failed by `_fail_all` (it runs on
-                # the loop after them); later ones see `_dead` in `_enqueue`.
-                self._post(self._fail_all, Unavailable(f"the engine stopped: {message[1]}"))
-                for future in calls:
-                    future.set_exception(Unavailable(message[1]))
+            if message[0] == "dead":
+                self._die(message[1])
                 return
+            try:
+                self._take(message)
+            except Exception as e:  # a defect: without this thread nothing is answered again
+                log.exception("the engine's output thread failed")
+                self._die(f"the engine's output thread failed: {e!r}", stop_core=True)
+                return
+
+    def _take(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "step":
+            _, packed, scheduled, self._stats = message
+            self.processor.mark_scheduled(scheduled)
+            results, stopped = self.processor.process(unpack_outputs(packed))
+            if stopped:
+                self._send(("abort", stopped))
+            self._count(results)
+            self._post(self._dispatch, results)
+        elif kind == "reply":
+            _, call_id, ok, value = message
+            future = self._calls.pop(call_id)
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def _die(self, reason: str, stop_core: bool = False) -> None:
+        """Fails everything waiting on the core and refuses what comes; stop_core: the core
+        still runs (this side failed) and is told to stop."""
+        with self._send_lock:  # from here on every send is refused (see `_send`)
+            if stop_core:
+                with contextlib.suppress(OSError, ValueError):
+                    self._conn.send(("shutdown",))
+            self._dead = reason
+            calls = list(self._calls.values())
+            self._calls.clear()
+        if not self._stopped:  # before anything is refused: health goes first
+            log.error("engine core died: %s", reason)
+            for callback in self._on_dead:
+                callback(reason)
+        # Streams registered before this point are failed by `_fail_all` (it runs on the
+        # loop after them); later ones see `_dead` in `_enqueue`.
+        self._post(self._fail_all, Unavailable(f"the engine stopped: {reason}"))
+        for future in calls:
+            future.set_exception(Unavailable(reason))
 
     def _count(self, results: list[RequestOutput]) -> None:
         tokens = sum(len(r.token_ids) for r in results)

@@ -117,9 +117,10 @@ def core_loop(make_core: Callable[[], EngineCore], conn: Any) -> None:
 
 
 def _process_main(config: EngineConfig | None, conn: Any, log_level: str, log_format: str) -> None:
-    from llmserve.logs import setup_logging
+    from llmserve.logs import dump_stacks_on_sigusr1, setup_logging
 
     setup_logging(log_level, log_format)
+    dump_stacks_on_sigusr1()
     # The parent decides when to stop (it drains first); Ctrl-C in a terminal reaches the
     # whole process group, so the core ignores it and exits when its pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -152,9 +152,10 @@ def main() -> None:
     fd = int(sys.argv[sys.argv.index("--fd") + 1])
     conn = Connection(socket.socket(fileno=fd).detach())
     spec: WorkerSpec = recv(conn)
-    from llmserve.logs import setup_logging
+    from llmserve.logs import dump_stacks_on_sigusr1, setup_logging
 
     setup_logging(spec.log_level, spec.log_format)
+    dump_stacks_on_sigusr1()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(spec.parent_pid)

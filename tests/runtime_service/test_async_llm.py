@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,3 +194,74 @@ def test_calls_after_the_core_died_fail_at_once(tiny_model_dir: Callable[[str], 
         asyncio.run(main())
     finally:
         llm.shutdown()
+
+
+def test_a_call_abandoned_by_its_caller_leaves_the_engine_serving(
+    llm: AsyncLLM, tiny_model_dir
+) -> None:
+    """A call to the core whose caller gives up (a GetStatus past its deadline, a gateway that
+    closes its channel) must not stop the thread that delivers every step's tokens and every
+    reply. It did: asyncio.wrap_future cancelled the call's future, and the core's reply then
+    raised InvalidStateError there (CI saw a runtime answer nothing more)."""
+    path = tiny_model_dir("qwen2")
+    prompt = mixed_prompts(path, 1, seed=36, max_len=30)[0]
+
+    async def main() -> None:
+        assert not llm.call("stats").cancel()  # sent: it runs, whoever waits for it
+        for _ in range(20):  # callers that give up while the reply is on its way
+            waiting = asyncio.ensure_future(llm.list_adapters())
+            await asyncio.sleep(0)  # the call is sent; its reply is not in yet
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+        tokens, _, _ = await asyncio.wait_for(collect(llm, prompt), timeout=60)
+        assert tokens == hf_greedy(path, prompt, 24)
+        assert (await asyncio.wait_for(llm.list_adapters(), timeout=60)) == []
+
+    asyncio.run(main())
+    assert llm._receiver.is_alive()
+    wait_idle(llm)
+
+
+def test_a_fault_in_the_output_thread_fails_the_engine_not_silently(
+    tiny_model_dir: Callable[[str], Path],
+) -> None:
+    """Should the thread that delivers the core's output ever raise, the engine is declared
+    dead (health goes first, through on_dead), its streams and calls fail with Unavailable and
+    its core stops: never a server that looks well and answers nothing."""
+    import threading
+
+    from llmserve.errors import Unavailable
+
+    llm = AsyncLLM(config(tiny_model_dir("llama")))
+    died = threading.Event()
+    llm.on_dead(lambda reason: died.set())
+    process = llm.processor.process
+
+    def faulty(outputs: Any) -> Any:  # the injected defect, after the first step
+        if first_seen.is_set():
+            raise RuntimeError("injected")
+        return process(outputs)
+
+    first_seen = threading.Event()
+    llm.processor.process = faulty  # type: ignore[method-assign]
+    try:
+
+        async def main() -> None:
+            long = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+            stream = llm.add_request([1, 2, 3], long)
+            assert (await stream.get()).token_ids
+            first_seen.set()
+            with pytest.raises(Unavailable, match="output thread failed"):
+                async for _ in llm.iterate(stream):
+                    pass
+            assert died.is_set()
+            with pytest.raises(Unavailable):
+                await llm.submit([1, 2, 3], PARAMS)
+            with pytest.raises(Unavailable):
+                llm.call("stats").result(timeout=30)
+
+        asyncio.run(main())
+    finally:
+        llm.shutdown()
+    assert not llm._receiver.is_alive()
