@@ -92,6 +92,8 @@ class ModelRunner:
         self._last_tokens: torch.Tensor | None = None  # the latest launch's sampled tokens
         # Constraints' token masks (structured/manager.py), set by the engine core.
         self.structured: StructuredOutput | None = None
+        if self.device.type == "cpu":  # bf16: weights in oneDNN's layout, same products
+            model.pack_for_cpu(max_num_seqs)
         self.graphs: StepGraphs | None = None
         if cuda_graphs and self.device.type == "cuda":
             lora_graphs = None if lora is None else lora.graph_inputs(max_num_seqs)

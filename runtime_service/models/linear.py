@@ -18,6 +18,9 @@ activation-aware scale the input is multiplied by before the product (the builde
 search; where it can fold the scale into the preceding RMSNorm it does, and writes none).
 
 On CPU the weight-only quantized weights are dequantized on the fly, in the activation dtype.
+A dense bfloat16 engine on a CPU with oneDNN's bfloat16 kernels keeps its weights reordered
+once into oneDNN's blocked layout (`pack_for_cpu`): F.linear reorders them on every call, and
+the products are bitwise the same.
 fp8 engines also quantize each token's activations to fp8 (kernels/fp8.py) and, on GPUs of
 compute capability >= 8.9, multiply in fp8 on the tensor cores. On CUDA, a product of at most
 16 tokens (a small decode batch) reads the packed weight once in kernels/lowbit_gemv.py.
@@ -59,11 +62,19 @@ class Linear(nn.Module):
         # kernels/int4_gemv.py tiles int4 by its groups: powers of two, >= 16 channels each.
         group = self.in_features // self.scales.shape[1] if quantization == "int4" else 16
         self._gemv_ok = group >= 16 and group & (group - 1) == 0
+        self.packed = False  # the weight in oneDNN's layout (pack_for_cpu)
+
+    def pack_for_cpu(self, rows: int) -> None:
+        """Reorders a dense bfloat16 weight into oneDNN's blocked layout for products of about
+        `rows` tokens (any count works; see `cpu_packing_applies`)."""
+        assert self.quantization == "none" and not self.packed
+        self.weight = nn.Buffer(reorder_for_cpu(self.weight, rows), persistent=False)
+        self.packed = True
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight as a dense [out, in] tensor of `dtype`."""
         if self.quantization == "none":
-            return self.weight.to(dtype)
+            return (self.weight.to_dense() if self.packed else self.weight).to(dtype)
         if self.quantization in ("int8", "fp8"):
             return (self.weight.to(torch.float32) * self.scales[:, None]).to(dtype)
         return dequantize_int4(self.weight, self.scales, self.zeros).to(dtype)
@@ -71,6 +82,8 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_scale is not None:
             x = x * self.act_scale.to(x.dtype)
+        if self.packed:
+            return packed_linear(x, self.weight, self.bias)
         if self.quantization == "none":
             return F.linear(x, self.weight, self.bias)
         if self.quantization == "fp8":
@@ -85,6 +98,29 @@ class Linear(nn.Module):
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
             return y if self.bias is None else y + self.bias
         return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+
+
+def cpu_packing_applies(weight: torch.Tensor) -> bool:
+    """Whether `pack_for_cpu` pays for this weight: bfloat16 on a CPU whose oneDNN has
+    bfloat16 kernels (AVX512-BF16 or AMX)."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def reorder_for_cpu(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """A [out, in] weight in oneDNN's blocked layout, for `packed_linear`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def packed_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """F.linear(x, W, bias) for W reordered by `reorder_for_cpu`."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def _buffer(t: torch.Tensor | None) -> torch.Tensor | None:

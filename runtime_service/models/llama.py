@@ -17,7 +17,12 @@ from torch import nn
 from runtime_service.kernels.fused_ops import add_rms_norm, rope_write_kv, silu_mul
 from runtime_service.models.attention import AttentionMetadata, paged_attention, write_kv
 from runtime_service.models.config import ModelConfig
-from runtime_service.models.linear import Linear
+from runtime_service.models.linear import (
+    Linear,
+    cpu_packing_applies,
+    packed_linear,
+    reorder_for_cpu,
+)
 from runtime_service.models.rope import RotaryEmbedding
 
 Weights = Mapping[str, torch.Tensor]
@@ -189,6 +194,22 @@ class LlamaModel(nn.Module):
         self.rope = RotaryEmbedding(
             config, max_positions or config.max_position_embeddings, self.embed.device
         )
+        self._packed_lm_head: torch.Tensor | None = None
+
+    def pack_for_cpu(self, rows: int) -> bool:
+        """bfloat16 on a CPU with oneDNN's bfloat16 kernels: every dense linear and the LM
+        head reordered once for products of about `rows` tokens (models/linear.py); the
+        outputs are bitwise the same, the decode products 1.2-2x faster. False (nothing
+        changed) elsewhere. The embedding keeps its own copy of a tied LM head."""
+        if self.quantization != "none" or not cpu_packing_applies(self.embed):
+            return False
+        for module in self.modules():
+            if isinstance(module, Linear) and not module.packed:
+                module.pack_for_cpu(rows)
+        self._packed_lm_head = reorder_for_cpu(self.lm_head, rows)
+        if self.lm_head is not self.embed:  # untied: the plain copy is not needed
+            self.lm_head = self._packed_lm_head
+        return True
 
     @property
     def device(self) -> torch.device:
@@ -214,4 +235,6 @@ class LlamaModel(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits [N, vocab] for hidden states [N, hidden]."""
+        if self._packed_lm_head is not None:
+            return packed_linear(hidden, self._packed_lm_head).float()
         return F.linear(hidden, self.lm_head).float()

@@ -116,6 +116,11 @@ class ParallelLlamaModel(LlamaModel):
             layer.attn.register_forward_hook(self._all_reduce)
             layer.mlp.register_forward_hook(self._all_reduce)
 
+    def pack_for_cpu(self, rows: int) -> bool:
+        """Not for sharded models: their ranks must run the same products (and their LM head
+        is read as a plain tensor here)."""
+        return False
+
     def _all_reduce(self, module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
         return self.group.all_reduce(output)
 
