@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from llmserve.errors import InvalidArgument
+from llmserve.errors import InvalidArgument, Unavailable
 from runtime_service.engine.async_llm import AsyncLLM
 from runtime_service.engine.config import EngineConfig
 from runtime_service.engine.params import SamplingParams
@@ -157,6 +157,19 @@ def test_a_core_that_cannot_load_raises_in_the_frontend(tmp_path: Path) -> None:
         AsyncLLM(config(tmp_path / "missing"))
 
 
+async def fails_everything(llm: AsyncLLM, stream: Any, died: Any, match: str | None = None) -> None:
+    """A dead engine: the running stream, a new request and a call each fail with
+    Unavailable at once, and the death callback has run."""
+    with pytest.raises(Unavailable, match=match):
+        async for _ in llm.iterate(stream):
+            pass
+    assert died.is_set()
+    with pytest.raises(Unavailable):
+        await llm.submit([1, 2, 3], PARAMS)
+    with pytest.raises(Unavailable):
+        llm.call("stats").result(timeout=30)
+
+
 def test_calls_after_the_core_died_fail_at_once(tiny_model_dir: Callable[[str], Path]) -> None:
     """Issue 12, item 4: once the core process is gone, a stream already running, a new request
     and a call to the core each fail with Unavailable at once (none waits for an answer that
@@ -165,8 +178,6 @@ def test_calls_after_the_core_died_fail_at_once(tiny_model_dir: Callable[[str], 
     import os
     import signal
     import threading
-
-    from llmserve.errors import Unavailable
 
     llm = AsyncLLM(config(tiny_model_dir("llama")))
     died = threading.Event()
@@ -181,14 +192,7 @@ def test_calls_after_the_core_died_fail_at_once(tiny_model_dir: Callable[[str], 
             (core,) = [p for p in multiprocessing.active_children() if "engine-core" in p.name]
             assert core.pid is not None
             os.kill(core.pid, signal.SIGKILL)
-            with pytest.raises(Unavailable):
-                async for _ in llm.iterate(stream):
-                    pass
-            assert died.is_set()
-            with pytest.raises(Unavailable):
-                await llm.submit([1, 2, 3], PARAMS)
-            with pytest.raises(Unavailable):
-                llm.call("stats").result(timeout=30)
+            await fails_everything(llm, stream, died)
             assert llm.num_streams == 0
 
         asyncio.run(main())
@@ -231,8 +235,6 @@ def test_a_fault_in_the_output_thread_fails_the_engine_not_silently(
     its core stops: never a server that looks well and answers nothing."""
     import threading
 
-    from llmserve.errors import Unavailable
-
     llm = AsyncLLM(config(tiny_model_dir("llama")))
     died = threading.Event()
     llm.on_dead(lambda reason: died.set())
@@ -252,14 +254,7 @@ def test_a_fault_in_the_output_thread_fails_the_engine_not_silently(
             stream = llm.add_request([1, 2, 3], long)
             assert (await stream.get()).token_ids
             first_seen.set()
-            with pytest.raises(Unavailable, match="output thread failed"):
-                async for _ in llm.iterate(stream):
-                    pass
-            assert died.is_set()
-            with pytest.raises(Unavailable):
-                await llm.submit([1, 2, 3], PARAMS)
-            with pytest.raises(Unavailable):
-                llm.call("stats").result(timeout=30)
+            await fails_everything(llm, stream, died, "output thread failed")
 
         asyncio.run(main())
     finally:
