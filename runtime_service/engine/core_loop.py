@@ -8,7 +8,10 @@ From the core: ("ready", CoreInfo, EngineStats) | ("failed", exception)
 
 The core blocks on its inbox while idle and drains it between steps, so a burst of requests
 joins the next step. In a process it owns the device and the GIL of its own interpreter: the
-frontend's gRPC and detokenization work cannot slow its steps.
+frontend's gRPC and detokenization work cannot slow its steps. There a thread reads the pipe
+as messages arrive (`ReadAhead`), so a sender never waits for the core to finish a step: the
+frontend sends from its event loop, which a full pipe would stop (a burst of long prompts
+during a CPU prefill step of seconds: no health check answered meanwhile).
 """
 
 from __future__ import annotations
@@ -54,6 +57,39 @@ class QueueConnection:
 
     def close(self) -> None:
         pass
+
+
+class ReadAhead(QueueConnection):
+    """A multiprocessing Connection whose incoming messages a thread reads as they arrive
+    (into an unbounded queue: the pipe never fills); sends go straight to the pipe. After
+    the other end closes, recv raises EOFError once the messages read before are taken."""
+
+    _EOF = object()
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__(queue.SimpleQueue(), queue.SimpleQueue())
+        self._conn = conn
+        threading.Thread(target=self._read, name="engine-inbox", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self._inbox.put(self._conn.recv())
+        except (EOFError, OSError):
+            self._inbox.put(self._EOF)
+
+    def send(self, message: Any) -> None:
+        self._conn.send(message)
+
+    def recv(self) -> Any:
+        message = super().recv()
+        if message is self._EOF:
+            self._peeked.append(message)  # every later recv sees the end too
+            raise EOFError
+        return message
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def queue_pipe() -> tuple[QueueConnection, QueueConnection]:
@@ -131,7 +167,7 @@ def _process_main(config: EngineConfig | None, conn: Any, log_level: str, log_fo
         except EOFError:
             return  # the parent gave up before sending them
     assert config is not None
-    core_loop(lambda: EngineCore(config), conn)
+    core_loop(lambda: EngineCore(config), ReadAhead(conn))
 
 
 Started = tuple[Any, Callable[[float], None]]  # (the frontend's connection, join(timeout))
