@@ -39,6 +39,7 @@ def test_packed_weights_give_bitwise_the_same_logits(
         one_row = model.embed[prompts[0][:1]]  # a one-token product, as a lone decode
         head = model.compute_logits(one_row)
         assert model.pack_for_cpu(16)
+        assert model.pack_for_cpu(16)  # again (a second runner over the model): no change
         assert all(lin.packed for lin in linears(model))
         for p, expected in zip(prompts, plain, strict=True):
             assert torch.equal(sequence_logits(model, p), expected)
