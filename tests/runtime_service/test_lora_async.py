@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,3 +197,63 @@ def test_adapters_in_a_core_process(
         wait_idle(llm)
     finally:
         llm.shutdown()
+
+
+def test_the_frontend_follows_the_cores_answer_after_its_caller_gave_up(
+    tiny_model_dir: Callable[[str], Path], adapters: list[Path]
+) -> None:
+    """A LoadAdapter or UnloadAdapter past its deadline (its caller cancelled) after the core
+    was asked: the core still answers, and what the frontend lets requests name must follow
+    that answer. Before, a cancelled load left the adapter in a core slot that no request
+    could name (NotFound) and that a second load refused (AlreadyExists). The core here is a
+    stand-in whose answers the test gives, so each cancel lands between ask and answer."""
+    import concurrent.futures
+    import contextlib
+    import time
+
+    import torch
+
+    from runtime_service.engine.lora.adapter import AdapterReader
+    from runtime_service.engine.lora.frontend import AdapterFrontend
+    from runtime_service.models.loader import read_hf_config
+
+    asked: list[tuple[str, concurrent.futures.Future]] = []
+
+    def core(method: str, *args: object) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()  # as AsyncLLM.call's
+        asked.append((method, future))
+        return future
+
+    reader = AdapterReader(read_hf_config(tiny_model_dir("llama")), 16, torch.float32)
+    frontend = AdapterFrontend(reader, core)
+
+    async def asked_then_given_up(work: Any, count: int) -> None:
+        task = asyncio.ensure_future(work)
+        deadline = time.monotonic() + 60  # the load asks from a worker thread; bounds a hang
+        while len(asked) < count:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def main() -> None:
+        await asked_then_given_up(frontend.load("one", adapters[0]), 1)
+        assert asked[0][0] == "register_adapter" and "one" not in frontend.loaded
+        asked[0][1].set_result(object())  # the core registered it after all
+        assert "one" in frontend.loaded and not frontend.check("one")  # requests may name it
+        await asked_then_given_up(frontend.unload("one"), 2)
+        assert asked[1][0] == "unload_adapter" and "one" in frontend.loaded
+        asked[1][1].set_result(True)  # gone
+        assert "one" not in frontend.loaded
+        with pytest.raises(NotFound):
+            frontend.check("one")
+        # A waiting unload whose wait is cut short: withdrawn, the adapter stays.
+        frontend.loaded.add("two")
+        await asked_then_given_up(frontend.unload("two", wait=True), 3)
+        asked[2][1].set_result(False)  # not gone: it waits for its requests
+        assert "two" in frontend.loaded and asked[3][0] == "cancel_unload"
+
+    asyncio.run(main())
+    frontend.shutdown()

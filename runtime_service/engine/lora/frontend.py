@@ -68,10 +68,26 @@ class AdapterFrontend:
     async def load(self, name: str, path: str | Path) -> AdapterInfo:
         """Reads and validates on a worker thread, then registers with the core."""
         adapter = await asyncio.to_thread(self._require().read, name, path)
-        future = await asyncio.to_thread(self._call, "register_adapter", adapter)
-        info = await asyncio.wrap_future(future)
-        self.loaded.add(name)
-        return info
+        future = await asyncio.to_thread(self._register, name, adapter)
+        return await asyncio.wrap_future(future)
+
+    def _register(self, name: str, adapter: Any) -> concurrent.futures.Future:
+        future = self._call("register_adapter", adapter)
+        future.add_done_callback(self._record(name, lambda info: True))
+        return future
+
+    def _record(self, name: str, held: Callable[[Any], bool]) -> Callable[[Any], None]:
+        """A callback for the core's answer to a call about adapter `name`: `loaded` then
+        follows `held(answer)`, whether or not the caller still waits for the answer (a
+        LoadAdapter or UnloadAdapter past its deadline), so this side and the core never
+        disagree on what is loaded. It runs on the thread that receives the core's replies,
+        in the order the core answered."""
+
+        def record(future: concurrent.futures.Future) -> None:
+            if future.exception() is None:
+                (self.loaded.add if held(future.result()) else self.loaded.discard)(name)
+
+        return record
 
     async def unload(self, name: str, wait: bool = False) -> None:
         """Removes an adapter. While requests use it: FailedPrecondition, or with wait, it
@@ -80,11 +96,10 @@ class AdapterFrontend:
         self._require()
         self._unloading[name] = self._unloading.get(name, 0) + 1  # refuse new requests now
         try:
-            gone = await asyncio.wrap_future(self._call("unload_adapter", name, wait))
+            gone = await self._ask(name, ("unload_adapter", name, wait), lambda gone: not gone)
             while not gone:
                 await asyncio.sleep(UNLOAD_POLL_S)
-                gone = not await asyncio.wrap_future(self._call("adapter_loaded", name))
-            self.loaded.discard(name)
+                gone = not await self._ask(name, ("adapter_loaded", name), lambda held: held)
         except asyncio.CancelledError:
             if wait:  # the core gets this after the unload, even if that has not run yet
                 self._call("cancel_unload", name)
@@ -93,6 +108,11 @@ class AdapterFrontend:
             left = self._unloading.pop(name) - 1
             if left:
                 self._unloading[name] = left
+
+    async def _ask(self, name: str, call: tuple, held: Callable[[Any], bool]) -> Any:
+        future = self._call(*call)
+        future.add_done_callback(self._record(name, held))
+        return await asyncio.wrap_future(future)
 
     async def list(self) -> list[AdapterInfo]:
         return await asyncio.wrap_future(self._call("list_adapters"))
