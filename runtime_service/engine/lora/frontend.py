@@ -68,26 +68,27 @@ class AdapterFrontend:
     async def load(self, name: str, path: str | Path) -> AdapterInfo:
         """Reads and validates on a worker thread, then registers with the core."""
         adapter = await asyncio.to_thread(self._require().read, name, path)
-        future = await asyncio.to_thread(self._register, name, adapter)
+        future = await asyncio.to_thread(
+            self._ask, name, lambda info: True, "register_adapter", adapter
+        )
         return await asyncio.wrap_future(future)
 
-    def _register(self, name: str, adapter: Any) -> concurrent.futures.Future:
-        future = self._call("register_adapter", adapter)
-        future.add_done_callback(self._record(name, lambda info: True))
-        return future
-
-    def _record(self, name: str, held: Callable[[Any], bool]) -> Callable[[Any], None]:
-        """A callback for the core's answer to a call about adapter `name`: `loaded` then
-        follows `held(answer)`, whether or not the caller still waits for the answer (a
+    def _ask(
+        self, name: str, held: Callable[[Any], bool], method: str, *args: Any
+    ) -> concurrent.futures.Future:
+        """Calls EngineCore.<method>(*args) about adapter `name`; on the core's answer,
+        `loaded` follows `held(answer)`, whether or not the caller still waits for it (a
         LoadAdapter or UnloadAdapter past its deadline), so this side and the core never
-        disagree on what is loaded. It runs on the thread that receives the core's replies,
-        in the order the core answered."""
+        disagree on what is loaded. The record is made on the thread that receives the
+        core's replies, in the order the core answered."""
 
         def record(future: concurrent.futures.Future) -> None:
             if future.exception() is None:
                 (self.loaded.add if held(future.result()) else self.loaded.discard)(name)
 
-        return record
+        future = self._call(method, *args)
+        future.add_done_callback(record)
+        return future
 
     async def unload(self, name: str, wait: bool = False) -> None:
         """Removes an adapter. While requests use it: FailedPrecondition, or with wait, it
@@ -96,10 +97,12 @@ class AdapterFrontend:
         self._require()
         self._unloading[name] = self._unloading.get(name, 0) + 1  # refuse new requests now
         try:
-            gone = await self._ask(name, ("unload_adapter", name, wait), lambda gone: not gone)
+            unload = self._ask(name, lambda gone: not gone, "unload_adapter", name, wait)
+            gone = await asyncio.wrap_future(unload)
             while not gone:
                 await asyncio.sleep(UNLOAD_POLL_S)
-                gone = not await self._ask(name, ("adapter_loaded", name), lambda held: held)
+                held = self._ask(name, lambda held: held, "adapter_loaded", name)
+                gone = not await asyncio.wrap_future(held)
         except asyncio.CancelledError:
             if wait:  # the core gets this after the unload, even if that has not run yet
                 self._call("cancel_unload", name)
@@ -108,11 +111,6 @@ class AdapterFrontend:
             left = self._unloading.pop(name) - 1
             if left:
                 self._unloading[name] = left
-
-    async def _ask(self, name: str, call: tuple, held: Callable[[Any], bool]) -> Any:
-        future = self._call(*call)
-        future.add_done_callback(self._record(name, held))
-        return await asyncio.wrap_future(future)
 
     async def list(self) -> list[AdapterInfo]:
         return await asyncio.wrap_future(self._call("list_adapters"))
