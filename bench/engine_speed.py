@@ -11,8 +11,9 @@ Rows (forced output lengths, random prompt ids, prefix caching off):
   mixed       512 requests, inputs 32-1,024, outputs 16-512 (seed 0): output tok/s
   sampler     one sampling call on 256 rows x vocab: greedy, top-p/top-k, penalties, seeds;
               each against a greedy decode step of 256 rows
-Peers (same prompts, same process): hf-static (transformers generate, static batches) and
-hf-cb (generate_batch), on the rows named by --peer-rows.
+Peers (same prompts, same process): hf-static (transformers generate, static batches; prompts
+of several lengths left-padded, per-request output lengths batched longest first) and hf-cb
+(generate_batch; rows with one output length), on the rows named by --peer-rows.
 """
 
 from __future__ import annotations
@@ -309,6 +310,12 @@ def main() -> None:
     del llm
     gc.collect()
     torch.cuda.empty_cache()
+    ours = {}  # row -> llmserve's tok/s, for the ratios
+    for line in lines:
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 6 and cells[2] == "llmserve":
+            ours[cells[1]] = float(cells[6].replace(",", ""))
+    ratios = []
     for peer in [p for p in args.peers.split(",") if p and p != "none"]:
         for row in args.peer_rows.split(","):
             prompts, outs = loads[row]
@@ -319,14 +326,22 @@ def main() -> None:
                 output_len=outs[0],
                 static_batch=args.static_batch,
             )
-            runner = {"hf-static": run_hf_static, "hf-cb": run_hf_cb}[peer]
-            r: Result = runner(ns, model, prompts)
+            if peer == "hf-static":
+                r: Result = run_hf_static(ns, model, prompts, outs)
+            elif len(set(outs)) == 1:
+                r = run_hf_cb(ns, model, prompts)
+            else:  # generate_batch takes one output length for all
+                print(f"  {row}: hf-cb skipped (per-request output lengths)", file=sys.stderr)
+                continue
             n_in = sum(len(p) for p in prompts)
+            rate = (n_in + r.tokens if row == "long" else r.tokens) / r.seconds
             lines.append(
-                f"| {row} | {r.system} | {n_in} | {r.tokens} | {r.seconds:.2f} | "
-                f"{r.tokens_per_second:,.0f} |"
+                f"| {row} | {r.system} | {n_in} | {r.tokens} | {r.seconds:.2f} | {rate:,.0f} |"
             )
             print(lines[-1], flush=True)
+            if row in ours:
+                ratios.append(f"- {row}: llmserve / {r.system} = {ours[row] / rate:.1f}x")
+    lines += ["", *ratios] if ratios else []
     print_report("\n".join(lines + tail) + "\n", args.report)
 
 

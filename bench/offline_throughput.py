@@ -186,24 +186,42 @@ def run_hf_cb(args: argparse.Namespace, model: Path, prompts: list[list[int]]) -
     return Result("transformers generate_batch", tokens, seconds, f"attn={attn}")
 
 
-def run_hf_static(args: argparse.Namespace, model: Path, prompts: list[list[int]]) -> Result:
+def left_padded(prompts: list[list[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of any lengths as one batch, padded on the left (id 0), with its attention mask."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask
+
+
+def run_hf_static(
+    args: argparse.Namespace,
+    model: Path,
+    prompts: list[list[int]],
+    outs: list[int] | None = None,
+) -> Result:
+    """transformers generate in static batches of --static-batch requests, each forced to
+    --output-len tokens, or to its own length in `outs`: then requests are batched longest
+    output first (what a static batcher that knows the lengths would do), a batch generates
+    its longest output, and only each request's own tokens count."""
     m = hf_model(model, args, "sdpa")
-    n = args.output_len
+    outs = outs or [args.output_len] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -outs[i])
     with torch.inference_mode():
-        m.generate(torch.tensor(prompts[:2], device=args.device), max_new_tokens=4)  # warm-up
+        ids, mask = left_padded(prompts[:2], args.device)
+        m.generate(ids, attention_mask=mask, max_new_tokens=4)  # warm-up
         sync(args.device)
         start = time.perf_counter()
         tokens = 0
-        for i in range(0, len(prompts), args.static_batch):
-            batch = torch.tensor(prompts[i : i + args.static_batch], device=args.device)
+        for i in range(0, len(order), args.static_batch):
+            batch = order[i : i + args.static_batch]
+            ids, mask = left_padded([prompts[j] for j in batch], args.device)
+            n = max(outs[j] for j in batch)
             out = m.generate(
-                batch,
-                max_new_tokens=n,
-                min_new_tokens=n,
-                do_sample=False,
-                attention_mask=torch.ones_like(batch),
+                ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False
             )
-            tokens += (out.shape[1] - batch.shape[1]) * batch.shape[0]
+            assert out.shape[1] - ids.shape[1] == n, (out.shape, ids.shape, n)
+            tokens += sum(outs[j] for j in batch)
         sync(args.device)
     seconds = time.perf_counter() - start
     del m
