@@ -7,7 +7,7 @@
 # Run: run(command="bash bench/gpu/session7_scorecard.sh", carry=[".device-wheels"]).
 set -u
 source bench/gpu/carried.sh
-timeout 400 python3 bench/engine_speed.py --shape llama3-8b \
+timeout 420 python3 bench/engine_speed.py --shape llama3-8b \
   --rows single,throughput,long,mixed,sampler --peers hf-static \
   --peer-rows single,throughput,long,mixed --static-batch 256 > "$OUT/bf16.txt" 2>&1
 echo "bf16 rc $?"; grep -E "^\||^- |^Device|^Greedy|Error" "$OUT/bf16.txt" | tail -30
