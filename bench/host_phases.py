@@ -3,6 +3,7 @@ phases timed (wall clock) and the time the host waits for the device's tokens co
 
   python bench/host_phases.py --shape llama3-8b                  # CUDA: 1,024 x 128 -> 128
   python bench/host_phases.py --model tiny --device cpu -n 256 --input-len 8 --output-len 32
+  python bench/host_phases.py --shape llama3-8b --row mixed     # a row of bench/engine_speed.py
 
 With async scheduling the host prepares step n+1 while the device runs step n, so the device
 is the limit when `wait for tokens` takes a good share of each step and the host when it is
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import json
 import sys
 import time
 from pathlib import Path
@@ -83,6 +85,9 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument(
+        "--row", default="", help="an engine_speed.py row (prompts and output lengths) instead"
+    )
+    parser.add_argument(
         "--tokenizer", type=Path, help="a directory with tokenizer.json (for a --shape)"
     )
     args = parser.parse_args()
@@ -91,42 +96,49 @@ def main() -> None:
     from runtime_service.engine.params import SamplingParams
 
     model = model_dir(args)
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    if args.row:
+        from bench.engine_speed import workloads
+
+        prompts, outs = workloads(vocab)[args.row]
+    else:
+        g = torch.Generator().manual_seed(0)
+        prompts = torch.randint(
+            100, vocab - 100, (args.num_requests, args.input_len), generator=g
+        ).tolist()
+        outs = [args.output_len] * len(prompts)
     llm = LLM(
         str(model),
         device=args.device,
         dtype=args.dtype,
         load_format="auto" if args.model else "dummy",
-        max_num_seqs=args.num_requests,
+        max_num_seqs=max(args.num_requests, len(prompts)),
         max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.input_len + args.output_len + 16,
+        max_model_len=max(len(p) + n for p, n in zip(prompts, outs, strict=True)) + 16,
         enable_prefix_caching=False,
     )
     engine = llm.engine
     seconds: collections.Counter = collections.Counter()
     instrument(engine, seconds)
-    vocab = engine.core.info.vocab_size
-    g = torch.Generator().manual_seed(0)
-    prompts = torch.randint(
-        100, vocab - 100, (args.num_requests, args.input_len), generator=g
-    ).tolist()
-    params = SamplingParams(
-        temperature=0, max_tokens=args.output_len, ignore_eos=True, detokenize=False
-    )
-    llm.generate(prompts[:4], [params] * 4)  # warm-up
+    params = [
+        SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, detokenize=False) for n in outs
+    ]
+    llm.generate(prompts[:4], params[:4])  # warm-up
     print(
         f"{device_name(str(engine.core.info.device))}; torch {torch.__version__}; "
-        f"{args.num_requests} x {args.input_len} -> {args.output_len}; async scheduling "
+        f"{args.row or f'{args.num_requests} x {args.input_len} -> {args.output_len}'}; "
+        "async scheduling "
         f"{'on' if engine.core.async_scheduling else 'off'}"
     )
     for run in (1, 2):
         seconds.clear()
         start = time.perf_counter()
-        llm.generate(prompts, [params] * len(prompts))
+        llm.generate(prompts, params)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         wall = time.perf_counter() - start
         n = int(seconds["calls: core.step"])
-        tokens = args.num_requests * args.output_len
+        tokens = sum(outs)
         print(f"\nrun {run}: {wall:.2f} s, {tokens / wall:,.0f} output tok/s, {n} steps "
               f"({wall / n * 1e3:.1f} ms a step)")  # fmt: skip
         print("| phase | ms per step | share of the wall time |")
