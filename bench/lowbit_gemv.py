@@ -165,7 +165,14 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="old vs new, tile search")
     parser.add_argument("--budget-s", type=float, default=150.0, help="the search's time")
     parser.add_argument("--kinds", default=",".join(KINDS), help="the sweep's weight kinds")
+    parser.add_argument(
+        "--dot-at-one-row", action="store_true", help="one token in a 16-row MMA tile, as before"
+    )
     args = parser.parse_args()
+    if args.dot_at_one_row:
+        import runtime_service.kernels.lowbit_gemv as kernel
+
+        kernel.ONE_ROW_FMA = False
     if args.sweep:
         sweep(args.budget_s, tuple(args.kinds.split(",")))
         return
