@@ -291,6 +291,7 @@ def main() -> None:
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     graphs = None
+    ours = {}  # row -> llmserve's tok/s, for the ratios to the peers
     for row in rows:
         if row == "sampler":
             continue
@@ -299,6 +300,7 @@ def main() -> None:
         before = dict(graphs.replays) if graphs is not None else {}
         n_in, n_out, seconds = run_row(llm, prompts, outs)
         rate = (n_in + n_out if row == "long" else n_out) / seconds
+        ours[row] = rate
         lines.append(f"| {row} | llmserve | {n_in} | {n_out} | {seconds:.2f} | {rate:,.0f} |")
         print(lines[-1], flush=True)
         if graphs is not None:  # how the row's steps ran (not part of the report)
@@ -311,11 +313,6 @@ def main() -> None:
     del llm, graphs  # the graphs hold the KV cache: the peers need the memory
     gc.collect()
     torch.cuda.empty_cache()
-    ours = {}  # row -> llmserve's tok/s, for the ratios
-    for line in lines:
-        cells = [c.strip() for c in line.split("|")]
-        if len(cells) > 6 and cells[2] == "llmserve":
-            ours[cells[1]] = float(cells[6].replace(",", ""))
     ratios = []
     for peer in [p for p in args.peers.split(",") if p and p != "none"]:
         for row in args.peer_rows.split(","):
