@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from builder_service.build import Builder  # noqa: E402
 from builder_service.spec import BuildSpec  # noqa: E402
 from llmserve.device import cpu_info  # noqa: E402
-from llmserve.store import open_store  # noqa: E402
+from llmserve.store import ArtifactStore, open_store  # noqa: E402
 from llmserve.testing import smollm2  # noqa: E402
 
 
@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--fp8-split", action="store_true", help="fp8 weights vs activations")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="build-quality-"))
-    builder = Builder(open_store(str(work / "store")), work / "builder", device=cpu_info())
+    store = open_store(str(work / "store"))
+    builder = Builder(store, work / "builder", device=cpu_info())
     print(
         f"SmolLM2-135M-Instruct (GGUF), target {args.target}, validated on "
         f"{platform.processor() or platform.machine()} (torch {torch.__version__}, "
@@ -67,10 +68,10 @@ def main() -> None:
         )
     if args.fp8_split:
         assert {"none", "fp8"} <= engines.keys(), "--fp8-split needs none and fp8 built"
-        fp8_split(work, engines["none"], engines["fp8"])
+        fp8_split(store, work / "cache", engines["none"], engines["fp8"])
 
 
-def fp8_split(work: Path, none, fp8_engine) -> None:
+def fp8_split(store: ArtifactStore, cache: Path, none, fp8_engine) -> None:
     """Perplexity with fp8's weight rounding alone and with its activation rounding alone."""
     from transformers import AutoTokenizer
 
@@ -82,10 +83,7 @@ def fp8_split(work: Path, none, fp8_engine) -> None:
     from runtime_service.models.loader import load_engine
     from runtime_service.models.scoring import perplexity
 
-    store = open_store(str(work / "store"))
-    dirs = {
-        e.engine_id: fetch_engine(store, e.engine_id, work / "cache") for e in (none, fp8_engine)
-    }
+    dirs = {e.engine_id: fetch_engine(store, e.engine_id, cache) for e in (none, fp8_engine)}
     tokenizer = AutoTokenizer.from_pretrained(dirs[none.engine_id])
     ids = tokenizer(calibration_text(), verbose=False)["input_ids"]
     source = none.validation.source_perplexity

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.engine_speed import run_row, workloads  # noqa: E402
+from bench.engine_speed import add_engine_args, row_engine, run_row, workloads  # noqa: E402
 from bench.offline_throughput import SHAPES, shaped_model_dir  # noqa: E402
 
 KINDS = (  # (kind, pattern of kernel names), first match wins
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shape", default="llama3-8b")
+    add_engine_args(parser)
     parser.add_argument("--row", default="single", help="single, throughput, long or mixed")
     parser.add_argument("--tokens", type=int, default=64, help="the single row's output tokens")
     parser.add_argument("--min-gap-us", type=float, default=3.0)
@@ -66,20 +66,10 @@ def main() -> None:
 
     from torch.profiler import ProfilerActivity, profile
 
-    from runtime_service.engine.llm import LLM
-
     prompts, outs = workloads(SHAPES[args.shape]["vocab_size"])[args.row]
     if args.row == "single":
         outs = [args.tokens]
-    llm = LLM(
-        str(shaped_model_dir(args.shape)),
-        dtype="bfloat16",
-        load_format="dummy",
-        max_num_seqs=1024,
-        max_num_batched_tokens=16384,
-        max_model_len=4096,
-        enable_prefix_caching=False,
-    )
+    llm = row_engine(shaped_model_dir(args.shape), args)
     run_row(llm, prompts[:4], [8] * min(4, len(prompts)))  # warm-up
     _, _, plain = run_row(llm, prompts, outs)  # the compiles of the row's shapes happen here
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -87,15 +77,15 @@ def main() -> None:
     trace = Path(tempfile.mkdtemp()) / "trace.json"
     prof.export_chrome_trace(str(trace))
     events = device_events(trace)
-    busy = sum(end - start for start, end, _ in events)  # one stream: no overlap
-    span = events[-1][1] - events[0][0]
     by_kind: collections.Counter = collections.Counter()
+    for start, end, name in events:
+        by_kind[kind_of(name)] += end - start
+    busy = sum(by_kind.values())  # one stream: its operations do not overlap
+    span = events[-1][1] - events[0][0]
     gaps: collections.Counter = collections.Counter()
     count: collections.Counter = collections.Counter()
     end_prev, name_prev = events[0][1], events[0][2]
-    by_kind[kind_of(name_prev)] += end_prev - events[0][0]
     for start, end, name in events[1:]:
-        by_kind[kind_of(name)] += end - start
         gap = start - end_prev
         if gap >= args.min_gap_us:
             key = (name_prev[:60], name[:60])

@@ -227,12 +227,9 @@ def decode_step_seconds(llm, vocab: int, settings: dict | None = None) -> float:
     return seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """The settings of the engine the rows run on (row_engine)."""
     parser.add_argument("--shape", default="llama3-8b")
-    parser.add_argument("--rows", default="single,throughput,long,mixed,sampler")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument(
         "--quantization", default="none", help="none, fp8, int8 or int4 (random weights)"
@@ -241,28 +238,14 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--no-cuda-graphs", action="store_true")
     parser.add_argument("--no-async-scheduling", action="store_true")
-    parser.add_argument("--peers", default="none", help="hf-static, hf-cb (comma-separated)")
-    parser.add_argument("--peer-rows", default="throughput")
-    parser.add_argument("--static-batch", type=int, default=256)
-    parser.add_argument("--report", type=Path)
-    parser.add_argument(
-        "--profile", default="",
-        help="batch:context pairs to profile, e.g. 1:512,256:192 (decode steps); "
-        "p16:1024 profiles the prefill step of 16 x 1,024 prompt tokens",
-    )  # fmt: skip
-    args = parser.parse_args()
 
+
+def row_engine(model: Path, args: argparse.Namespace):
+    """The offline engine of the rows: random weights, prefix caching off, add_engine_args'
+    settings."""
     from runtime_service.engine.llm import LLM
 
-    model = shaped_model_dir(args.shape)
-    from bench.offline_throughput import SHAPES
-
-    vocab = SHAPES[args.shape]["vocab_size"]
-    rows = [r for r in args.rows.split(",") if r]
-    loads = workloads(vocab)
-    sync()
-    start = time.perf_counter()
-    llm = LLM(
+    return LLM(
         str(model),
         dtype=args.dtype,
         load_format="dummy",
@@ -274,6 +257,34 @@ def main() -> None:
         async_scheduling=False if args.no_async_scheduling else None,
         dummy_quantization=args.quantization,
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_engine_args(parser)
+    parser.add_argument("--rows", default="single,throughput,long,mixed,sampler")
+    parser.add_argument("--peers", default="none", help="hf-static, hf-cb (comma-separated)")
+    parser.add_argument("--peer-rows", default="throughput")
+    parser.add_argument("--static-batch", type=int, default=256)
+    parser.add_argument("--report", type=Path)
+    parser.add_argument(
+        "--profile", default="",
+        help="batch:context pairs to profile, e.g. 1:512,256:192 (decode steps); "
+        "p16:1024 profiles the prefill step of 16 x 1,024 prompt tokens",
+    )  # fmt: skip
+    args = parser.parse_args()
+
+    model = shaped_model_dir(args.shape)
+    from bench.offline_throughput import SHAPES
+
+    vocab = SHAPES[args.shape]["vocab_size"]
+    rows = [r for r in args.rows.split(",") if r]
+    loads = workloads(vocab)
+    sync()
+    start = time.perf_counter()
+    llm = row_engine(model, args)
     load_seconds = time.perf_counter() - start
     llm.generate([loads["single"][0][0]] * 4)  # warm-up
     lines = [
